@@ -1,0 +1,33 @@
+"""distpool: run ``multiprocessing.Pool`` code on a cluster by changing one import.
+
+    from distpool import Pool   # was: from multiprocessing import Pool
+"""
+
+from __future__ import annotations
+
+from .errors import (BrokerUnavailableError, DistpoolError, EnvelopeError,
+                     IncompatibleEnvelopeError, MaybeEncodingError, PoolTerminatedError,
+                     RemoteTraceback, TimeoutError)
+from .pool import DistributedPool, Pool
+from .results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "BrokerUnavailableError",
+    "DistpoolError",
+    "DistributedPool",
+    "EnvelopeError",
+    "IMapIterator",
+    "IMapUnorderedIterator",
+    "IncompatibleEnvelopeError",
+    "MapResult",
+    "MaybeEncodingError",
+    "Pool",
+    "PoolTerminatedError",
+    "RemoteTraceback",
+    "TimeoutError",
+    "__version__",
+]

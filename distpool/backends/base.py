@@ -1,0 +1,54 @@
+"""The interface between a pool's engine and a transport."""
+
+from __future__ import annotations
+
+import abc
+from typing import Iterable, List, Sequence
+
+from ..serialization import TaskEnvelope
+
+
+class Backend(abc.ABC):
+    """Moves task envelopes to workers and result records back, for any number of pools.
+
+    Threads: the engine calls :meth:`publish` from its dispatcher thread only, and
+    :meth:`fetch_results` and :meth:`refresh_pool` from its collector thread only; the other
+    methods may come from any thread. Implementations keep connections accordingly.
+    """
+
+    @abc.abstractmethod
+    def worker_slots(self) -> int:
+        """Worker processes serving this backend's queue now; 0 when none is known."""
+
+    @abc.abstractmethod
+    def open_pool(self, pool_id: str) -> None:
+        """Mark the pool live: workers run its tasks only while it is."""
+
+    @abc.abstractmethod
+    def refresh_pool(self, pool_id: str) -> None:
+        """Keep the pool live; a pool not refreshed in time is treated as gone."""
+
+    @abc.abstractmethod
+    def publish(self, envelopes: Sequence[TaskEnvelope]) -> None:
+        """Hand tasks to the workers, in order; raise if the broker refuses them."""
+
+    @abc.abstractmethod
+    def fetch_results(self, pool_id: str, timeout: float) -> List[bytes]:
+        """Result records of the pool: block up to ``timeout`` for the first, take what else
+        is waiting, and return early (possibly empty) after :meth:`wake`."""
+
+    @abc.abstractmethod
+    def wake(self, pool_id: str) -> None:
+        """Make a blocked :meth:`fetch_results` of the pool return now."""
+
+    @abc.abstractmethod
+    def cancel(self, pool_id: str, task_ids: Iterable[str]) -> None:
+        """Stop the pool everywhere: no queued task of it starts, running ones are killed."""
+
+    @abc.abstractmethod
+    def close_pool(self, pool_id: str) -> None:
+        """Remove everything the pool left in the broker and the result store."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections. The backend is not used afterwards."""

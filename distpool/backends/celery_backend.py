@@ -1,0 +1,233 @@
+"""The Celery/Redis backend: Celery carries tasks, a Redis store carries results back.
+
+Worker side: :func:`create_app` builds the Celery app that ``distpool worker`` runs. It
+serves one generic task, whose only argument is a JSON task envelope; settings suit long
+tasks (one task reserved per process, late acknowledgement, re-queue when a process dies).
+
+Client side: :class:`CeleryBackend` publishes envelopes as ordinary Celery task messages and
+pops result records from the pool's Redis list, so results stream back without polling
+Celery's result backend.
+
+Fork safety: a client never touches ``app.pool`` or kombu's global pools. Celery registers an
+after-fork hook the first time they are used, and that hook can hang a
+``multiprocessing`` child forked later from the same process (users mix both). The client
+owns one plain connection, used by the pool's dispatcher thread alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Iterable, List, Optional, Sequence
+
+from celery import Celery, bootsteps
+from kombu import Connection, Producer
+
+from .. import worker
+from ..config import Settings, mask_url
+from ..errors import BrokerUnavailableError, EnvelopeError, IncompatibleEnvelopeError
+from ..serialization import TaskEnvelope
+from .base import Backend
+from .redis_store import RedisStore
+
+logger = logging.getLogger("distpool")
+
+TASK_NAME = "distpool.execute"
+#: How often a worker renews its registration, and how long the registration lasts.
+REGISTRATION_INTERVAL = 10.0
+REGISTRATION_TTL = 3 * REGISTRATION_INTERVAL
+#: Kombu's Redis transport hands an unacknowledged message to another worker after this
+#: long. distpool's tasks are acknowledged late and may run for hours, so it is set far
+#: beyond any task's duration (see README: worker failures).
+VISIBILITY_TIMEOUT = 7 * 24 * 3600
+#: A publish or a revoke that cannot reach the broker gives up after about this long.
+PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
+                        "interval_max": 1.0}
+
+
+def create_app(settings: Settings) -> Celery:
+    """The Celery app shared by ``distpool worker`` and by clients (to build messages)."""
+    app = Celery("distpool", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        # Celery's own messages stay JSON: nothing on the broker is unpickled by Celery.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_default_queue=settings.queue,
+        # One task per process at a time, acknowledged when done: no worker hoards tasks,
+        # and a task whose process dies goes back to the queue.
+        worker_prefetch_multiplier=1,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    results = _ProcessLocalStore(settings.result_url)
+
+    @app.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
+    def run_distpool_task(message: Any) -> None:
+        _run_message(message, results.get())
+
+    app.steps["worker"].add(_registration_step(settings))
+    return app
+
+
+def _run_message(message: Any, store: RedisStore) -> None:
+    try:
+        envelope = TaskEnvelope.from_wire(message)
+    except IncompatibleEnvelopeError as exc:
+        logger.error("task %s of pool %s refused: %s", exc.task_id, exc.pool_id, exc)
+        if exc.pool_id is not None and exc.task_id is not None:
+            store.push_result(exc.pool_id, worker.failure_record(exc.task_id, exc))
+        return
+    except EnvelopeError as exc:
+        logger.error("dropped a message that is not a distpool task: %s", exc)
+        return
+    if not store.pool_is_live(envelope.pool_id):
+        logger.info("skipped task %s: its pool was terminated or its client is gone",
+                    envelope.task_id)
+        return
+    store.push_result(envelope.pool_id, worker.execute(envelope))
+
+
+class _ProcessLocalStore:
+    """One result-store connection per worker process (prefork children included)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._pid: Optional[int] = None
+        self._store: Optional[RedisStore] = None
+
+    def get(self) -> RedisStore:
+        if self._store is None or self._pid != os.getpid():
+            self._store, self._pid = RedisStore(self._url), os.getpid()
+        return self._store
+
+
+def _registration_step(settings: Settings) -> type:
+    """A worker bootstep that keeps the worker registered, with its slots, in the store."""
+
+    class Registration(bootsteps.StartStopStep):  # type: ignore[misc]
+        label = "distpool registration"
+
+        def __init__(self, w: Any, **kwargs: Any) -> None:
+            super().__init__(w, **kwargs)
+            self._store = RedisStore(settings.result_url)
+            self._timer: Any = None
+
+        def start(self, w: Any) -> None:
+            self._register(w)
+            self._timer = w.timer.call_repeatedly(REGISTRATION_INTERVAL, self._register, (w,))
+
+        def stop(self, w: Any) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            try:
+                self._store.unregister_worker(settings.queue, w.hostname)
+            except Exception as exc:  # the store may be gone at shutdown; it expires anyway
+                logger.warning("could not unregister %s: %s", w.hostname, exc)
+
+        def _register(self, w: Any) -> None:
+            try:
+                self._store.register_worker(settings.queue, w.hostname, w.concurrency,
+                                            REGISTRATION_TTL)
+            except Exception as exc:
+                logger.warning("could not register %s in %s: %s", w.hostname,
+                               mask_url(settings.result_url), exc)
+
+    return Registration
+
+
+class CeleryBackend(Backend):
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._app = create_app(settings)
+        self._queue = self._app.amqp.queues[settings.queue]
+        self._send = self._app.amqp.send_task_message
+        self._store = RedisStore(settings.result_url)
+        self._connection: Connection = self._app.connection_for_write()
+        self._producer: Optional[Producer] = None
+        self._lock = threading.Lock()
+        try:
+            self._store.ping()
+        except Exception as exc:
+            raise BrokerUnavailableError(
+                f"cannot reach the result store at {mask_url(settings.result_url)}: {exc}"
+            ) from None
+        try:
+            self._connection.ensure_connection(max_retries=2, interval_start=0.5,
+                                               interval_step=0.5, timeout=5)
+        except Exception as exc:
+            raise BrokerUnavailableError(
+                f"cannot reach the broker at {mask_url(settings.broker_url)}: {exc}"
+            ) from None
+
+    def worker_slots(self) -> int:
+        return self._store.worker_slots(self._settings.queue)
+
+    def open_pool(self, pool_id: str) -> None:
+        self._store.open_pool(pool_id, self._settings.pool_ttl)
+
+    refresh_pool = open_pool
+
+    def publish(self, envelopes: Sequence[TaskEnvelope]) -> None:
+        if self._producer is None:
+            self._producer = Producer(self._connection)
+        for envelope in envelopes:
+            message = self._app.amqp.as_task_v2(
+                envelope.task_id, TASK_NAME, args=(envelope.to_wire(),),
+                argsrepr=f"<distpool task {envelope.task_id}>", kwargsrepr="{}",
+                ignore_result=True,
+            )
+            self._send(self._producer, TASK_NAME, message, queue=self._queue,
+                       retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+
+    def fetch_results(self, pool_id: str, timeout: float) -> List[bytes]:
+        return self._store.pop_results(pool_id, timeout)
+
+    def wake(self, pool_id: str) -> None:
+        self._store.wake(pool_id)
+
+    def cancel(self, pool_id: str, task_ids: Iterable[str]) -> None:
+        # First the liveness key: every worker then skips the pool's queued tasks, even a
+        # worker that starts later and never hears the revoke broadcast.
+        self._store.close_pool(pool_id)
+        ids = list(task_ids)
+        if ids:
+            with self._app.connection_for_write() as connection:
+                self._app.control.revoke(ids, connection=connection, terminate=True,
+                                         signal="SIGKILL")
+
+    def close_pool(self, pool_id: str) -> None:
+        self._store.close_pool(pool_id)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.release()
+            self._connection.release()
+            self._store.close()
+
+
+def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
+               extra_args: Sequence[str] = ()) -> int:
+    """Run ``celery worker`` for distpool in this process until it is stopped."""
+    app = create_app(settings)
+    argv = [
+        "worker",
+        f"--queues={settings.queue}",
+        f"--concurrency={concurrency}",
+        f"--hostname={name}",
+        f"--loglevel={loglevel}",
+        # Gossip and mingle are for features distpool does not use; they cost a second at
+        # start. Remote control (inspect, revoke) and events (-E, Flower) still work.
+        "--without-gossip",
+        "--without-mingle",
+        *extra_args,
+    ]
+    app.worker_main(argv=argv)
+    return 0

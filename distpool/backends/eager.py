@@ -1,0 +1,63 @@
+"""The in-process backend: tasks run at publish time, in the engine's dispatcher thread.
+
+For users' unit tests: no broker, no worker processes, but the same serialisation and the
+same :func:`distpool.worker.execute` as a real worker, so what cannot travel fails here too.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Deque, Dict, Iterable, List, Sequence
+
+from .. import worker
+from ..serialization import TaskEnvelope
+from .base import Backend
+
+
+class EagerBackend(Backend):
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._results: Dict[str, Deque[bytes]] = collections.defaultdict(collections.deque)
+        self._cancelled: set = set()
+
+    def worker_slots(self) -> int:
+        return 1
+
+    def open_pool(self, pool_id: str) -> None:
+        pass
+
+    def refresh_pool(self, pool_id: str) -> None:
+        pass
+
+    def publish(self, envelopes: Sequence[TaskEnvelope]) -> None:
+        for envelope in envelopes:
+            if envelope.pool_id in self._cancelled:
+                continue
+            record = worker.execute(envelope)
+            with self._cond:
+                self._results[envelope.pool_id].append(record)
+                self._cond.notify_all()
+
+    def fetch_results(self, pool_id: str, timeout: float) -> List[bytes]:
+        with self._cond:
+            queue = self._results[pool_id]
+            if not queue:
+                self._cond.wait(timeout)
+            records = list(queue)
+            queue.clear()
+        return records
+
+    def wake(self, pool_id: str) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def cancel(self, pool_id: str, task_ids: Iterable[str]) -> None:
+        self._cancelled.add(pool_id)
+
+    def close_pool(self, pool_id: str) -> None:
+        with self._cond:
+            self._results.pop(pool_id, None)
+
+    def close(self) -> None:
+        pass

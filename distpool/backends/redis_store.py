@@ -1,0 +1,116 @@
+"""distpool's keys in the result Redis, shared by clients and workers.
+
+* ``distpool:pool:<id>:live``: present while the pool's client is alive (it refreshes the key);
+  workers skip the tasks of a pool whose key is gone: terminated, or its client died.
+* ``distpool:pool:<id>:results``: the pool's result records; workers push, the client's
+  collector thread pops. Every write renews its expiry, so nothing outlives an abandoned pool.
+* ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
+  ``distpool:slots:<queue>`` (hash: worker name -> processes): who serves a queue.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import List, Optional
+
+import redis
+
+#: Unread results of a pool whose client vanished are dropped after this long.
+RESULTS_TTL = 24 * 3600
+#: Largest batch of result records taken in one round trip.
+FETCH_BATCH = 512
+#: Record pushed by the client itself to wake its collector; never a valid result record.
+WAKE_UP = b"wake"
+
+
+class RedisStore:
+    def __init__(self, url: str, socket_timeout: Optional[float] = None) -> None:
+        self.url = url
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=5,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+
+    # -- pools ------------------------------------------------------------------------
+
+    def open_pool(self, pool_id: str, ttl: float) -> None:
+        self._redis.set(_live(pool_id), b"1", px=int(ttl * 1000))
+
+    def pool_is_live(self, pool_id: str) -> bool:
+        return bool(self._redis.exists(_live(pool_id)))
+
+    def push_result(self, pool_id: str, record: bytes) -> None:
+        key = _results(pool_id)
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, record)
+            pipe.expire(key, RESULTS_TTL)
+            pipe.execute()
+
+    def pop_results(self, pool_id: str, timeout: float) -> List[bytes]:
+        key = _results(pool_id)
+        first = self._redis.blpop([key], timeout=timeout)
+        if first is None:
+            return []
+        rest = self._redis.lpop(key, FETCH_BATCH) or []
+        return [record for record in [first[1], *rest] if record != WAKE_UP]
+
+    def wake(self, pool_id: str) -> None:
+        key = _results(pool_id)
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, WAKE_UP)
+            pipe.expire(key, RESULTS_TTL)
+            pipe.execute()
+
+    def close_pool(self, pool_id: str) -> None:
+        self._redis.delete(_live(pool_id), _results(pool_id))
+
+    # -- workers ----------------------------------------------------------------------
+
+    def register_worker(self, queue: str, name: str, slots: int, ttl: float) -> None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(_workers(queue), {name: time.time() + ttl})
+            pipe.hset(_slots(queue), name, slots)
+            pipe.execute()
+
+    def unregister_worker(self, queue: str, name: str) -> None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(_workers(queue), name)
+            pipe.hdel(_slots(queue), name)
+            pipe.execute()
+
+    def worker_slots(self, queue: str) -> int:
+        """Processes of the workers whose registration has not expired."""
+        now = time.time()
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(_workers(queue), "-inf", now)
+            pipe.zrangebyscore(_workers(queue), now, "+inf")
+            _, names = pipe.execute()
+        if not names:
+            return 0
+        return sum(int(n) for n in self._redis.hmget(_slots(queue), names) if n is not None)
+
+    def ping(self) -> None:
+        self._redis.ping()
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _live(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:live"
+
+
+def _results(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:results"
+
+
+def _workers(queue: str) -> str:
+    return f"distpool:workers:{queue}"
+
+
+def _slots(queue: str) -> str:
+    return f"distpool:slots:{queue}"

@@ -1,0 +1,106 @@
+"""Settings, resolved in one place: explicit arguments > ``DISTPOOL_*`` environment > defaults.
+
+The pool (client side) and ``distpool worker`` both call :func:`resolve`, so a cluster
+configured through the environment needs no arguments on either side.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_QUEUE = "distpool"
+
+#: A pool's liveness key lives this long unless the client refreshes it; workers skip the
+#: tasks of a pool whose key is gone (terminated, or its client died).
+DEFAULT_POOL_TTL = 60.0
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str
+    result_url: str
+    queue: str
+    eager: bool
+    pool_ttl: float
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(broker_url={mask_url(self.broker_url)!r}, "
+            f"result_url={mask_url(self.result_url)!r}, queue={self.queue!r}, "
+            f"eager={self.eager!r}, pool_ttl={self.pool_ttl!r})"
+        )
+
+
+def resolve(
+    broker: Optional[str] = None,
+    result_url: Optional[str] = None,
+    queue: Optional[str] = None,
+    eager: Optional[bool] = None,
+    pool_ttl: Optional[float] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Settings:
+    """Return the settings in force, each from the first of: argument, environment, default."""
+    env = os.environ if environ is None else environ
+    broker_url = broker or env.get("DISTPOOL_BROKER_URL") or DEFAULT_BROKER_URL
+    # Results need Redis even when RabbitMQ is the broker; a Redis broker doubles as the store.
+    default_result = broker_url if _is_redis(broker_url) else DEFAULT_BROKER_URL
+    return Settings(
+        broker_url=broker_url,
+        result_url=result_url or env.get("DISTPOOL_RESULT_URL") or default_result,
+        queue=queue or env.get("DISTPOOL_QUEUE") or DEFAULT_QUEUE,
+        eager=_flag(eager, env.get("DISTPOOL_EAGER"), "DISTPOOL_EAGER"),
+        pool_ttl=_positive(pool_ttl, env.get("DISTPOOL_POOL_TTL"), "DISTPOOL_POOL_TTL",
+                           DEFAULT_POOL_TTL),
+    )
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs, errors and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _is_redis(url: str) -> bool:
+    return url.split("://", 1)[0] in ("redis", "rediss", "redis+socket")
+
+
+def _flag(explicit: Optional[bool], raw: Optional[str], name: str) -> bool:
+    if explicit is not None:
+        return bool(explicit)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+
+
+def _positive(explicit: Optional[float], raw: Optional[str], name: str, default: float) -> float:
+    if explicit is not None:
+        value = float(explicit)
+    elif raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds; got {raw!r}") from None
+    else:
+        return default
+    if value <= 0:
+        raise ValueError(f"{name if explicit is None else 'pool_ttl'} must be positive; got {value}")
+    return value

@@ -1,0 +1,235 @@
+"""One pool's traffic with its backend, on two threads, as ``multiprocessing.Pool`` has.
+
+* The **dispatcher** takes task envelopes from the jobs' sources, in submission order, and
+  publishes them while fewer than ``processes`` of the pool's tasks are in flight. Sources
+  are iterators, so ``imap`` reads (and serialises) its input only as slots free up.
+* The **collector** pops result records, frees their slots, loads their payloads and hands
+  them to the jobs' result objects, whose callbacks therefore run on this thread. It also
+  keeps the pool's liveness key fresh, without which workers drop the pool's tasks.
+
+A task id is ``<pool>:<job>:<index>``; a record whose task is not in flight (a duplicate
+delivery, or one arriving after terminate) is ignored, so each result is delivered once.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Deque, Dict, Iterator, List, Tuple
+
+from . import serialization
+from .backends.base import Backend
+from .errors import (BrokerUnavailableError, EnvelopeError, PoolTerminatedError,
+                     RemoteTraceback, add_note)
+from .serialization import ResultRecord, TaskEnvelope
+
+logger = logging.getLogger("distpool")
+
+#: Longest a collector blocks on the backend before it checks for a stop or a refresh.
+COLLECT_TIMEOUT = 1.0
+#: How long terminate() waits for the engine's threads to stop.
+STOP_TIMEOUT = 10.0
+
+Source = Iterator[TaskEnvelope]
+
+
+class Engine:
+    def __init__(self, backend: Backend, pool_id: str, processes: int, pool_ttl: float) -> None:
+        self.pool_id = pool_id
+        self._backend = backend
+        self._processes = processes
+        self._refresh_interval = pool_ttl / 3
+        self._cond = threading.Condition(threading.Lock())
+        self._sources: Deque[Source] = collections.deque()
+        self._in_flight: Dict[str, Tuple[int, int]] = {}
+        self._jobs: Dict[int, Any] = {}
+        self._job_ids = itertools.count()
+        self._closing = False
+        self._terminated = False
+        self._released = False
+        backend.open_pool(pool_id)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name=f"distpool-dispatcher-{pool_id[:8]}", daemon=True)
+        self._collector = threading.Thread(
+            target=self._collect_loop, name=f"distpool-collector-{pool_id[:8]}", daemon=True)
+        self._dispatcher.start()
+        self._collector.start()
+
+    # -- called by the pool --------------------------------------------------------------
+
+    def new_job(self) -> int:
+        return next(self._job_ids)
+
+    def task_id(self, job: int, index: int) -> str:
+        return f"{self.pool_id}:{job}:{index}"
+
+    def submit(self, job: int, result: Any, source: Source) -> None:
+        """Register ``result`` as job ``job`` and queue its envelopes for dispatch."""
+        with self._cond:
+            if self._closing:
+                raise ValueError("Pool not running")
+            self._jobs[job] = result
+            self._sources.append(source)
+            self._cond.notify_all()
+
+    def job_done(self, job: int) -> None:
+        """Called by a result object once it needs no more deliveries."""
+        with self._cond:
+            self._jobs.pop(job, None)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._wake_collector()
+
+    def join(self) -> None:
+        self._dispatcher.join()
+        self._collector.join()
+        self._release()
+
+    def terminate(self) -> None:
+        """Stop everything now: unsent tasks are dropped, sent ones cancelled on the workers,
+        and every unfinished result fails with :class:`PoolTerminatedError`."""
+        with self._cond:
+            if self._terminated:
+                return
+            self._closing = self._terminated = True
+            self._sources.clear()
+            in_flight = list(self._in_flight)
+            self._in_flight.clear()
+            jobs = list(self._jobs.values())
+            self._cond.notify_all()
+        try:
+            self._backend.cancel(self.pool_id, in_flight)
+        except Exception as exc:
+            logger.warning("pool %s: could not cancel its tasks on the workers: %s",
+                           self.pool_id, exc)
+        self._wake_collector()
+        for result in jobs:
+            self._deliver_failure(result, PoolTerminatedError("the pool was terminated"))
+        for thread in (self._dispatcher, self._collector):
+            if thread is not threading.current_thread():
+                thread.join(STOP_TIMEOUT)
+        self._release()
+
+    # -- dispatcher thread ---------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._terminated and not (
+                        self._sources and len(self._in_flight) < self._processes):
+                    if self._closing and not self._sources:
+                        return
+                    self._cond.wait()
+                if self._terminated:
+                    return
+                source = self._sources[0]
+                free = self._processes - len(self._in_flight)
+            # Pulled outside the lock: a lazy source serialises user input as it goes.
+            batch = list(itertools.islice(source, free))
+            with self._cond:
+                if self._terminated:
+                    return
+                if len(batch) < free and self._sources and self._sources[0] is source:
+                    self._sources.popleft()
+                for envelope in batch:
+                    self._in_flight[envelope.task_id] = _job_and_index(envelope.task_id)
+            if batch:
+                self._publish(batch)
+
+    def _publish(self, batch: List[TaskEnvelope]) -> None:
+        try:
+            self._backend.publish(batch)
+        except Exception as exc:
+            error = BrokerUnavailableError(f"could not send tasks to the broker: {exc}")
+            for envelope in batch:
+                self._complete(envelope.task_id, False, error)
+
+    # -- collector thread ----------------------------------------------------------------
+
+    def _collect_loop(self) -> None:
+        next_refresh = time.monotonic() + self._refresh_interval
+        while True:
+            with self._cond:
+                if self._terminated or (self._closing and not self._jobs):
+                    return
+            try:
+                records = self._backend.fetch_results(self.pool_id, COLLECT_TIMEOUT)
+                if time.monotonic() >= next_refresh:
+                    self._backend.refresh_pool(self.pool_id)
+                    next_refresh = time.monotonic() + self._refresh_interval
+            except Exception as exc:
+                logger.warning("pool %s: result store unavailable, retrying: %s",
+                               self.pool_id, exc)
+                time.sleep(COLLECT_TIMEOUT)
+                continue
+            for raw in records:
+                self._handle_record(raw)
+
+    def _handle_record(self, raw: bytes) -> None:
+        try:
+            record = ResultRecord.from_bytes(raw)
+        except EnvelopeError as exc:
+            logger.error("pool %s: dropped a malformed result record: %s", self.pool_id, exc)
+            return
+        try:
+            value = serialization.loads(record.payload)
+            ok = record.ok
+            if not ok:
+                exc, remote_traceback = value
+                exc.__cause__ = RemoteTraceback(remote_traceback)
+                value = exc
+        except Exception as exc:
+            ok, value = False, exc
+            add_note(exc, f"distpool could not load the result of task {record.task_id}")
+        self._complete(record.task_id, ok, value)
+
+    def _complete(self, task_id: str, ok: bool, value: Any) -> None:
+        with self._cond:
+            location = self._in_flight.pop(task_id, None)
+            if location is None:
+                return
+            self._cond.notify_all()
+            result = self._jobs.get(location[0])
+        if result is not None:
+            try:
+                result._set(location[1], ok, value)
+            except Exception:
+                logger.exception("pool %s: a result callback raised", self.pool_id)
+
+    def _deliver_failure(self, result: Any, exc: BaseException) -> None:
+        try:
+            result._abort(exc)
+        except Exception:
+            logger.exception("pool %s: an error callback raised", self.pool_id)
+
+    # -- shared ------------------------------------------------------------------------
+
+    def _wake_collector(self) -> None:
+        try:
+            self._backend.wake(self.pool_id)
+        except Exception as exc:
+            logger.debug("pool %s: could not wake the collector: %s", self.pool_id, exc)
+
+    def _release(self) -> None:
+        with self._cond:
+            if self._released:
+                return
+            self._released = True
+        try:
+            self._backend.close_pool(self.pool_id)
+        except Exception as exc:
+            logger.warning("pool %s: could not remove its keys: %s", self.pool_id, exc)
+        self._backend.close()
+
+
+def _job_and_index(task_id: str) -> Tuple[int, int]:
+    _, job, index = task_id.rsplit(":", 2)
+    return int(job), int(index)
+

@@ -1,0 +1,66 @@
+"""distpool's exceptions, and the multiprocessing ones it raises unchanged.
+
+Code written for ``multiprocessing.Pool`` catches ``multiprocessing.TimeoutError`` and
+inspects ``multiprocessing.pool.RemoteTraceback``; distpool raises those very classes.
+"""
+
+from __future__ import annotations
+
+from multiprocessing import TimeoutError
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+from typing import Optional
+
+__all__ = [
+    "BrokerUnavailableError",
+    "DistpoolError",
+    "EnvelopeError",
+    "IncompatibleEnvelopeError",
+    "MaybeEncodingError",
+    "PoolTerminatedError",
+    "RemoteTraceback",
+    "TimeoutError",
+    "add_note",
+]
+
+
+class DistpoolError(Exception):
+    """Base class of the errors distpool itself raises."""
+
+
+class EnvelopeError(DistpoolError):
+    """A message that is not a well-formed distpool task or result; it is never unpickled."""
+
+
+class IncompatibleEnvelopeError(EnvelopeError):
+    """A well-formed message from another Python, dill or envelope version.
+
+    It names its pool and task, so the worker can report the failure to that task's caller.
+    """
+
+    def __init__(self, message: str, pool_id: Optional[str], task_id: Optional[str]) -> None:
+        super().__init__(message)
+        self.pool_id = pool_id
+        self.task_id = task_id
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (str(self), self.pool_id, self.task_id))
+
+
+class PoolTerminatedError(DistpoolError):
+    """The pool was terminated before this result arrived."""
+
+
+class BrokerUnavailableError(DistpoolError):
+    """The broker or the result store cannot be reached."""
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` where Python has it (3.11+), the same attribute before.
+
+    distpool re-raises the user's own exception types (code written for multiprocessing
+    catches them) and adds what it knows, such as which argument failed, as a note.
+    """
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - Python < 3.11
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]

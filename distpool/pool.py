@@ -1,0 +1,295 @@
+"""``distpool.Pool``: the ``multiprocessing.Pool`` API over a cluster of Celery workers.
+
+The pool validates its arguments, serialises the callable once per call and the arguments
+chunk by chunk *at the call* (so what cannot travel fails here, naming the object, with
+nothing sent), and hands task envelopes to its :class:`~distpool.engine.Engine`.
+Chunking, ordering, callbacks and errors follow ``Lib/multiprocessing/pool.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import reprlib
+import uuid
+import warnings
+import weakref
+from multiprocessing.pool import CLOSE, RUN, TERMINATE
+from typing import (Any, Callable, Iterable, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple, TypeVar)
+
+from . import backends, config, serialization
+from .engine import Engine
+from .errors import add_note
+from .results import (ApplyResult, Callback, IMapIterator, IMapUnorderedIterator,
+                      MapResult)
+from .serialization import TaskEnvelope
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = _short_repr.maxother = 80
+
+
+class Pool:
+    """A process pool whose processes are Celery workers, possibly on other machines.
+
+    ``Pool(processes, initializer, initargs, maxtasksperchild, context)`` are those of
+    ``multiprocessing.Pool`` (``context`` is accepted and ignored). ``processes`` bounds how
+    many of this pool's tasks are in flight at once; by default, the number of worker
+    processes serving the queue. The keyword-only arguments choose the cluster: ``broker``
+    (URL), ``result_url`` (the Redis that carries results back), ``queue``, ``eager`` (run
+    tasks in this process, for tests) and ``pool_ttl`` (seconds after which workers drop the
+    tasks of a pool whose client stopped refreshing it). Unset, each comes from its
+    ``DISTPOOL_*`` environment variable, then from the defaults (see README).
+    """
+
+    def __init__(
+        self,
+        processes: Optional[int] = None,
+        initializer: Optional[Callable[..., object]] = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: Optional[int] = None,
+        context: Any = None,
+        *,
+        broker: Optional[str] = None,
+        result_url: Optional[str] = None,
+        queue: Optional[str] = None,
+        eager: Optional[bool] = None,
+        pool_ttl: Optional[float] = None,
+    ) -> None:
+        # Set first, so that __del__ and __repr__ work on a half-built pool.
+        self._state = "INIT"
+        self._engine: Optional[Engine] = None
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (
+                not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._settings = config.resolve(broker=broker, result_url=result_url, queue=queue,
+                                        eager=eager, pool_ttl=pool_ttl)
+        self._initializer = None if initializer is None else _dumps(
+            (initializer, tuple(initargs)), "the initializer and its initargs")
+        self._maxtasksperchild = maxtasksperchild
+        backend = backends.connect(self._settings)
+        try:
+            self._processes = processes or backend.worker_slots() or os.cpu_count() or 1
+            self._pool_id = uuid.uuid4().hex
+            self._engine = Engine(backend, self._pool_id, self._processes,
+                                  self._settings.pool_ttl)
+        except BaseException:
+            backend.close()
+            raise
+        self._state = RUN
+        # Threads and results refer to the engine, never to the pool, so an abandoned pool
+        # is collected, and then (or at interpreter exit) its engine is terminated.
+        self._finalizer = weakref.finalize(self, self._engine.terminate)
+
+    # -- the multiprocessing.Pool API ------------------------------------------------------
+
+    def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}) -> T:
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {}, callback: Callback = None,
+                    error_callback: Callback = None) -> ApplyResult[T]:
+        engine = self._running_engine()
+        function = _dumps(func, "the function")
+        arguments = _dumps((tuple(args), dict(kwds)), "the arguments")
+        job = engine.new_job()
+        result: ApplyResult[T] = ApplyResult(job, engine.job_done, callback, error_callback)
+        engine.submit(job, result, iter([self._envelope(job, 0, "apply", function, arguments)]))
+        return result
+
+    def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
+            chunksize: Optional[int] = None) -> List[T]:
+        return self._map_async(func, iterable, "map", chunksize).get()
+
+    def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
+                  chunksize: Optional[int] = None, callback: Callback = None,
+                  error_callback: Callback = None) -> MapResult[T]:
+        return self._map_async(func, iterable, "map", chunksize, callback, error_callback)
+
+    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
+                chunksize: Optional[int] = None) -> List[T]:
+        return self._map_async(func, iterable, "starmap", chunksize).get()
+
+    def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
+                      chunksize: Optional[int] = None, callback: Callback = None,
+                      error_callback: Callback = None) -> MapResult[T]:
+        return self._map_async(func, iterable, "starmap", chunksize, callback, error_callback)
+
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
+             chunksize: int = 1) -> IMapIterator[T]:
+        return self._imap(IMapIterator, func, iterable, chunksize)
+
+    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
+                       chunksize: int = 1) -> IMapIterator[T]:
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+
+    def close(self) -> None:
+        """Accept no more work; the workers finish what was submitted."""
+        if self._state == RUN:
+            self._state = CLOSE
+            assert self._engine is not None
+            self._engine.close()
+
+    def terminate(self) -> None:
+        """Stop now: see :meth:`distpool.engine.Engine.terminate`."""
+        self._state = TERMINATE
+        self._finalizer()
+
+    def join(self) -> None:
+        """Wait for the pool's work to finish, after :meth:`close` or :meth:`terminate`."""
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state not in (CLOSE, TERMINATE):
+            raise ValueError("In unknown state")
+        assert self._engine is not None
+        self._engine.join()
+
+    def __enter__(self) -> "Pool":
+        self._running_engine()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled")
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        return (f"<{cls.__module__}.{cls.__qualname__} state={self._state} "
+                f"pool_size={getattr(self, '_processes', None)} "
+                f"broker={config.mask_url(self._settings.broker_url) if hasattr(self, '_settings') else None}>")
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn, RUN: str = RUN) -> None:
+        if self._state == RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
+                  source=self)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _running_engine(self) -> Engine:
+        if self._state != RUN or self._engine is None:
+            raise ValueError("Pool not running")
+        return self._engine
+
+    def _envelope(self, job: int, index: int, kind: str, function: bytes,
+                  arguments: bytes) -> TaskEnvelope:
+        assert self._engine is not None
+        return TaskEnvelope(
+            pool_id=self._pool_id,
+            task_id=self._engine.task_id(job, index),
+            kind=kind,
+            function=function,
+            arguments=arguments,
+            initializer=self._initializer,
+            max_tasks=self._maxtasksperchild,
+        )
+
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], kind: str,
+                   chunksize: Optional[int], callback: Callback = None,
+                   error_callback: Callback = None) -> MapResult[Any]:
+        engine = self._running_engine()
+        items: Sequence[Any] = iterable if hasattr(iterable, "__len__") else list(iterable)  # type: ignore[assignment]
+        length = len(items)
+        if chunksize is None:
+            chunksize, extra = divmod(length, self._processes * 4)
+            if extra:
+                chunksize += 1
+        elif chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        if length == 0:
+            chunksize = 0
+        function = _dumps(func, "the function")
+        # Serialised now, every chunk: if one cannot travel, nothing has been sent.
+        chunks = [_dumps_chunk(chunk, index * chunksize)
+                  for index, chunk in enumerate(_chunked(iter(items), chunksize))]
+        job = engine.new_job()
+        result: MapResult[Any] = MapResult(job, engine.job_done, length, chunksize,
+                                           callback, error_callback)
+        if result.ready():  # an empty input: complete already, nothing to send
+            return result
+        engine.submit(job, result, iter([
+            self._envelope(job, index, kind, function, data)
+            for index, data in enumerate(chunks)]))
+        return result
+
+    def _imap(self, result_type: type, func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: int) -> IMapIterator[Any]:
+        engine = self._running_engine()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        function = _dumps(func, "the function")
+        items = iter(iterable)
+        job = engine.new_job()
+        result: IMapIterator[Any] = result_type(job, engine.job_done)
+        engine.submit(job, result, self._lazy_envelopes(job, result, function, items,
+                                                        chunksize))
+        return result
+
+    def _lazy_envelopes(self, job: int, result: IMapIterator[Any], function: bytes,
+                        items: Iterator[Any], chunksize: int) -> Iterator[TaskEnvelope]:
+        """imap's source: reads and serialises the input only as the engine asks.
+
+        An exception from the input (or from serialising it) becomes the failure of the
+        chunk where it happened and ends the input, as in multiprocessing.
+        """
+        index = 0
+        chunks = _chunked(items, chunksize)
+        while True:
+            try:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                data = _dumps_chunk(chunk, index * chunksize)
+            except Exception as exc:
+                result._set(index, False, exc)
+                index += 1
+                break
+            yield self._envelope(job, index, "map", function, data)
+            index += 1
+        result._set_length(index)
+
+
+DistributedPool = Pool
+
+
+def _chunked(items: Iterator[Any], size: int) -> Iterator[Tuple[Any, ...]]:
+    if size < 1:
+        return
+    while True:
+        chunk = tuple(itertools.islice(items, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _dumps(obj: Any, what: str) -> bytes:
+    try:
+        return serialization.dumps(obj)
+    except Exception as exc:
+        add_note(exc, f"distpool cannot serialise {what}: {_short_repr.repr(obj)}")
+        raise
+
+
+def _dumps_chunk(chunk: Tuple[Any, ...], first_index: int) -> bytes:
+    try:
+        return serialization.dumps(chunk)
+    except Exception as exc:
+        # Only on failure: find which item it was, to name it.
+        for offset, item in enumerate(chunk):
+            try:
+                serialization.dumps(item)
+            except Exception:
+                add_note(exc, f"distpool cannot serialise item {first_index + offset} of the "
+                              f"input: {_short_repr.repr(item)}")
+                break
+        raise

@@ -1,0 +1,193 @@
+"""Result objects handed to the caller: AsyncResult, MapResult and the imap iterators.
+
+They follow ``multiprocessing.pool`` (CPython 3.8+) closely: callbacks run in the pool's
+result-collector thread *before* waiters are woken; a map is ready only once every chunk has
+reported, and then fails with the first error received; the iterators raise each failed item
+in place.
+
+The pool's engine delivers outcomes through ``_set(index, success, value)`` (``index`` is the
+chunk number) and, for iterators whose input length is not known up front, ``_set_length``.
+``on_done`` tells the engine that a job needs no more deliveries.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import (Any, Callable, Deque, Dict, Generic, Iterator, List, Optional, Tuple,
+                    TypeVar)
+
+from .errors import TimeoutError
+
+T = TypeVar("T")
+Callback = Optional[Callable[[Any], object]]
+OnDone = Callable[[int], None]
+
+
+class ApplyResult(Generic[T]):
+    """The result of ``apply_async``; ``multiprocessing.pool.AsyncResult`` by another name."""
+
+    def __init__(self, job: int, on_done: OnDone, callback: Callback = None,
+                 error_callback: Callback = None) -> None:
+        self._job = job
+        self._on_done = on_done
+        self._callback = callback
+        self._error_callback = error_callback
+        self._event = threading.Event()
+        self._success = True
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None) -> T:
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value  # type: ignore[no-any-return]
+        raise self._value
+
+    def _set(self, index: int, success: bool, value: Any) -> None:
+        self._success, self._value = success, value
+        self._finish()
+
+    def _abort(self, exc: BaseException) -> None:
+        """Fail now, whatever is still outstanding (the pool was terminated)."""
+        if not self.ready():
+            self._success, self._value = False, exc
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            if self._success and self._callback is not None:
+                self._callback(self._value)
+            elif not self._success and self._error_callback is not None:
+                self._error_callback(self._value)
+        finally:
+            # A raising callback must not leave waiters hanging; the engine logs it.
+            self._event.set()
+            self._on_done(self._job)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult[List[T]]):
+    """The result of ``map_async``/``starmap_async``: chunks fill a list in input order."""
+
+    def __init__(self, job: int, on_done: OnDone, length: int, chunksize: int,
+                 callback: Callback = None, error_callback: Callback = None) -> None:
+        super().__init__(job, on_done, callback, error_callback)
+        self._value = [None] * length
+        self._chunksize = chunksize
+        self._chunks_left = -(-length // chunksize) if chunksize > 0 else 0
+        if self._chunks_left == 0:
+            self._finish()
+
+    def _set(self, index: int, success: bool, value: Any) -> None:
+        self._chunks_left -= 1
+        if success and self._success:
+            self._value[index * self._chunksize:(index + 1) * self._chunksize] = value
+        elif not success and self._success:
+            # Keep only the first error, but wait for every chunk, as multiprocessing does
+            # since bpo-23992: returning early let workers run on behind the caller's back.
+            self._success, self._value = False, value
+        if self._chunks_left == 0:
+            self._finish()
+
+
+class IMapIterator(Generic[T]):
+    """Iterator returned by ``imap``: results in input order, each failure raised in place.
+
+    ``next(timeout)`` raises ``multiprocessing.TimeoutError`` if no result is ready in time.
+    A chunk that fails raises its exception once, in place of all its items.
+    """
+
+    def __init__(self, job: int, on_done: OnDone) -> None:
+        self._job = job
+        self._on_done = on_done
+        self._cond = threading.Condition(threading.Lock())
+        self._items: Deque[Tuple[bool, Any]] = collections.deque()
+        self._chunks_seen = 0
+        self._length: Optional[int] = None
+        self._unsorted: Dict[int, Tuple[bool, Any]] = {}
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def next(self, timeout: Optional[float] = None) -> T:
+        with self._cond:
+            if not self._items and not self._exhausted():
+                self._cond.wait(timeout)
+            if not self._items:
+                if self._exhausted():
+                    raise StopIteration
+                raise TimeoutError
+            success, value = self._items.popleft()
+        if success:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    __next__ = next
+
+    def _exhausted(self) -> bool:
+        return self._chunks_seen == self._length
+
+    def _set(self, index: int, success: bool, value: Any) -> None:
+        with self._cond:
+            if index == self._chunks_seen:
+                self._append(success, value)
+                while self._chunks_seen in self._unsorted:
+                    self._append(*self._unsorted.pop(self._chunks_seen))
+                self._cond.notify()
+            else:
+                self._unsorted[index] = (success, value)
+            done = self._exhausted()
+        if done:
+            self._on_done(self._job)
+
+    def _append(self, success: bool, value: Any) -> None:
+        if success:
+            self._items.extend((True, item) for item in value)
+        else:
+            self._items.append((False, value))
+        self._chunks_seen += 1
+
+    def _abort(self, exc: BaseException) -> None:
+        """Raise ``exc`` after the results already in, then stop (the pool was terminated)."""
+        with self._cond:
+            self._unsorted.clear()
+            self._items.append((False, exc))
+            self._length = self._chunks_seen
+            self._cond.notify()
+        self._on_done(self._job)
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            done = self._exhausted()
+            if done:
+                self._cond.notify()
+        if done:
+            self._on_done(self._job)
+
+
+class IMapUnorderedIterator(IMapIterator[T]):
+    """Iterator returned by ``imap_unordered``: each chunk's results as soon as it arrives."""
+
+    def _set(self, index: int, success: bool, value: Any) -> None:
+        with self._cond:
+            self._append(success, value)
+            self._cond.notify()
+            done = self._exhausted()
+        if done:
+            self._on_done(self._job)

@@ -1,0 +1,114 @@
+"""Runs tasks: the only place where user code is executed.
+
+Every backend (Celery workers, and the in-process eager one) hands a :class:`TaskEnvelope` to
+:func:`execute` and gets back the bytes of a :class:`ResultRecord`, whatever happened: user
+exceptions, unpicklable results and a failing initializer all become failure records.
+
+Each worker process keeps, per pool, a namespace module that stands in for the client's
+``__main__`` (see :mod:`distpool.serialization`). The pool's initializer runs in it before
+the process's first task of that pool, so the globals it sets are seen by the tasks after it.
+"""
+
+from __future__ import annotations
+
+import traceback
+import types
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+from . import serialization
+from .errors import MaybeEncodingError
+from .serialization import ResultRecord, TaskEnvelope
+
+#: How many pools' namespaces one worker process keeps; the least recently used goes first.
+MAX_NAMESPACES = 16
+#: Deserialised callables kept per pool, keyed by their payload bytes.
+MAX_CALLABLES = 32
+
+
+class _PoolState:
+    """What one worker process holds for one pool."""
+
+    def __init__(self) -> None:
+        self.namespace = serialization.new_namespace()
+        self.tasks_run = 0
+        self.callables: "OrderedDict[bytes, Callable[..., Any]]" = OrderedDict()
+
+
+_pools: "OrderedDict[str, _PoolState]" = OrderedDict()
+
+
+def execute(envelope: TaskEnvelope) -> bytes:
+    """Run one task and return its result record, never raising for the task's own faults."""
+    try:
+        state = _state_for(envelope)
+        function = _callable(state, envelope.function)
+        arguments = serialization.loads(envelope.arguments, namespace=state.namespace)
+        value = _run(envelope.kind, function, arguments)
+        state.tasks_run += 1
+        try:
+            payload = serialization.dumps(value, namespace=state.namespace)
+        except Exception as exc:
+            # As multiprocessing does: the task failed because its result cannot travel.
+            return failure_record(envelope.task_id, MaybeEncodingError(exc, value))
+    except Exception as exc:
+        return failure_record(envelope.task_id, exc, namespace=_namespace_of(envelope.pool_id))
+    return ResultRecord(envelope.task_id, True, payload).to_bytes()
+
+
+def failure_record(task_id: str, exc: BaseException,
+                   namespace: Optional[types.ModuleType] = None) -> bytes:
+    """A failure record carrying ``exc`` and its formatted traceback for the client."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    # The client sets RemoteTraceback(text) as the exception's __cause__, as multiprocessing.
+    remote_traceback = '\n"""\n%s"""' % text
+    try:
+        payload = serialization.dumps((exc, remote_traceback), namespace=namespace)
+    except Exception as encoding_error:
+        substitute = MaybeEncodingError(encoding_error, repr(exc))
+        payload = serialization.dumps((substitute, remote_traceback))
+    return ResultRecord(task_id, False, payload).to_bytes()
+
+
+def _run(kind: str, function: Callable[..., Any], arguments: Any) -> Any:
+    if kind == "apply":
+        args, kwds = arguments
+        return function(*args, **kwds)
+    if kind == "map":
+        return [function(item) for item in arguments]
+    return [function(*item) for item in arguments]  # starmap
+
+
+def _state_for(envelope: TaskEnvelope) -> _PoolState:
+    state = _pools.get(envelope.pool_id)
+    # maxtasksperchild: after that many tasks the pool's state in this process starts
+    # afresh, the initializer included (see README for how this relates to processes).
+    if state is not None and envelope.max_tasks is not None and state.tasks_run >= envelope.max_tasks:
+        state = None
+    if state is None:
+        state = _PoolState()
+        if envelope.initializer is not None:
+            initializer, initargs = serialization.loads(
+                envelope.initializer, namespace=state.namespace)
+            initializer(*initargs)
+        # Registered only once initialised: a failing initializer is retried by the next task.
+        _pools[envelope.pool_id] = state
+        while len(_pools) > MAX_NAMESPACES:
+            _pools.popitem(last=False)
+    _pools.move_to_end(envelope.pool_id)
+    return state
+
+
+def _namespace_of(pool_id: str) -> Optional[types.ModuleType]:
+    state = _pools.get(pool_id)
+    return None if state is None else state.namespace
+
+
+def _callable(state: _PoolState, payload: bytes) -> Callable[..., Any]:
+    function = state.callables.get(payload)
+    if function is None:
+        function = serialization.loads(payload, namespace=state.namespace)
+        state.callables[payload] = function
+        while len(state.callables) > MAX_CALLABLES:
+            state.callables.popitem(last=False)
+    return function
