@@ -1,0 +1,171 @@
+"""Processes the tests start: a private Redis server and real ``distpool worker`` nodes.
+
+Every process is started in its own session, so stopping it stops its children too (a
+worker's prefork processes), and every start waits for readiness within a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the process's whole session, then SIGKILL whatever is left after a while."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers: children of a dead leader
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+class RedisServer:
+    """A redis-server on a free loopback port, keeping nothing on disk."""
+
+    def __init__(self) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not on PATH (.ci/run installs it)")
+        self.port = free_port()
+        self._dir = tempfile.mkdtemp(prefix="distpool-test-redis-")
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self._dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        self.client.close()
+        stop_process_group(self.process)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class Worker:
+    """One ``python -m distpool worker`` node, started in a directory of its own."""
+
+    def __init__(self, broker: str, queue: str, concurrency: int = 2,
+                 result_url: Optional[str] = None, extra_args: List[str] = (),
+                 env: Optional[Dict[str, str]] = None) -> None:
+        self.queue = queue
+        self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        self.concurrency = concurrency
+        self._dir = tempfile.mkdtemp(prefix="distpool-test-worker-")
+        self.log_path = Path(self._dir) / "worker.log"
+        command = [sys.executable, "-m", "distpool", "worker", "--broker", broker,
+                   "--queue", queue, "--concurrency", str(concurrency), "--name", self.name,
+                   "--loglevel", "INFO", *extra_args]
+        if result_url:
+            command += ["--result-url", result_url]
+        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+        for key in ("DISTPOOL_BROKER_URL", "DISTPOOL_RESULT_URL", "DISTPOOL_QUEUE"):
+            environment.pop(key, None)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, cwd=self._dir, env=environment,
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop_process_group(self.process, sig)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def wait_for_slots(result_url: str, queue: str, slots: int,
+                   workers: List[Worker], timeout: float = START_TIMEOUT) -> None:
+    """Wait until workers serving ``queue`` have registered ``slots`` processes."""
+    from distpool.backends.redis_store import RedisStore
+
+    store = RedisStore(result_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while store.worker_slots(queue) < slots:
+            for worker in workers:
+                if worker.process.poll() is not None:
+                    raise RuntimeError(f"worker exited early:\n{worker.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not register in time:\n"
+                                   + "\n".join(w.log() for w in workers))
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+class Cluster:
+    """A queue on a Redis server, served by ``nodes`` worker nodes."""
+
+    def __init__(self, redis_server: RedisServer, nodes: int = 1, concurrency: int = 2,
+                 db: int = 0, broker: Optional[str] = None, extra_args: List[str] = (),
+                 env: Optional[Dict[str, str]] = None) -> None:
+        self.redis = redis_server
+        self.queue = f"test-{uuid.uuid4().hex[:12]}"
+        self.result_url = redis_server.url(db)
+        self.broker = broker or self.result_url
+        self.workers: List[Worker] = []
+        try:
+            for _ in range(nodes):
+                self.add_worker(concurrency, extra_args, env, wait=False)
+            wait_for_slots(self.result_url, self.queue, nodes * concurrency, self.workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def add_worker(self, concurrency: int = 2, extra_args: List[str] = (),
+                   env: Optional[Dict[str, str]] = None, wait: bool = True) -> Worker:
+        worker = Worker(self.broker, self.queue, concurrency, self.result_url, extra_args, env)
+        self.workers.append(worker)
+        if wait:
+            slots = sum(w.concurrency for w in self.workers if w.process.poll() is None)
+            wait_for_slots(self.result_url, self.queue, slots, self.workers)
+        return worker
+
+    def pool_kwargs(self) -> Dict[str, str]:
+        return {"broker": self.broker, "result_url": self.result_url, "queue": self.queue}
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
