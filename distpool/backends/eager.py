@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Dict, Iterable, List, Sequence
+from typing import Deque, Dict, Iterable, List, Sequence, Set
 
 from .. import worker
 from ..serialization import TaskEnvelope
@@ -19,10 +19,10 @@ class EagerBackend(Backend):
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._results: Dict[str, Deque[bytes]] = collections.defaultdict(collections.deque)
-        self._cancelled: set = set()
+        self._cancelled: Set[str] = set()
 
     def worker_slots(self) -> int:
-        return 1
+        return 0  # unknown: the pool defaults to the CPU count, as multiprocessing does
 
     def open_pool(self, pool_id: str) -> None:
         pass

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from distpool import config
+
+
+def test_defaults():
+    settings = config.resolve(environ={})
+    assert settings.broker_url == config.DEFAULT_BROKER_URL
+    assert settings.result_url == config.DEFAULT_BROKER_URL
+    assert settings.queue == "distpool"
+    assert settings.eager is False
+    assert settings.pool_ttl == config.DEFAULT_POOL_TTL
+
+
+def test_environment_overrides_defaults_and_arguments_override_environment():
+    env = {"DISTPOOL_BROKER_URL": "redis://env:6379/1", "DISTPOOL_QUEUE": "envq",
+           "DISTPOOL_RESULT_URL": "redis://results:6379/2", "DISTPOOL_EAGER": "yes",
+           "DISTPOOL_POOL_TTL": "12.5"}
+    from_env = config.resolve(environ=env)
+    assert (from_env.broker_url, from_env.queue, from_env.result_url, from_env.eager,
+            from_env.pool_ttl) == ("redis://env:6379/1", "envq", "redis://results:6379/2",
+                                   True, 12.5)
+    explicit = config.resolve(broker="redis://arg:6379/0", queue="argq",
+                              result_url="redis://r:1/0", eager=False, pool_ttl=3, environ=env)
+    assert (explicit.broker_url, explicit.queue, explicit.result_url, explicit.eager,
+            explicit.pool_ttl) == ("redis://arg:6379/0", "argq", "redis://r:1/0", False, 3.0)
+
+
+def test_redis_broker_doubles_as_result_store_but_amqp_does_not():
+    assert config.resolve(broker="rediss://h:6380/3", environ={}).result_url == "rediss://h:6380/3"
+    amqp = config.resolve(broker="amqp://guest:guest@localhost:5672//", environ={})
+    assert amqp.result_url == config.DEFAULT_BROKER_URL
+
+
+@pytest.mark.parametrize("env", [{"DISTPOOL_EAGER": "maybe"}, {"DISTPOOL_POOL_TTL": "soon"},
+                                 {"DISTPOOL_POOL_TTL": "-1"}])
+def test_invalid_environment_values_are_named(env):
+    with pytest.raises(ValueError, match=next(iter(env))):
+        config.resolve(environ=env)
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+    ("amqp://user:pw@rabbit//", "amqp://user:***@rabbit//"),
+    ("rediss://u:p@[::1]:6380/1", "rediss://u:***@[::1]:6380/1"),
+    ("redis://host:6379/0", "redis://host:6379/0"),
+])
+def test_mask_url_hides_passwords(url, masked):
+    assert config.mask_url(url) == masked
+
+
+def test_settings_repr_hides_passwords():
+    settings = config.resolve(broker="redis://:topsecret@h:1/0", environ={})
+    assert "topsecret" not in repr(settings)

@@ -1,0 +1,230 @@
+"""The Pool facade and its engine over in-process backends: no broker, no processes.
+
+``ManualBackend`` holds published tasks until the test runs them, which makes the engine's
+guarantees observable: what is sent when, and how much is in flight.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import threading
+import time
+import warnings
+import weakref
+
+import pytest
+
+import distpool
+from distpool import backends, worker
+from distpool.backends.eager import EagerBackend
+from distpool.errors import PoolTerminatedError
+
+
+def square(x):
+    return x * x
+
+
+class ManualBackend(EagerBackend):
+    """Publishing queues a task; :meth:`run_one` runs the oldest, as a worker would."""
+
+    def __init__(self):
+        super().__init__()
+        self.published = []
+        self.queued = []
+        self.max_in_flight = 0
+        self.cancelled = None
+        self._published_cond = threading.Condition()
+
+    def worker_slots(self):
+        return 3
+
+    def publish(self, envelopes):
+        with self._published_cond:
+            self.published.extend(envelopes)
+            self.queued.extend(envelopes)
+            self.max_in_flight = max(self.max_in_flight, len(self.queued))
+            self._published_cond.notify_all()
+
+    def wait_published(self, count, timeout=5.0):
+        with self._published_cond:
+            assert self._published_cond.wait_for(lambda: len(self.published) >= count, timeout)
+
+    def run_one(self):
+        with self._published_cond:
+            envelope = self.queued.pop(0)
+        super().publish([envelope])
+
+    def cancel(self, pool_id, task_ids):
+        self.cancelled = list(task_ids)
+
+
+@pytest.fixture
+def manual(monkeypatch):
+    backend = ManualBackend()
+    monkeypatch.setattr(backends, "connect", lambda settings: backend)
+    return backend
+
+
+@pytest.fixture
+def eager_pool():
+    pool = distpool.Pool(2, eager=True)
+    yield pool
+    pool.terminate()
+    pool.join()
+
+
+def test_default_processes_is_the_clusters_slot_count(manual):
+    with distpool.Pool() as pool:
+        assert pool._processes == 3
+
+
+def test_map_default_chunksize_matches_multiprocessing(manual):
+    with distpool.Pool(4) as pool:
+        result = pool.map_async(square, range(100))
+        # multiprocessing: ceil(100 / (4 * 4)) = 7 items per chunk -> 15 chunks
+        manual.wait_published(4)
+        while not result.ready():
+            manual.wait_published(1)
+            if manual.queued:
+                manual.run_one()
+        assert result.get() == [x * x for x in range(100)]
+    assert len(manual.published) == 15
+
+
+def test_in_flight_tasks_never_exceed_processes(manual):
+    with distpool.Pool(2) as pool:
+        result = pool.map_async(square, range(10), chunksize=1)
+        for _ in range(10):
+            manual.wait_published(len(manual.published) - len(manual.queued) + 1)
+            manual.run_one()
+        assert result.get(timeout=5) == [x * x for x in range(10)]
+    assert manual.max_in_flight == 2
+
+
+def test_imap_reads_its_input_lazily(manual):
+    pulled = []
+
+    def endless():
+        for i in itertools.count():
+            pulled.append(i)
+            yield i
+
+    with distpool.Pool(2) as pool:
+        it = pool.imap(square, endless())
+        manual.wait_published(2)
+        time.sleep(0.2)
+        assert len(pulled) <= 3  # two in flight, at most one more read ahead
+        manual.run_one()
+        assert next(it) == 0
+
+
+def test_the_callable_is_serialised_once_per_call(manual, monkeypatch):
+    calls = []
+    real_dumps = distpool.pool.serialization.dumps
+
+    def counting_dumps(obj, **kwargs):
+        if obj is square:
+            calls.append(obj)
+        return real_dumps(obj, **kwargs)
+
+    monkeypatch.setattr(distpool.pool.serialization, "dumps", counting_dumps)
+    with distpool.Pool(2) as pool:
+        pool.map_async(square, range(40), chunksize=2)
+        manual.wait_published(2)
+    assert len(calls) == 1
+    assert len({e.function for e in manual.published}) == 1
+
+
+def test_unserialisable_argument_fails_at_the_call_naming_it_and_sends_nothing(manual):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+        def __repr__(self):
+            return "<the culprit>"
+
+    with distpool.Pool(2) as pool:
+        with pytest.raises(RuntimeError, match="cannot pickle") as info:
+            pool.map_async(square, [1, 2, Unpicklable(), 4], chunksize=2)
+        assert any("item 2" in note and "<the culprit>" in note
+                   for note in info.value.__notes__)
+        with pytest.raises(TypeError) as info:
+            pool.apply_async(square, ((x for x in ()),))
+        assert any("the arguments" in note for note in info.value.__notes__)
+    assert manual.published == []
+
+
+def test_terminate_cancels_in_flight_and_fails_pending_results(manual):
+    pool = distpool.Pool(2)
+    result = pool.map_async(square, range(10), chunksize=1)
+    single = pool.apply_async(square, (3,))
+    manual.wait_published(2)
+    pool.terminate()
+    assert sorted(manual.cancelled) == sorted(e.task_id for e in manual.published)
+    with pytest.raises(PoolTerminatedError):
+        result.get(timeout=5)
+    with pytest.raises(PoolTerminatedError):
+        single.get(timeout=5)
+    pool.join()
+
+
+def test_an_abandoned_pool_is_collected_and_terminated(manual):
+    pool = distpool.Pool(1)
+    engine = weakref.ref(pool._engine)
+    threads = [pool._engine._dispatcher, pool._engine._collector]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del pool
+        gc.collect()
+    for thread in threads:
+        thread.join(5)
+        assert not thread.is_alive()
+    del engine
+
+
+def test_unclosed_pool_warns_like_multiprocessing(manual):
+    pool = distpool.Pool(1)
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        del pool
+        gc.collect()
+
+
+def test_eager_pool_runs_the_worker_code_in_process(eager_pool, monkeypatch):
+    executed = []
+    real_execute = worker.execute
+    monkeypatch.setattr(worker, "execute", lambda env: executed.append(env) or real_execute(env))
+    assert eager_pool.map(square, range(6), chunksize=2) == [0, 1, 4, 9, 16, 25]
+    assert len(executed) == 3
+
+
+def test_eager_pool_ships_lambdas_and_closures(eager_pool):
+    offset = 10
+    assert eager_pool.map(lambda x: x + offset, [1, 2]) == [11, 12]
+
+
+def test_distpool_eager_fixture_makes_pools_eager(distpool_eager, monkeypatch):
+    monkeypatch.setattr(backends, "connect", _refuse_non_eager)
+    with distpool.Pool(2) as pool:
+        assert pool.apply(square, (9,)) == 81
+
+
+def _refuse_non_eager(settings):
+    assert settings.eager, "the distpool_eager fixture did not make the pool eager"
+    return EagerBackend()
+
+
+def test_chunksize_must_be_positive(eager_pool):
+    for call in (lambda: eager_pool.map(square, [1], chunksize=0),
+                 lambda: eager_pool.imap(square, [1], chunksize=0),
+                 lambda: eager_pool.imap_unordered(square, [1], chunksize=-1)):
+        with pytest.raises(ValueError, match="Chunksize must be 1"):
+            call()
+
+
+def test_repr_names_state_and_hides_credentials():
+    pool = distpool.Pool(1, eager=True, broker="redis://:hunter2@example:6379/0")
+    try:
+        assert "state=RUN" in repr(pool) and "hunter2" not in repr(pool)
+    finally:
+        pool.terminate()

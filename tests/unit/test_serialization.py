@@ -1,0 +1,176 @@
+"""Payloads and envelopes, without any service.
+
+Functions "of __main__" are made by executing source in a stand-in module installed as
+``sys.modules['__main__']``, which is what the client-side serialiser consults.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import textwrap
+import types
+
+import pytest
+
+from distpool import serialization
+from distpool.errors import EnvelopeError, IncompatibleEnvelopeError
+from distpool.serialization import ResultRecord, TaskEnvelope
+
+SCRIPT = textwrap.dedent("""
+    import math
+    SCALE = 10
+    case = None
+
+    def helper(x):
+        return x * SCALE
+
+    def initializer(name):
+        global case
+        case = name
+
+    def task(x):
+        return helper(x) + math.floor(0.5), case
+
+    class Job:
+        def __init__(self, n):
+            self.n = n
+        def execute(self):
+            return Outcome(helper(self.n))
+
+    class Outcome:
+        def __init__(self, value):
+            self.value = value
+
+    def run(job):
+        return job.execute()
+
+    square = lambda x: x * x
+""")
+
+
+@pytest.fixture
+def script_main(monkeypatch):
+    """A module standing in for the user's script, installed as ``__main__``."""
+    main = types.ModuleType("__main__")
+    exec(compile(SCRIPT, "<script>", "exec"), main.__dict__)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    return main
+
+
+def test_plain_data_uses_c_pickle():
+    data = serialization.dumps([1, "two", {3: 4.0}])
+    assert data[:1] == b"P"
+    assert serialization.loads(data) == [1, "two", {3: 4.0}]
+
+
+def test_importable_function_travels_by_reference():
+    data = serialization.dumps(textwrap.dedent)
+    assert data[:1] == b"P"
+    assert serialization.loads(data) is textwrap.dedent
+
+
+def test_main_function_travels_by_value_with_the_globals_it_uses(script_main):
+    payload = serialization.dumps(script_main.task)
+    assert payload[:1] == b"D"
+    namespace = serialization.new_namespace()
+    task = serialization.loads(payload, namespace=namespace)
+    assert task is not script_main.task
+    assert task(2) == (20, None)
+    assert task.__globals__ is namespace.__dict__
+    assert {"helper", "SCALE", "math", "case", "task"} <= set(vars(namespace))
+
+
+def test_initializer_globals_are_seen_by_later_tasks(script_main):
+    namespace = serialization.new_namespace()
+    initializer = serialization.loads(serialization.dumps(script_main.initializer),
+                                      namespace=namespace)
+    initializer("grid.sav")
+    task = serialization.loads(serialization.dumps(script_main.task), namespace=namespace)
+    # The client's own `case = None` does not overwrite what the initializer set.
+    assert task(1) == (10, "grid.sav")
+
+
+def test_main_classes_go_by_value_and_come_back_as_the_clients_class(script_main):
+    namespace = serialization.new_namespace()
+    jobs = serialization.loads(serialization.dumps([script_main.Job(1), script_main.Job(2)]),
+                               namespace=namespace)
+    run = serialization.loads(serialization.dumps(script_main.run), namespace=namespace)
+    outcomes = [run(job) for job in jobs]
+    assert type(outcomes[0]) is not script_main.Outcome  # the worker's copy
+    returned = serialization.loads(serialization.dumps(outcomes, namespace=namespace))
+    assert [type(o) for o in returned] == [script_main.Outcome] * 2
+    assert [o.value for o in returned] == [10, 20]
+
+
+def test_lambdas_travel(script_main):
+    namespace = serialization.new_namespace()
+    square = serialization.loads(serialization.dumps(script_main.square), namespace=namespace)
+    assert square(7) == 49
+
+
+def test_unserialisable_objects_raise_the_picklers_error():
+    with pytest.raises(TypeError):
+        serialization.dumps(x for x in range(3))
+
+
+def test_unknown_payload_encoding_is_refused():
+    with pytest.raises(EnvelopeError):
+        serialization.loads(b"Zgarbage")
+
+
+def _envelope(**overrides):
+    fields = dict(pool_id="p1", task_id="p1:0:0", kind="map", function=b"f",
+                  arguments=b"a", initializer=None, max_tasks=None)
+    fields.update(overrides)
+    return TaskEnvelope(**fields)
+
+
+def test_envelope_round_trip_is_json_compatible():
+    import json
+
+    envelope = _envelope(initializer=b"\x00init", max_tasks=3)
+    wire = json.loads(json.dumps(envelope.to_wire()))
+    assert TaskEnvelope.from_wire(wire) == envelope
+
+
+@pytest.mark.parametrize("field, value", [
+    ("python", "2.7"), ("dill", "0.0.1"), ("distpool", 99)])
+def test_envelope_from_another_version_names_its_task(field, value):
+    wire = _envelope().to_wire()
+    wire[field] = value
+    with pytest.raises(IncompatibleEnvelopeError) as info:
+        TaskEnvelope.from_wire(wire)
+    assert info.value.pool_id == "p1" and info.value.task_id == "p1:0:0"
+    assert "same Python minor version and the same dill version" in str(info.value)
+    # It travels back to the client as a task's error.
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.pool_id, copy.task_id, str(copy)) == ("p1", "p1:0:0", str(info.value))
+
+
+@pytest.mark.parametrize("message", [
+    None, "text", [], {}, {"distpool": 1}, {"distpool": 1, "pool": 1, "task": "t"}])
+def test_malformed_envelopes_are_refused(message):
+    with pytest.raises(EnvelopeError):
+        TaskEnvelope.from_wire(message)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("function", "not base64!"), ("arguments", None), ("kind", "exec"), ("max_tasks", 0)])
+def test_envelopes_with_bad_fields_are_refused(field, value):
+    wire = _envelope().to_wire()
+    wire[field] = value
+    with pytest.raises(EnvelopeError):
+        TaskEnvelope.from_wire(wire)
+
+
+def test_result_record_round_trip():
+    record = ResultRecord("p:1:2", False, b"\x80payload\nwith newline")
+    assert ResultRecord.from_bytes(record.to_bytes()) == record
+
+
+@pytest.mark.parametrize("raw", [b"", b"no header", b"{}\n", b'{"task": 1, "ok": true}\nx',
+                                 b"\xff\xfe\n", b'{"task": "t", "ok": "yes"}\n'])
+def test_malformed_result_records_are_refused(raw):
+    with pytest.raises(EnvelopeError):
+        ResultRecord.from_bytes(raw)

@@ -1,0 +1,110 @@
+"""distpool.worker.execute: what a worker process does with one task envelope."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from distpool import serialization, worker
+from distpool.errors import MaybeEncodingError, RemoteTraceback
+from distpool.serialization import ResultRecord, TaskEnvelope
+
+_ids = itertools.count()
+_calls = {"init": 0}
+
+
+def square(x):
+    return x * x
+
+
+def power(x, y):
+    return x ** y
+
+
+def count_init(tag):
+    _calls["init"] += 1
+    _calls["tag"] = tag
+
+
+def read_tag(_):
+    return _calls.get("tag")
+
+
+def make_generator():
+    return (i for i in range(2))
+
+
+def fail_init():
+    raise RuntimeError("simulator licence unavailable")
+
+
+def envelope(function, arguments, kind="apply", pool_id=None, initializer=None,
+             max_tasks=None):
+    pool_id = pool_id or f"pool{next(_ids)}"
+    return TaskEnvelope(
+        pool_id=pool_id, task_id=f"{pool_id}:0:{next(_ids)}", kind=kind,
+        function=serialization.dumps(function), arguments=serialization.dumps(arguments),
+        initializer=None if initializer is None else serialization.dumps(initializer),
+        max_tasks=max_tasks)
+
+
+def outcome(raw):
+    record = ResultRecord.from_bytes(raw)
+    value = serialization.loads(record.payload)
+    return record.ok, value
+
+
+def test_apply_map_and_starmap():
+    assert outcome(worker.execute(envelope(power, ((2,), {"y": 5})))) == (True, 32)
+    assert outcome(worker.execute(envelope(square, (1, 2, 3), kind="map"))) == (True, [1, 4, 9])
+    assert outcome(worker.execute(envelope(power, ((2, 3), (3, 2)), kind="starmap"))) == (
+        True, [8, 9])
+
+
+def test_exception_comes_back_with_its_traceback_text():
+    ok, (exc, remote) = outcome(worker.execute(envelope(square, (("x",), {}))))
+    assert not ok and isinstance(exc, TypeError)
+    assert "in square" in remote and "return x * x" in remote
+    assert "in square" in str(RemoteTraceback(remote))
+
+
+def test_initializer_runs_once_per_pool_and_process():
+    _calls["init"] = 0
+    init = (count_init, ("case-A",))
+    for _ in range(3):
+        ok, value = outcome(worker.execute(
+            envelope(read_tag, ((0,), {}), pool_id="initpool", initializer=init)))
+        assert ok and value == "case-A"
+    assert _calls["init"] == 1
+
+
+def test_max_tasks_starts_the_pool_state_afresh():
+    _calls["init"] = 0
+    init = (count_init, ("case-B",))
+    for _ in range(5):
+        assert outcome(worker.execute(envelope(
+            square, ((2,), {}), pool_id="maxpool", initializer=init, max_tasks=2)))[0]
+    assert _calls["init"] == 3  # tasks 1-2, 3-4, 5
+
+
+def test_failing_initializer_fails_the_task_and_is_retried():
+    init = (fail_init, ())
+    for _ in range(2):
+        ok, (exc, remote) = outcome(worker.execute(
+            envelope(square, ((2,), {}), pool_id="badinit", initializer=init)))
+        assert not ok and "simulator licence unavailable" in str(exc)
+        assert "in fail_init" in remote
+
+
+def test_unpicklable_result_becomes_maybe_encoding_error():
+    ok, (exc, _) = outcome(worker.execute(envelope(make_generator, ((), {}))))
+    assert not ok and isinstance(exc, MaybeEncodingError)
+    assert "generator" in str(exc)
+
+
+def test_namespaces_are_bounded(monkeypatch):
+    monkeypatch.setattr(worker, "MAX_NAMESPACES", 2)
+    for _ in range(4):
+        worker.execute(envelope(square, ((1,), {})))
+    assert len(worker._pools) <= 2
