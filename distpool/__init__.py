@@ -5,9 +5,16 @@
 
 from __future__ import annotations
 
-from .errors import (BrokerUnavailableError, DistpoolError, EnvelopeError,
-                     IncompatibleEnvelopeError, MaybeEncodingError, PoolTerminatedError,
-                     RemoteTraceback, TimeoutError)
+from .errors import (
+                     BrokerUnavailableError,
+                     DistpoolError,
+                     EnvelopeError,
+                     IncompatibleEnvelopeError,
+                     MaybeEncodingError,
+                     PoolTerminatedError,
+                     RemoteTraceback,
+                     TimeoutError,
+)
 from .pool import DistributedPool, Pool
 from .results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 from . import __version__, config
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, passthrough = parser.parse_known_args(argv)
     if args.command is None:
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _worker(args: argparse.Namespace, passthrough: List[str]) -> int:
+def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     settings = config.resolve(broker=args.broker, result_url=args.result_url,
                               queue=args.queue)
     from .backends.celery_backend import run_worker

@@ -7,8 +7,8 @@ configured through the environment needs no arguments on either side.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -39,12 +39,12 @@ class Settings:
 
 
 def resolve(
-    broker: Optional[str] = None,
-    result_url: Optional[str] = None,
-    queue: Optional[str] = None,
-    eager: Optional[bool] = None,
-    pool_ttl: Optional[float] = None,
-    environ: Optional[Mapping[str, str]] = None,
+    broker: str | None = None,
+    result_url: str | None = None,
+    queue: str | None = None,
+    eager: bool | None = None,
+    pool_ttl: float | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Return the settings in force, each from the first of: argument, environment, default."""
     env = os.environ if environ is None else environ
@@ -78,7 +78,7 @@ def _is_redis(url: str) -> bool:
     return url.split("://", 1)[0] in ("redis", "rediss", "redis+socket")
 
 
-def _flag(explicit: Optional[bool], raw: Optional[str], name: str) -> bool:
+def _flag(explicit: bool | None, raw: str | None, name: str) -> bool:
     if explicit is not None:
         return bool(explicit)
     if raw is None:
@@ -91,7 +91,7 @@ def _flag(explicit: Optional[bool], raw: Optional[str], name: str) -> bool:
     raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
 
 
-def _positive(explicit: Optional[float], raw: Optional[str], name: str, default: float) -> float:
+def _positive(explicit: float | None, raw: str | None, name: str, default: float) -> float:
     if explicit is not None:
         value = float(explicit)
     elif raw:
@@ -102,5 +102,6 @@ def _positive(explicit: Optional[float], raw: Optional[str], name: str, default:
     else:
         return default
     if value <= 0:
-        raise ValueError(f"{name if explicit is None else 'pool_ttl'} must be positive; got {value}")
+        source = name if explicit is None else "pool_ttl"
+        raise ValueError(f"{source} must be positive; got {value}")
     return value

@@ -18,12 +18,18 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Deque, Dict, Iterator, List, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 from . import serialization
 from .backends.base import Backend
-from .errors import (BrokerUnavailableError, EnvelopeError, PoolTerminatedError,
-                     RemoteTraceback, add_note)
+from .errors import (
+    BrokerUnavailableError,
+    EnvelopeError,
+    PoolTerminatedError,
+    RemoteTraceback,
+    add_note,
+)
 from .serialization import ResultRecord, TaskEnvelope
 
 logger = logging.getLogger("distpool")
@@ -43,9 +49,9 @@ class Engine:
         self._processes = processes
         self._refresh_interval = pool_ttl / 3
         self._cond = threading.Condition(threading.Lock())
-        self._sources: Deque[Source] = collections.deque()
-        self._in_flight: Dict[str, Tuple[int, int]] = {}
-        self._jobs: Dict[int, Any] = {}
+        self._sources: collections.deque[Source] = collections.deque()
+        self._in_flight: dict[str, tuple[int, int]] = {}
+        self._jobs: dict[int, Any] = {}
         self._job_ids = itertools.count()
         self._closing = False
         self._terminated = False
@@ -96,7 +102,7 @@ class Engine:
         """Stop everything now: unsent tasks are dropped, sent ones cancelled on the workers,
         and every unfinished result fails with :class:`PoolTerminatedError`."""
         with self._cond:
-            if self._terminated:
+            if self._terminated or self._released:  # already stopped, or joined and cleaned
                 return
             self._closing = self._terminated = True
             self._sources.clear()
@@ -143,7 +149,7 @@ class Engine:
             if batch:
                 self._publish(batch)
 
-    def _publish(self, batch: List[TaskEnvelope]) -> None:
+    def _publish(self, batch: list[TaskEnvelope]) -> None:
         try:
             self._backend.publish(batch)
         except Exception as exc:
@@ -182,9 +188,9 @@ class Engine:
             value = serialization.loads(record.payload)
             ok = record.ok
             if not ok:
-                exc, remote_traceback = value
-                exc.__cause__ = RemoteTraceback(remote_traceback)
-                value = exc
+                error, remote_traceback = value
+                error.__cause__ = RemoteTraceback(remote_traceback)
+                value = error
         except Exception as exc:
             ok, value = False, exc
             add_note(exc, f"distpool could not load the result of task {record.task_id}")
@@ -229,7 +235,7 @@ class Engine:
         self._backend.close()
 
 
-def _job_and_index(task_id: str) -> Tuple[int, int]:
+def _job_and_index(task_id: str) -> tuple[int, int]:
     _, job, index = task_id.rsplit(":", 2)
     return int(job), int(index)
 

@@ -7,8 +7,12 @@ inspects ``multiprocessing.pool.RemoteTraceback``; distpool raises those very cl
 from __future__ import annotations
 
 from multiprocessing import TimeoutError
-from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
-from typing import Optional
+
+# Not in typeshed's stubs, but public in multiprocessing.pool since Python 3.4.
+from multiprocessing.pool import (  # type: ignore[attr-defined]
+    MaybeEncodingError,
+    RemoteTraceback,
+)
 
 __all__ = [
     "BrokerUnavailableError",
@@ -37,7 +41,7 @@ class IncompatibleEnvelopeError(EnvelopeError):
     It names its pool and task, so the worker can report the failure to that task's caller.
     """
 
-    def __init__(self, message: str, pool_id: Optional[str], task_id: Optional[str]) -> None:
+    def __init__(self, message: str, pool_id: str | None, task_id: str | None) -> None:
         super().__init__(message)
         self.pool_id = pool_id
         self.task_id = task_id

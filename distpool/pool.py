@@ -14,15 +14,18 @@ import reprlib
 import uuid
 import warnings
 import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from multiprocessing.pool import CLOSE, RUN, TERMINATE
-from typing import (Any, Callable, Iterable, Iterator, List, Mapping, Optional, Sequence,
-                    Tuple, TypeVar)
+from typing import (
+    Any,
+    Callable,
+    TypeVar,
+)
 
 from . import backends, config, serialization
 from .engine import Engine
 from .errors import add_note
-from .results import (ApplyResult, Callback, IMapIterator, IMapUnorderedIterator,
-                      MapResult)
+from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
 from .serialization import TaskEnvelope
 
 T = TypeVar("T")
@@ -47,21 +50,21 @@ class Pool:
 
     def __init__(
         self,
-        processes: Optional[int] = None,
-        initializer: Optional[Callable[..., object]] = None,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
-        maxtasksperchild: Optional[int] = None,
+        maxtasksperchild: int | None = None,
         context: Any = None,
         *,
-        broker: Optional[str] = None,
-        result_url: Optional[str] = None,
-        queue: Optional[str] = None,
-        eager: Optional[bool] = None,
-        pool_ttl: Optional[float] = None,
+        broker: str | None = None,
+        result_url: str | None = None,
+        queue: str | None = None,
+        eager: bool | None = None,
+        pool_ttl: float | None = None,
     ) -> None:
         # Set first, so that __del__ and __repr__ work on a half-built pool.
         self._state = "INIT"
-        self._engine: Optional[Engine] = None
+        self._engine: Engine | None = None
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (
@@ -106,20 +109,20 @@ class Pool:
         return result
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
-            chunksize: Optional[int] = None) -> List[T]:
+            chunksize: int | None = None) -> list[T]:
         return self._map_async(func, iterable, "map", chunksize).get()
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
-                  chunksize: Optional[int] = None, callback: Callback = None,
+                  chunksize: int | None = None, callback: Callback = None,
                   error_callback: Callback = None) -> MapResult[T]:
         return self._map_async(func, iterable, "map", chunksize, callback, error_callback)
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                chunksize: Optional[int] = None) -> List[T]:
+                chunksize: int | None = None) -> list[T]:
         return self._map_async(func, iterable, "starmap", chunksize).get()
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                      chunksize: Optional[int] = None, callback: Callback = None,
+                      chunksize: int | None = None, callback: Callback = None,
                       error_callback: Callback = None) -> MapResult[T]:
         return self._map_async(func, iterable, "starmap", chunksize, callback, error_callback)
 
@@ -152,7 +155,7 @@ class Pool:
         assert self._engine is not None
         self._engine.join()
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         self._running_engine()
         return self
 
@@ -165,9 +168,10 @@ class Pool:
 
     def __repr__(self) -> str:
         cls = type(self)
+        settings = getattr(self, "_settings", None)
+        broker = None if settings is None else config.mask_url(settings.broker_url)
         return (f"<{cls.__module__}.{cls.__qualname__} state={self._state} "
-                f"pool_size={getattr(self, '_processes', None)} "
-                f"broker={config.mask_url(self._settings.broker_url) if hasattr(self, '_settings') else None}>")
+                f"pool_size={getattr(self, '_processes', None)} broker={broker}>")
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn, RUN: str = RUN) -> None:
         if self._state == RUN:
@@ -195,7 +199,7 @@ class Pool:
         )
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], kind: str,
-                   chunksize: Optional[int], callback: Callback = None,
+                   chunksize: int | None, callback: Callback = None,
                    error_callback: Callback = None) -> MapResult[Any]:
         engine = self._running_engine()
         items: Sequence[Any] = iterable if hasattr(iterable, "__len__") else list(iterable)  # type: ignore[assignment]
@@ -262,7 +266,7 @@ class Pool:
 DistributedPool = Pool
 
 
-def _chunked(items: Iterator[Any], size: int) -> Iterator[Tuple[Any, ...]]:
+def _chunked(items: Iterator[Any], size: int) -> Iterator[tuple[Any, ...]]:
     if size < 1:
         return
     while True:
@@ -280,7 +284,7 @@ def _dumps(obj: Any, what: str) -> bytes:
         raise
 
 
-def _dumps_chunk(chunk: Tuple[Any, ...], first_index: int) -> bytes:
+def _dumps_chunk(chunk: tuple[Any, ...], first_index: int) -> bytes:
     try:
         return serialization.dumps(chunk)
     except Exception as exc:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import (Any, Callable, Deque, Dict, Generic, Iterator, List, Optional, Tuple,
-                    TypeVar)
+from collections.abc import Iterator
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 from .errors import TimeoutError
 
@@ -45,10 +45,10 @@ class ApplyResult(Generic[T]):
             raise ValueError(f"{self!r} not ready")
         return self._success
 
-    def wait(self, timeout: Optional[float] = None) -> None:
+    def wait(self, timeout: float | None = None) -> None:
         self._event.wait(timeout)
 
-    def get(self, timeout: Optional[float] = None) -> T:
+    def get(self, timeout: float | None = None) -> T:
         self.wait(timeout)
         if not self.ready():
             raise TimeoutError
@@ -81,7 +81,7 @@ class ApplyResult(Generic[T]):
 AsyncResult = ApplyResult
 
 
-class MapResult(ApplyResult[List[T]]):
+class MapResult(ApplyResult[list[T]]):
     """The result of ``map_async``/``starmap_async``: chunks fill a list in input order."""
 
     def __init__(self, job: int, on_done: OnDone, length: int, chunksize: int,
@@ -116,15 +116,15 @@ class IMapIterator(Generic[T]):
         self._job = job
         self._on_done = on_done
         self._cond = threading.Condition(threading.Lock())
-        self._items: Deque[Tuple[bool, Any]] = collections.deque()
+        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
         self._chunks_seen = 0
-        self._length: Optional[int] = None
-        self._unsorted: Dict[int, Tuple[bool, Any]] = {}
+        self._length: int | None = None
+        self._unsorted: dict[int, tuple[bool, Any]] = {}
 
     def __iter__(self) -> Iterator[T]:
         return self
 
-    def next(self, timeout: Optional[float] = None) -> T:
+    def next(self, timeout: float | None = None) -> T:
         with self._cond:
             if not self._items and not self._exhausted():
                 self._cond.wait(timeout)

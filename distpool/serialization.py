@@ -26,8 +26,9 @@ import json
 import pickle
 import sys
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Set
+from typing import Any, NamedTuple
 
 import dill
 
@@ -35,7 +36,7 @@ from .errors import EnvelopeError, IncompatibleEnvelopeError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 ENVELOPE_FORMAT = 1
-PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
+PYTHON_VERSION = "{}.{}".format(*sys.version_info[:2])
 DILL_VERSION: str = dill.__version__
 
 _C_PICKLE = b"P"
@@ -45,7 +46,7 @@ _MAIN = "__main__"
 
 # -- payloads ---------------------------------------------------------------------------
 
-def dumps(obj: Any, *, namespace: Optional[types.ModuleType] = None) -> bytes:
+def dumps(obj: Any, *, namespace: types.ModuleType | None = None) -> bytes:
     """Serialise ``obj`` for the other side.
 
     On the client (``namespace`` None), anything of ``__main__`` goes by value through dill.
@@ -71,7 +72,7 @@ def dumps(obj: Any, *, namespace: Optional[types.ModuleType] = None) -> bytes:
     return _C_PICKLE + buffer.getvalue()
 
 
-def loads(data: bytes, *, namespace: Optional[types.ModuleType] = None) -> Any:
+def loads(data: bytes, *, namespace: types.ModuleType | None = None) -> Any:
     """Rebuild an object made by :func:`dumps`.
 
     With a ``namespace`` (on a worker), ``__main__`` resolves to it and the globals shipped
@@ -106,7 +107,7 @@ def _dill_dumps(obj: Any, main: types.ModuleType) -> bytes:
     buffer = io.BytesIO()
     pickler = _GlobalsCapturingPickler(buffer, main)
     pickler.dump(obj)
-    shipped: Set[str] = set()
+    shipped: set[str] = set()
     # Pickling a batch of globals may meet further __main__ functions and classes with
     # globals of their own: repeat until nothing new is referenced.
     while True:
@@ -126,8 +127,8 @@ class _GlobalsCapturingPickler(dill.Pickler):  # type: ignore[misc]
         # dill writes functions' globals as a reference to ``self._main``'s namespace.
         self._main = main
         self._main_globals = main.__dict__
-        self._recorded: Set[int] = set()
-        self._pending: List[Any] = []
+        self._recorded: set[int] = set()
+        self._pending: list[Any] = []
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if (
@@ -139,14 +140,15 @@ class _GlobalsCapturingPickler(dill.Pickler):  # type: ignore[misc]
             self._pending.append(obj)
         super().save(obj, save_persistent_id)
 
-    def take_referenced_globals(self, shipped: Set[str]) -> Dict[str, Any]:
+    def take_referenced_globals(self, shipped: set[str]) -> dict[str, Any]:
         """The globals of ``main`` that the objects recorded so far use, less ``shipped``."""
-        names: Set[str] = set()
+        names: set[str] = set()
         for obj in self._pending:
             names |= _referenced_names(obj)
             # The object itself, under its own name, so the namespace has the one copy.
-            if self._main_globals.get(obj.__name__) is obj:
-                names.add(obj.__name__)
+            name = obj.__name__
+            if self._main_globals.get(name) is obj:
+                names.add(name)
         self._pending.clear()
         batch = {
             name: self._main_globals[name]
@@ -188,24 +190,24 @@ def _main_attribute(qualname: str) -> Any:
     return functools.reduce(getattr, qualname.split("."), sys.modules[_MAIN])
 
 
-def _belongs_to(obj: Any, main_globals: Dict[str, Any]) -> bool:
+def _belongs_to(obj: Any, main_globals: dict[str, Any]) -> bool:
     if isinstance(obj, types.FunctionType):
         return obj.__globals__ is main_globals
     return getattr(obj, "__module__", None) == _MAIN
 
 
-def _referenced_names(obj: Any) -> Set[str]:
+def _referenced_names(obj: Any) -> set[str]:
     """Global names a function's code, or a class's methods, may read."""
     if isinstance(obj, types.FunctionType):
         return _code_names(obj.__code__)
-    names: Set[str] = set()
+    names: set[str] = set()
     for member in vars(obj).values():
         for function in _functions_in(member):
             names |= _code_names(function.__code__)
     return names
 
 
-def _functions_in(member: Any) -> List[types.FunctionType]:
+def _functions_in(member: Any) -> list[types.FunctionType]:
     if isinstance(member, (staticmethod, classmethod)):
         member = member.__func__
     if isinstance(member, property):
@@ -214,7 +216,7 @@ def _functions_in(member: Any) -> List[types.FunctionType]:
     return [member] if isinstance(member, types.FunctionType) else []
 
 
-def _code_names(code: types.CodeType) -> Set[str]:
+def _code_names(code: types.CodeType) -> set[str]:
     # co_names also holds attribute names: shipping a few extra globals is harmless.
     names = set(code.co_names)
     for const in code.co_consts:
@@ -238,12 +240,12 @@ class TaskEnvelope:
     kind: str
     function: bytes
     arguments: bytes
-    initializer: Optional[bytes] = None
-    max_tasks: Optional[int] = None
+    initializer: bytes | None = None
+    max_tasks: int | None = None
 
     KINDS = ("apply", "map", "starmap")
 
-    def to_wire(self) -> Dict[str, Any]:
+    def to_wire(self) -> dict[str, Any]:
         return {
             "distpool": ENVELOPE_FORMAT,
             "python": PYTHON_VERSION,
@@ -258,7 +260,7 @@ class TaskEnvelope:
         }
 
     @classmethod
-    def from_wire(cls, message: Any) -> "TaskEnvelope":
+    def from_wire(cls, message: Any) -> TaskEnvelope:
         """Validate a message; raise :class:`EnvelopeError` rather than misbehave."""
         if not isinstance(message, Mapping) or "distpool" not in message:
             raise EnvelopeError("not a distpool task envelope")
@@ -297,7 +299,7 @@ class ResultRecord(NamedTuple):
         return header.encode() + b"\n" + self.payload
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "ResultRecord":
+    def from_bytes(cls, raw: bytes) -> ResultRecord:
         head, sep, payload = raw.partition(b"\n")
         try:
             header = json.loads(head) if sep else None
@@ -312,7 +314,7 @@ class ResultRecord(NamedTuple):
         return cls(header["task"], header["ok"], payload)
 
 
-def _version_mismatch(message: Mapping[str, Any]) -> Optional[str]:
+def _version_mismatch(message: Mapping[str, Any]) -> str | None:
     theirs = (message.get("distpool"), message.get("python"), message.get("dill"))
     ours = (ENVELOPE_FORMAT, PYTHON_VERSION, DILL_VERSION)
     if theirs == ours:

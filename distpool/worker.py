@@ -14,7 +14,7 @@ from __future__ import annotations
 import traceback
 import types
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from . import serialization
 from .errors import MaybeEncodingError
@@ -32,10 +32,10 @@ class _PoolState:
     def __init__(self) -> None:
         self.namespace = serialization.new_namespace()
         self.tasks_run = 0
-        self.callables: "OrderedDict[bytes, Callable[..., Any]]" = OrderedDict()
+        self.callables: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
 
 
-_pools: "OrderedDict[str, _PoolState]" = OrderedDict()
+_pools: OrderedDict[str, _PoolState] = OrderedDict()
 
 
 def execute(envelope: TaskEnvelope) -> bytes:
@@ -57,11 +57,11 @@ def execute(envelope: TaskEnvelope) -> bytes:
 
 
 def failure_record(task_id: str, exc: BaseException,
-                   namespace: Optional[types.ModuleType] = None) -> bytes:
+                   namespace: types.ModuleType | None = None) -> bytes:
     """A failure record carrying ``exc`` and its formatted traceback for the client."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     # The client sets RemoteTraceback(text) as the exception's __cause__, as multiprocessing.
-    remote_traceback = '\n"""\n%s"""' % text
+    remote_traceback = f'\n"""\n{text}"""'
     try:
         payload = serialization.dumps((exc, remote_traceback), namespace=namespace)
     except Exception as encoding_error:
@@ -83,7 +83,8 @@ def _state_for(envelope: TaskEnvelope) -> _PoolState:
     state = _pools.get(envelope.pool_id)
     # maxtasksperchild: after that many tasks the pool's state in this process starts
     # afresh, the initializer included (see README for how this relates to processes).
-    if state is not None and envelope.max_tasks is not None and state.tasks_run >= envelope.max_tasks:
+    max_tasks = envelope.max_tasks
+    if state is not None and max_tasks is not None and state.tasks_run >= max_tasks:
         state = None
     if state is None:
         state = _PoolState()
@@ -99,7 +100,7 @@ def _state_for(envelope: TaskEnvelope) -> _PoolState:
     return state
 
 
-def _namespace_of(pool_id: str) -> Optional[types.ModuleType]:
+def _namespace_of(pool_id: str) -> types.ModuleType | None:
     state = _pools.get(pool_id)
     return None if state is None else state.namespace
 

@@ -16,7 +16,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import redis
 
@@ -71,7 +70,7 @@ class RedisServer:
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("redis-server did not start")
+                    raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.05)
 
     def url(self, db: int = 0) -> str:
@@ -87,8 +86,8 @@ class Worker:
     """One ``python -m distpool worker`` node, started in a directory of its own."""
 
     def __init__(self, broker: str, queue: str, concurrency: int = 2,
-                 result_url: Optional[str] = None, extra_args: List[str] = (),
-                 env: Optional[Dict[str, str]] = None) -> None:
+                 result_url: str | None = None, extra_args: list[str] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.queue = queue
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.concurrency = concurrency
@@ -116,7 +115,7 @@ class Worker:
 
 
 def wait_for_slots(result_url: str, queue: str, slots: int,
-                   workers: List[Worker], timeout: float = START_TIMEOUT) -> None:
+                   workers: list[Worker], timeout: float = START_TIMEOUT) -> None:
     """Wait until workers serving ``queue`` have registered ``slots`` processes."""
     from distpool.backends.redis_store import RedisStore
 
@@ -139,13 +138,13 @@ class Cluster:
     """A queue on a Redis server, served by ``nodes`` worker nodes."""
 
     def __init__(self, redis_server: RedisServer, nodes: int = 1, concurrency: int = 2,
-                 db: int = 0, broker: Optional[str] = None, extra_args: List[str] = (),
-                 env: Optional[Dict[str, str]] = None) -> None:
+                 db: int = 0, broker: str | None = None, extra_args: list[str] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.redis = redis_server
         self.queue = f"test-{uuid.uuid4().hex[:12]}"
         self.result_url = redis_server.url(db)
         self.broker = broker or self.result_url
-        self.workers: List[Worker] = []
+        self.workers: list[Worker] = []
         try:
             for _ in range(nodes):
                 self.add_worker(concurrency, extra_args, env, wait=False)
@@ -154,8 +153,8 @@ class Cluster:
             self.stop()
             raise
 
-    def add_worker(self, concurrency: int = 2, extra_args: List[str] = (),
-                   env: Optional[Dict[str, str]] = None, wait: bool = True) -> Worker:
+    def add_worker(self, concurrency: int = 2, extra_args: list[str] = (),
+                   env: dict[str, str] | None = None, wait: bool = True) -> Worker:
         worker = Worker(self.broker, self.queue, concurrency, self.result_url, extra_args, env)
         self.workers.append(worker)
         if wait:
@@ -163,7 +162,7 @@ class Cluster:
             wait_for_slots(self.result_url, self.queue, slots, self.workers)
         return worker
 
-    def pool_kwargs(self) -> Dict[str, str]:
+    def pool_kwargs(self) -> dict[str, str]:
         return {"broker": self.broker, "result_url": self.result_url, "queue": self.queue}
 
     def stop(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Iterable, List, Sequence
+from collections.abc import Iterable, Sequence
 
 from ..serialization import TaskEnvelope
 
@@ -33,7 +33,7 @@ class Backend(abc.ABC):
         """Hand tasks to the workers, in order; raise if the broker refuses them."""
 
     @abc.abstractmethod
-    def fetch_results(self, pool_id: str, timeout: float) -> List[bytes]:
+    def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
         """Result records of the pool: block up to ``timeout`` for the first, take what else
         is waiting, and return early (possibly empty) after :meth:`wake`."""
 

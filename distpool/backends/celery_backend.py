@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from celery import Celery, bootsteps
 from kombu import Connection, Producer
@@ -99,8 +100,8 @@ class _ProcessLocalStore:
 
     def __init__(self, url: str) -> None:
         self._url = url
-        self._pid: Optional[int] = None
-        self._store: Optional[RedisStore] = None
+        self._pid: int | None = None
+        self._store: RedisStore | None = None
 
     def get(self) -> RedisStore:
         if self._store is None or self._pid != os.getpid():
@@ -150,7 +151,7 @@ class CeleryBackend(Backend):
         self._send = self._app.amqp.send_task_message
         self._store = RedisStore(settings.result_url)
         self._connection: Connection = self._app.connection_for_write()
-        self._producer: Optional[Producer] = None
+        self._producer: Producer | None = None
         self._lock = threading.Lock()
         try:
             self._store.ping()
@@ -186,7 +187,7 @@ class CeleryBackend(Backend):
             self._send(self._producer, TASK_NAME, message, queue=self._queue,
                        retry=True, retry_policy=PUBLISH_RETRY_POLICY)
 
-    def fetch_results(self, pool_id: str, timeout: float) -> List[bytes]:
+    def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
         return self._store.pop_results(pool_id, timeout)
 
     def wake(self, pool_id: str) -> None:

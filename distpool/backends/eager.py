@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Dict, Iterable, List, Sequence, Set
+from collections.abc import Iterable, Sequence
 
 from .. import worker
 from ..serialization import TaskEnvelope
@@ -18,8 +18,9 @@ from .base import Backend
 class EagerBackend(Backend):
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._results: Dict[str, Deque[bytes]] = collections.defaultdict(collections.deque)
-        self._cancelled: Set[str] = set()
+        self._results: dict[str, collections.deque[bytes]] = collections.defaultdict(
+            collections.deque)
+        self._cancelled: set[str] = set()
 
     def worker_slots(self) -> int:
         return 0  # unknown: the pool defaults to the CPU count, as multiprocessing does
@@ -39,7 +40,7 @@ class EagerBackend(Backend):
                 self._results[envelope.pool_id].append(record)
                 self._cond.notify_all()
 
-    def fetch_results(self, pool_id: str, timeout: float) -> List[bytes]:
+    def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
         with self._cond:
             queue = self._results[pool_id]
             if not queue:

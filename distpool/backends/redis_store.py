@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import time
-from typing import List, Optional
 
 import redis
 
@@ -24,7 +23,7 @@ WAKE_UP = b"wake"
 
 
 class RedisStore:
-    def __init__(self, url: str, socket_timeout: Optional[float] = None) -> None:
+    def __init__(self, url: str, socket_timeout: float | None = None) -> None:
         self.url = url
         self._redis = redis.Redis.from_url(
             url,
@@ -50,7 +49,7 @@ class RedisStore:
             pipe.expire(key, RESULTS_TTL)
             pipe.execute()
 
-    def pop_results(self, pool_id: str, timeout: float) -> List[bytes]:
+    def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
         key = _results(pool_id)
         first = self._redis.blpop([key], timeout=timeout)
         if first is None:

@@ -7,7 +7,8 @@ distpool pools run on the session's shared cluster of real worker processes.
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Callable, Iterator, List
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -15,7 +16,7 @@ import distpool
 from tests.support import Cluster
 
 #: The cluster that distpool pools of this suite use; set once per session.
-cluster: "Cluster | None" = None
+cluster: Cluster | None = None
 
 
 def distpool_pool(*args: Any, **kwargs: Any) -> distpool.Pool:
@@ -36,7 +37,7 @@ def _compat_cluster(shared_cluster: Cluster) -> Iterator[None]:
 def make_pool(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """A Pool factory of either kind; every pool it makes is terminated after the test."""
     factory = multiprocessing.Pool if request.param == "multiprocessing" else distpool_pool
-    pools: List[Any] = []
+    pools: list[Any] = []
 
     def make(*args: Any, **kwargs: Any) -> Any:
         pool = factory(*args, **kwargs)

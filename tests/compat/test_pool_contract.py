@@ -11,9 +11,9 @@ import os
 import pickle
 import threading
 import time
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 
 import pytest
-from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 
 # -- task functions (importable: both pools refer to them by name) -----------------------
 
@@ -330,9 +330,8 @@ def test_context_manager_terminates(make_pool):
         assert pool.map(square, [1, 2]) == [1, 4]
     with pytest.raises(ValueError):
         pool.apply(square, (1,))
-    with pytest.raises(ValueError):
-        with pool:
-            pass
+    with pytest.raises(ValueError), pool:
+        pass
     pool.join()
 
 
@@ -345,7 +344,8 @@ def test_pool_cannot_be_pickled(make_pool):
 def test_callbacks_run_on_a_pool_thread(make_pool):
     pool = make_pool(1)
     seen = []
-    pool.apply_async(square, (2,), callback=lambda _: seen.append(threading.current_thread())).wait()
+    pool.apply_async(square, (2,),
+                     callback=lambda _: seen.append(threading.current_thread())).wait()
     assert seen and seen[0] is not threading.main_thread()
 
 

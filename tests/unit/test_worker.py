@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
-
 from distpool import serialization, worker
 from distpool.errors import MaybeEncodingError, RemoteTraceback
 from distpool.serialization import ResultRecord, TaskEnvelope

@@ -1,0 +1,183 @@
+"""distpool against a real Redis and real ``distpool worker`` processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import distpool
+from distpool import serialization
+from distpool.errors import BrokerUnavailableError, IncompatibleEnvelopeError, PoolTerminatedError
+
+SCRIPTS = Path(__file__).parent / "scripts"
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+pytestmark = pytest.mark.integration
+
+
+def square(x):
+    return x * x
+
+
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+_initialised = {"count": 0}
+
+
+def count_initialisation():
+    _initialised["count"] += 1
+
+
+def initialisations(_):
+    return _initialised["count"]
+
+
+def run_script(path: Path, cwd: Path, env_extra=None, timeout=120):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOOL_")}
+    env.pop("PYTHONPATH", None)
+    env.update(env_extra or {})
+    completed = subprocess.run([sys.executable, str(path)], cwd=cwd, env=env,
+                               capture_output=True, text=True, timeout=timeout)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+def cluster_env(cluster):
+    return {"DISTPOOL_BROKER_URL": cluster.broker, "DISTPOOL_RESULT_URL": cluster.result_url,
+            "DISTPOOL_QUEUE": cluster.queue}
+
+
+def test_a_multiprocessing_script_prints_the_same_with_only_its_import_switched(
+        shared_cluster, tmp_path):
+    switched = (EXAMPLES / "forecast.py").read_text()
+    distpool_import = "from distpool import Pool  # was: from multiprocessing import Pool\n"
+    assert distpool_import in switched
+    (tmp_path / "mp").mkdir()
+    (tmp_path / "dp").mkdir()
+    mp_script = tmp_path / "mp" / "forecast.py"
+    dp_script = tmp_path / "dp" / "forecast.py"
+    mp_script.write_text(switched.replace(distpool_import, "from multiprocessing import Pool\n"))
+    dp_script.write_text(switched)
+    expected = run_script(mp_script, tmp_path / "mp")
+    # The workers run in directories of their own, where forecast.py cannot be imported.
+    output = run_script(dp_script, tmp_path / "dp", cluster_env(shared_cluster))
+    assert "TaskResult(23," in expected and "same class: True" in expected
+    assert output == expected
+
+
+def test_lambdas_and_closures_of_main_run_on_workers(shared_cluster, tmp_path):
+    shutil.copy(SCRIPTS / "closures.py", tmp_path)
+    out = run_script(tmp_path / "closures.py", tmp_path, cluster_env(shared_cluster))
+    assert out.splitlines() == ["[100, 200]", "[106, 107]"]
+
+
+def test_multiprocessing_still_works_after_distpool_in_one_process(shared_cluster, tmp_path):
+    shutil.copy(SCRIPTS / "fork_after_distpool.py", tmp_path)
+    out = run_script(tmp_path / "fork_after_distpool.py", tmp_path, cluster_env(shared_cluster),
+                     timeout=60)
+    assert out.strip() == "ok"
+
+
+def test_default_processes_is_the_slots_the_workers_report(shared_cluster):
+    with distpool.Pool(**shared_cluster.pool_kwargs()) as pool:
+        assert pool._processes == 4  # 2 nodes x 2 processes
+
+
+def test_initializer_runs_once_per_process_and_maxtasksperchild_restarts_it(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=1)
+    with distpool.Pool(1, initializer=count_initialisation, **cluster.pool_kwargs()) as pool:
+        assert pool.map(initialisations, range(4), chunksize=1) == [1, 1, 1, 1]
+    with distpool.Pool(1, initializer=count_initialisation, maxtasksperchild=2,
+                       **cluster.pool_kwargs()) as pool:
+        # A new pool initialises again; then every 2 tasks its state starts afresh.
+        assert pool.map(initialisations, range(6), chunksize=1) == [2, 2, 3, 3, 4, 4]
+
+
+def test_terminate_stops_running_tasks_and_workers_serve_other_pools_at_once(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    pool = distpool.Pool(2, **cluster.pool_kwargs())
+    pool_id = pool._pool_id
+    result = pool.map_async(sleep_for, [60] * 10, chunksize=1)
+    time.sleep(1.0)  # both tasks are running
+    started = time.monotonic()
+    pool.terminate()
+    assert time.monotonic() - started < 5
+    with pytest.raises(PoolTerminatedError):
+        result.get(timeout=5)
+    pool.join()
+    started = time.monotonic()
+    with distpool.Pool(2, **cluster.pool_kwargs()) as other:
+        assert other.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
+    assert time.monotonic() - started < 10  # not waiting out the 60 s sleeps
+    assert cluster.redis.client.keys(f"distpool:pool:{pool_id}:*") == []
+
+
+def test_nothing_of_a_finished_pool_is_left_in_redis(shared_cluster):
+    with distpool.Pool(2, **shared_cluster.pool_kwargs()) as pool:
+        pool_id = pool._pool_id
+        assert pool.map(square, range(20)) == [x * x for x in range(20)]
+        pool.close()
+        pool.join()
+    client = shared_cluster.redis.client
+    assert client.keys(f"distpool:pool:{pool_id}:*") == []
+    for key in client.keys("distpool:*"):
+        assert client.ttl(key) != -1 or client.type(key) in (b"zset", b"hash"), key
+
+
+def test_a_worker_on_another_version_fails_the_task_clearly(shared_cluster, monkeypatch):
+    monkeypatch.setattr(serialization, "PYTHON_VERSION", "2.7")
+    with distpool.Pool(1, **shared_cluster.pool_kwargs()) as pool, \
+            pytest.raises(IncompatibleEnvelopeError, match="Python 2.7"):
+        pool.apply(square, (2,))
+
+
+def test_unreachable_broker_fails_fast_with_a_clear_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connections are refused
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailableError, match=f"127.0.0.1:{port}"):
+            distpool.Pool(1, broker=f"redis://:secret@127.0.0.1:{port}/0")
+    assert time.monotonic() - started < 15
+
+
+def test_workers_stay_ordinary_celery_workers(shared_cluster):
+    celery = shutil.which("celery", path=os.path.dirname(sys.executable)) or "celery"
+    completed = subprocess.run(
+        [celery, "--broker", shared_cluster.broker, "inspect", "ping", "--timeout", "5"],
+        capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    for worker in shared_cluster.workers:
+        assert worker.name.replace("%h", socket.gethostname()) in completed.stdout
+
+
+def _rabbitmq_reachable() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _rabbitmq_reachable(), reason="no RabbitMQ on 127.0.0.1:5672")
+def test_rabbitmq_as_broker_with_redis_results(redis_server):
+    from tests.support import Cluster
+
+    cluster = Cluster(redis_server, nodes=1, concurrency=2,
+                      broker="amqp://guest:guest@127.0.0.1:5672//")
+    try:
+        with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+            assert pool.map(square, range(10)) == [x * x for x in range(10)]
+            assert list(pool.imap_unordered(square, range(5))) != []
+    finally:
+        cluster.stop()
