@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +41,15 @@ def count_initialisation():
 
 def initialisations(_):
     return _initialised["count"]
+
+
+def die_the_first_time(marker):
+    """Kill this worker process unless ``marker`` exists; its task must then run again."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return int(path.read_text()) != os.getpid()
 
 
 def run_script(path: Path, cwd: Path, env_extra=None, timeout=120):
@@ -120,6 +130,14 @@ def test_terminate_stops_running_tasks_and_workers_serve_other_pools_at_once(mak
         assert other.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
     assert time.monotonic() - started < 10  # not waiting out the 60 s sleeps
     assert cluster.redis.client.keys(f"distpool:pool:{pool_id}:*") == []
+
+
+def test_a_task_whose_worker_process_dies_runs_again(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    markers = [str(tmp_path / f"attempted-{i}") for i in range(4)]
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        # Each task kills its process once; the re-run happens in a replacement process.
+        assert pool.map(die_the_first_time, markers, chunksize=1) == [True] * 4
 
 
 def test_nothing_of_a_finished_pool_is_left_in_redis(shared_cluster):
