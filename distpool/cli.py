@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import runpy
+import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from . import __version__, config
@@ -18,9 +21,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "worker":
         return _worker(args, passthrough)
+    if args.command == "demo":
+        return _demo(passthrough)
     if passthrough:
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
-    return 2  # pragma: no cover - every subcommand is handled above
+    return _cluster(args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,17 +56,58 @@ def _parser() -> argparse.ArgumentParser:
                         help="node name (default: distpool-<pid>@<host>)")
     worker.add_argument("--loglevel", "-l", default="WARNING", metavar="LEVEL",
                         help="log level (default: WARNING)")
+    cluster = commands.add_parser(
+        "cluster", help="run a local cluster (Redis and workers) in the foreground",
+        description="Run a private Redis server and local workers until Ctrl-C, and print the "
+                    "broker URL that pools and 'distpool worker' can use.")
+    cluster.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+                         metavar="N", help="worker processes (default: CPU count)")
+    commands.add_parser(
+        "demo", add_help=False,
+        help="run a forecast-shaped job on multiprocessing.Pool, then on distpool.Pool "
+             "(see 'distpool demo --help')")
     return parser
 
 
 def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     settings = config.resolve(broker=args.broker, result_url=args.result_url,
                               queue=args.queue)
+    if settings.broker_url is None:
+        settings = settings.with_broker(config.DEFAULT_BROKER_URL)
     from .backends.celery_backend import run_worker
 
     name = args.name or f"distpool-{os.getpid()}@%h"
     return run_worker(settings, concurrency=args.concurrency, name=name,
                       loglevel=args.loglevel, extra_args=passthrough)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from .cluster import LocalCluster
+
+    with LocalCluster(args.workers) as cluster:
+        print(f"distpool local cluster with {args.workers} worker processes: "
+              f"{cluster.broker_url}\n"
+              f"  pools:   Pool(broker={cluster.broker_url!r})  "
+              f"or DISTPOOL_BROKER_URL={cluster.broker_url}\n"
+              f"  workers: distpool worker --broker {cluster.broker_url}\n"
+              "Ctrl-C stops it.", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    # Run as __main__, as a user's script is: its task class then travels by value.
+    sys.argv = ["distpool demo", *argv]
+    try:
+        runpy.run_module("distpool.demo", run_name="__main__", alter_sys=True)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
 
 
 def _positive_int(text: str) -> int:

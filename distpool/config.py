@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
+#: Where ``distpool worker`` connects when no broker is configured. A pool with no broker
+#: configured starts a private local cluster instead (see distpool.cluster).
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "distpool"
 
@@ -24,16 +26,22 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 @dataclass(frozen=True)
 class Settings:
-    broker_url: str
-    result_url: str
+    broker_url: str | None  # None: not configured
+    result_url: str | None  # None: the broker's, once there is one
     queue: str
     eager: bool
     pool_ttl: float
 
+    def with_broker(self, broker_url: str) -> Settings:
+        """These settings with ``broker_url`` as the broker, and as the result store too
+        unless one is configured."""
+        return replace(self, broker_url=broker_url,
+                       result_url=self.result_url or _default_result_url(broker_url))
+
     def __repr__(self) -> str:
         return (
-            f"Settings(broker_url={mask_url(self.broker_url)!r}, "
-            f"result_url={mask_url(self.result_url)!r}, queue={self.queue!r}, "
+            f"Settings(broker_url={_masked(self.broker_url)!r}, "
+            f"result_url={_masked(self.result_url)!r}, queue={self.queue!r}, "
             f"eager={self.eager!r}, pool_ttl={self.pool_ttl!r})"
         )
 
@@ -48,12 +56,13 @@ def resolve(
 ) -> Settings:
     """Return the settings in force, each from the first of: argument, environment, default."""
     env = os.environ if environ is None else environ
-    broker_url = broker or env.get("DISTPOOL_BROKER_URL") or DEFAULT_BROKER_URL
-    # Results need Redis even when RabbitMQ is the broker; a Redis broker doubles as the store.
-    default_result = broker_url if _is_redis(broker_url) else DEFAULT_BROKER_URL
+    broker_url = broker or env.get("DISTPOOL_BROKER_URL") or None
+    result_url = result_url or env.get("DISTPOOL_RESULT_URL") or None
+    if broker_url is not None and result_url is None:
+        result_url = _default_result_url(broker_url)
     return Settings(
         broker_url=broker_url,
-        result_url=result_url or env.get("DISTPOOL_RESULT_URL") or default_result,
+        result_url=result_url,
         queue=queue or env.get("DISTPOOL_QUEUE") or DEFAULT_QUEUE,
         eager=_flag(eager, env.get("DISTPOOL_EAGER"), "DISTPOOL_EAGER"),
         pool_ttl=_positive(pool_ttl, env.get("DISTPOOL_POOL_TTL"), "DISTPOOL_POOL_TTL",
@@ -74,8 +83,15 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _is_redis(url: str) -> bool:
-    return url.split("://", 1)[0] in ("redis", "rediss", "redis+socket")
+def _default_result_url(broker_url: str) -> str:
+    # Results need Redis even when RabbitMQ is the broker; a Redis broker doubles as the store.
+    if broker_url.split("://", 1)[0] in ("redis", "rediss", "redis+socket"):
+        return broker_url
+    return DEFAULT_BROKER_URL
+
+
+def _masked(url: str | None) -> str | None:
+    return None if url is None else mask_url(url)
 
 
 def _flag(explicit: bool | None, raw: str | None, name: str) -> bool:

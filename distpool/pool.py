@@ -23,6 +23,7 @@ from typing import (
 )
 
 from . import backends, config, serialization
+from .cluster import LocalCluster
 from .engine import Engine
 from .errors import add_note
 from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
@@ -72,24 +73,35 @@ class Pool:
             raise ValueError("maxtasksperchild must be a positive int or None")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self._settings = config.resolve(broker=broker, result_url=result_url, queue=queue,
-                                        eager=eager, pool_ttl=pool_ttl)
+        settings = config.resolve(broker=broker, result_url=result_url, queue=queue,
+                                  eager=eager, pool_ttl=pool_ttl)
         self._initializer = None if initializer is None else _dumps(
             (initializer, tuple(initargs)), "the initializer and its initargs")
         self._maxtasksperchild = maxtasksperchild
-        backend = backends.connect(self._settings)
+        self._cluster: LocalCluster | None = None
+        if settings.broker_url is None and not settings.eager:
+            # No cluster configured: a private one, with a worker process per pool process.
+            self._cluster = LocalCluster(processes).start()
+            settings = settings.with_broker(self._cluster.broker_url)
+        self._settings = settings
         try:
-            self._processes = processes or backend.worker_slots() or os.cpu_count() or 1
-            self._pool_id = uuid.uuid4().hex
-            self._engine = Engine(backend, self._pool_id, self._processes,
-                                  self._settings.pool_ttl)
+            backend = backends.connect(settings)
+            try:
+                self._processes = processes or backend.worker_slots() or os.cpu_count() or 1
+                self._pool_id = uuid.uuid4().hex
+                self._engine = Engine(backend, self._pool_id, self._processes,
+                                      settings.pool_ttl)
+            except BaseException:
+                backend.close()
+                raise
         except BaseException:
-            backend.close()
+            if self._cluster is not None:
+                self._cluster.stop()
             raise
         self._state = RUN
         # Threads and results refer to the engine, never to the pool, so an abandoned pool
         # is collected, and then (or at interpreter exit) its engine is terminated.
-        self._finalizer = weakref.finalize(self, self._engine.terminate)
+        self._finalizer = weakref.finalize(self, _shut_down, self._engine, self._cluster)
 
     # -- the multiprocessing.Pool API ------------------------------------------------------
 
@@ -154,6 +166,8 @@ class Pool:
             raise ValueError("In unknown state")
         assert self._engine is not None
         self._engine.join()
+        if self._cluster is not None:
+            self._cluster.stop()
 
     def __enter__(self) -> Pool:
         self._running_engine()
@@ -264,6 +278,12 @@ class Pool:
 
 
 DistributedPool = Pool
+
+
+def _shut_down(engine: Engine, cluster: LocalCluster | None) -> None:
+    engine.terminate()
+    if cluster is not None:
+        cluster.stop()
 
 
 def _chunked(items: Iterator[Any], size: int) -> Iterator[tuple[Any, ...]]:

@@ -49,9 +49,10 @@ PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step"
 
 def create_app(settings: Settings) -> Celery:
     """The Celery app shared by ``distpool worker`` and by clients (to build messages)."""
+    broker_url, result_url = _urls(settings)
     app = Celery("distpool", set_as_current=False)
     app.conf.update(
-        broker_url=settings.broker_url,
+        broker_url=broker_url,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
         # Celery's own messages stay JSON: nothing on the broker is unpickled by Celery.
@@ -67,7 +68,7 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
-    results = _ProcessLocalStore(settings.result_url)
+    results = _ProcessLocalStore(result_url)
 
     @app.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
     def run_distpool_task(message: Any) -> None:
@@ -75,6 +76,12 @@ def create_app(settings: Settings) -> Celery:
 
     app.steps["worker"].add(_registration_step(settings))
     return app
+
+
+def _urls(settings: Settings) -> tuple[str, str]:
+    if settings.broker_url is None or settings.result_url is None:
+        raise ValueError("the Celery backend needs a broker URL and a result URL")
+    return settings.broker_url, settings.result_url
 
 
 def _run_message(message: Any, store: RedisStore) -> None:
@@ -112,12 +119,14 @@ class _ProcessLocalStore:
 def _registration_step(settings: Settings) -> type:
     """A worker bootstep that keeps the worker registered, with its slots, in the store."""
 
+    _, result_url = _urls(settings)
+
     class Registration(bootsteps.StartStopStep):  # type: ignore[misc]
         label = "distpool registration"
 
         def __init__(self, w: Any, **kwargs: Any) -> None:
             super().__init__(w, **kwargs)
-            self._store = RedisStore(settings.result_url)
+            self._store = RedisStore(result_url)
             self._timer: Any = None
 
         def start(self, w: Any) -> None:
@@ -138,7 +147,7 @@ def _registration_step(settings: Settings) -> type:
                                             REGISTRATION_TTL)
             except Exception as exc:
                 logger.warning("could not register %s in %s: %s", w.hostname,
-                               mask_url(settings.result_url), exc)
+                               mask_url(result_url), exc)
 
     return Registration
 
@@ -146,10 +155,11 @@ def _registration_step(settings: Settings) -> type:
 class CeleryBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        broker_url, result_url = _urls(settings)
         self._app = create_app(settings)
         self._queue = self._app.amqp.queues[settings.queue]
         self._send = self._app.amqp.send_task_message
-        self._store = RedisStore(settings.result_url)
+        self._store = RedisStore(result_url)
         self._connection: Connection = self._app.connection_for_write()
         self._producer: Producer | None = None
         self._lock = threading.Lock()
@@ -157,14 +167,14 @@ class CeleryBackend(Backend):
             self._store.ping()
         except Exception as exc:
             raise BrokerUnavailableError(
-                f"cannot reach the result store at {mask_url(settings.result_url)}: {exc}"
+                f"cannot reach the result store at {mask_url(result_url)}: {exc}"
             ) from None
         try:
             self._connection.ensure_connection(max_retries=2, interval_start=0.5,
                                                interval_step=0.5, timeout=5)
         except Exception as exc:
             raise BrokerUnavailableError(
-                f"cannot reach the broker at {mask_url(settings.broker_url)}: {exc}"
+                f"cannot reach the broker at {mask_url(broker_url)}: {exc}"
             ) from None
 
     def worker_slots(self) -> int:

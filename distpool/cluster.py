@@ -1,0 +1,119 @@
+"""LocalCluster: a private Redis server and local workers, so ``Pool()`` works out of the box.
+
+The cluster runs under a small supervisor process (:mod:`distpool.supervisor`) that starts
+``redis-server`` on a free loopback port with a temporary directory of its own, then
+``distpool worker`` for it: the same worker as on a real cluster.
+
+The parent holds the write end of a pipe that is the supervisor's stdin. However the parent
+ends (``close()``, garbage collection, interpreter exit, or SIGKILL), the kernel closes that
+pipe; the supervisor sees end-of-file and stops the workers and Redis and removes the
+directory. The supervisor's own children are started with a parent-death signal (Linux), so
+they go too if the supervisor itself is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from .errors import DistpoolError
+
+#: Longest wait for the supervisor to report its Redis server ready.
+START_TIMEOUT = 30.0
+#: Longest wait for the supervisor to stop everything before it is killed.
+STOP_TIMEOUT = 15.0
+#: The supervisor's first line of output starts with one of these.
+READY = "ready "
+FAILED = "failed "
+
+
+class LocalClusterError(DistpoolError):
+    """The local cluster could not be started."""
+
+
+class LocalCluster:
+    """A Redis server and ``workers`` worker processes on this machine, private to it.
+
+    Use as a context manager, or :meth:`start` and :meth:`stop`. Several pools can share it
+    through :attr:`broker_url`; ``distpool worker --broker URL`` started by hand attaches more
+    workers to it.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers = workers or os.cpu_count() or 1
+        self._broker_url: str | None = None
+        self._supervisor: subprocess.Popen[bytes] | None = None
+
+    @property
+    def broker_url(self) -> str:
+        """The cluster's Redis URL: its broker and its result store."""
+        if self._broker_url is None:
+            raise LocalClusterError("the local cluster is not running")
+        return self._broker_url
+
+    def start(self) -> LocalCluster:
+        if self._supervisor is not None:
+            return self
+        command = [sys.executable, "-m", "distpool.supervisor", "--workers", str(self.workers)]
+        # Like multiprocessing's processes, the workers get this process's import path and
+        # working directory (inherited), so they import what the client can.
+        path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
+        self._supervisor = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
+            # Its own session: Ctrl-C in the user's terminal reaches the client, which then
+            # stops the cluster in order, rather than every worker at once.
+            start_new_session=(os.name == "posix"))
+        line = _first_line(self._supervisor, START_TIMEOUT)
+        if not line.startswith(READY):
+            self.stop()
+            detail = line[len(FAILED):] if line.startswith(FAILED) else (
+                line or "it exited or did not answer in time")
+            raise LocalClusterError(f"could not start the local cluster: {detail}")
+        self._broker_url = line[len(READY):]
+        return self
+
+    def stop(self) -> None:
+        """Stop the workers and Redis, and remove their files; waits until they are gone."""
+        supervisor, self._supervisor, self._broker_url = self._supervisor, None, None
+        if supervisor is None:
+            return
+        assert supervisor.stdin is not None and supervisor.stdout is not None
+        try:
+            supervisor.stdin.close()  # end-of-file: the supervisor's signal to stop
+        except OSError:
+            pass
+        try:
+            supervisor.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()
+            supervisor.wait()
+        supervisor.stdout.close()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<LocalCluster workers={self.workers} broker_url={self._broker_url}>"
+
+
+def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+    """The process's first line of output, or '' if none comes in time."""
+    lines: queue.Queue[bytes] = queue.Queue()
+    assert process.stdout is not None
+    stdout = process.stdout
+    reader = threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True)
+    reader.start()
+    try:
+        return lines.get(timeout=timeout).decode(errors="replace").strip()
+    except queue.Empty:
+        return ""

