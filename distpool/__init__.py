@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .cluster import LocalCluster, LocalClusterError
 from .errors import (
                      BrokerUnavailableError,
                      DistpoolError,
@@ -30,6 +31,8 @@ __all__ = [
     "IMapIterator",
     "IMapUnorderedIterator",
     "IncompatibleEnvelopeError",
+    "LocalCluster",
+    "LocalClusterError",
     "MapResult",
     "MaybeEncodingError",
     "Pool",

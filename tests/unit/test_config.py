@@ -7,8 +7,7 @@ from distpool import config
 
 def test_defaults():
     settings = config.resolve(environ={})
-    assert settings.broker_url == config.DEFAULT_BROKER_URL
-    assert settings.result_url == config.DEFAULT_BROKER_URL
+    assert settings.broker_url is None and settings.result_url is None  # a local cluster
     assert settings.queue == "distpool"
     assert settings.eager is False
     assert settings.pool_ttl == config.DEFAULT_POOL_TTL
@@ -26,6 +25,13 @@ def test_environment_overrides_defaults_and_arguments_override_environment():
                               result_url="redis://r:1/0", eager=False, pool_ttl=3, environ=env)
     assert (explicit.broker_url, explicit.queue, explicit.result_url, explicit.eager,
             explicit.pool_ttl) == ("redis://arg:6379/0", "argq", "redis://r:1/0", False, 3.0)
+
+
+def test_with_broker_fills_in_the_result_store_unless_configured():
+    local = config.resolve(environ={}).with_broker("redis://127.0.0.1:5555/0")
+    assert local.result_url == "redis://127.0.0.1:5555/0"
+    configured = config.resolve(result_url="redis://r:1/0", environ={})
+    assert configured.with_broker("redis://b:2/0").result_url == "redis://r:1/0"
 
 
 def test_redis_broker_doubles_as_result_store_but_amqp_does_not():

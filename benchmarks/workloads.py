@@ -1,0 +1,155 @@
+"""The benchmark workloads, each run against multiprocessing.Pool and distpool.Pool.
+
+A workload receives a ``Pools`` (how to make a pool of the kind under test) and a size
+factor, and returns one figure. Task functions live here, at module level, so both kinds of
+pool refer to them by name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import psutil
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def noop() -> None:
+    return None
+
+
+def burn(seconds: float) -> int:
+    """Busy CPU for about ``seconds``."""
+    deadline = time.process_time() + seconds
+    count = 0
+    while time.process_time() < deadline:
+        count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class Pools:
+    """How to make pools of one kind: ``attached`` joins workers that already run,
+    ``fresh`` starts everything the pool needs, as a user's first ``Pool()`` does."""
+
+    kind: str
+    attached: Callable[[], Any]
+    fresh: Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    unit: str
+    higher_is_better: bool
+    target: str
+    run: Callable[[Pools, float], float]
+
+
+def map_square(pools: Pools, size: float) -> float:
+    n = int(100_000 * size)
+    with pools.attached() as pool:
+        started = time.perf_counter()
+        result = pool.map(square, range(n))
+        elapsed = time.perf_counter() - started
+    assert result[-1] == (n - 1) ** 2
+    return elapsed * 1000
+
+
+def sequential_apply(pools: Pools, size: float) -> float:
+    calls = max(20, int(500 * size))
+    with pools.attached() as pool:
+        pool.apply(noop)  # warm: the first call of a pool pays its set-up
+        started = time.perf_counter()
+        for _ in range(calls):
+            pool.apply(noop)
+        elapsed = time.perf_counter() - started
+    return elapsed / calls * 1000
+
+
+def apply_async_throughput(pools: Pools, size: float) -> float:
+    tasks = max(100, int(2000 * size))
+    with pools.attached() as pool:
+        pool.apply(noop)
+        started = time.perf_counter()
+        results = [pool.apply_async(noop) for _ in range(tasks)]
+        for result in results:
+            result.get()
+        elapsed = time.perf_counter() - started
+    return tasks / elapsed
+
+
+def cpu_bound_throughput(pools: Pools, size: float) -> float:
+    tasks = max(4, int(40 * size))
+    with pools.attached() as pool:
+        pool.apply(noop)
+        started = time.perf_counter()
+        pool.map(burn, [0.1] * tasks, chunksize=1)
+        elapsed = time.perf_counter() - started
+    return tasks / elapsed
+
+
+def first_result_attached(pools: Pools, size: float) -> float:
+    started = time.perf_counter()
+    with pools.attached() as pool:
+        pool.apply(noop)
+        elapsed = time.perf_counter() - started
+    return elapsed * 1000
+
+
+def first_result_fresh(pools: Pools, size: float) -> float:
+    started = time.perf_counter()
+    with pools.fresh() as pool:
+        pool.apply(noop)
+        elapsed = time.perf_counter() - started
+    return elapsed
+
+
+def imap_memory(pools: Pools, size: float) -> float:
+    """Growth of this process's memory (MB) while imap consumes a long generator."""
+    n = int(10_000_000 * size)
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak = [baseline]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with pools.attached() as pool:
+            total = sum(pool.imap(square, itertools.islice(itertools.count(), n),
+                                  chunksize=10_000))
+    finally:
+        done.set()
+        sampler.join()
+    assert total == sum(x * x for x in range(n))
+    return (peak[0] - baseline) / 2**20
+
+
+WORKLOADS = [
+    Workload("map_100k", "map(square, range(100_000)), default chunksize", "ms", False,
+             "distpool <= 2.5 x multiprocessing", map_square),
+    Workload("apply_sequential", "sequential apply(noop), per call", "ms", False,
+             "distpool <= 2 ms", sequential_apply),
+    Workload("apply_async_2000", "2,000 apply_async(noop), then get all", "tasks/s", True,
+             "distpool >= 1,000 tasks/s", apply_async_throughput),
+    Workload("cpu_40x100ms", "40 tasks of 100 ms CPU each", "tasks/s", True,
+             "distpool >= 95% of multiprocessing", cpu_bound_throughput),
+    Workload("first_result_attached", "Pool() on running workers to first result", "ms",
+             False, "distpool <= 50 ms", first_result_attached),
+    Workload("first_result_fresh", "Pool(2) from nothing to first result (local cluster)", "s",
+             False, "distpool <= 1.5 s", first_result_fresh),
+    Workload("imap_10M_memory", "imap over a 10-million-item generator, client memory growth",
+             "MB", False, "distpool < 50 MB", imap_memory),
+]
