@@ -1,14 +1,16 @@
 """One pool's traffic with its backend, on two threads, as ``multiprocessing.Pool`` has.
 
 * The **dispatcher** takes task envelopes from the jobs' sources, in submission order, and
-  publishes them while fewer than ``processes`` of the pool's tasks are in flight. Sources
+  publishes them while fewer than ``processes`` of the pool's messages are in flight. A
+  message carries one task, or several short ones (see :mod:`distpool.batching`). Sources
   are iterators, so ``imap`` reads (and serialises) its input only as slots free up.
 * The **collector** pops result records, frees their slots, loads their payloads and hands
   them to the jobs' result objects, whose callbacks therefore run on this thread. It also
   keeps the pool's liveness key fresh, without which workers drop the pool's tasks.
 
-A task id is ``<pool>:<job>:<index>``; a record whose task is not in flight (a duplicate
-delivery, or one arriving after terminate) is ignored, so each result is delivered once.
+A task id is ``<pool>:<job>:<index>``; a message's id is that of its first task. A record
+whose task is not in flight (a duplicate delivery, or one arriving after terminate) is
+ignored, so each result is delivered once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from . import serialization
 from .backends.base import Backend
+from .batching import TaskTimes, split_evenly
 from .errors import (
     BrokerUnavailableError,
     EnvelopeError,
@@ -50,7 +53,12 @@ class Engine:
         self._refresh_interval = pool_ttl / 3
         self._cond = threading.Condition(threading.Lock())
         self._sources: collections.deque[Source] = collections.deque()
-        self._in_flight: dict[str, tuple[int, int]] = {}
+        # Pulled from a source but not sent yet; touched by the dispatcher thread only.
+        self._lookahead: collections.deque[TaskEnvelope] = collections.deque()
+        # task id -> (job, index, message id, function); message id -> tasks not reported.
+        self._in_flight: dict[str, tuple[int, int, str, bytes]] = {}
+        self._messages: dict[str, int] = {}
+        self._task_times = TaskTimes()
         self._jobs: dict[int, Any] = {}
         self._job_ids = itertools.count()
         self._closing = False
@@ -106,8 +114,9 @@ class Engine:
                 return
             self._closing = self._terminated = True
             self._sources.clear()
-            in_flight = list(self._in_flight)
+            in_flight = list(self._messages)
             self._in_flight.clear()
+            self._messages.clear()
             jobs = list(self._jobs.values())
             self._cond.notify_all()
         try:
@@ -129,33 +138,69 @@ class Engine:
         while True:
             with self._cond:
                 while not self._terminated and not (
-                        self._sources and len(self._in_flight) < self._processes):
-                    if self._closing and not self._sources:
+                        (self._sources or self._lookahead)
+                        and len(self._messages) < self._processes):
+                    if self._closing and not (self._sources or self._lookahead):
                         return
                     self._cond.wait()
                 if self._terminated:
                     return
-                source = self._sources[0]
-                free = self._processes - len(self._in_flight)
+                free = self._processes - len(self._messages)
             # Pulled outside the lock: a lazy source serialises user input as it goes.
-            batch = list(itertools.islice(source, free))
+            messages = self._next_messages(free)
             with self._cond:
                 if self._terminated:
                     return
-                if len(batch) < free and self._sources and self._sources[0] is source:
-                    self._sources.popleft()
-                for envelope in batch:
-                    self._in_flight[envelope.task_id] = _job_and_index(envelope.task_id)
-            if batch:
-                self._publish(batch)
+                for message in messages:
+                    message_id = message[0].task_id
+                    self._messages[message_id] = len(message)
+                    for envelope in message:
+                        job, index = _job_and_index(envelope.task_id)
+                        self._in_flight[envelope.task_id] = (job, index, message_id,
+                                                             envelope.function)
+            if messages:
+                self._publish(messages)
 
-    def _publish(self, batch: list[TaskEnvelope]) -> None:
+    def _next_messages(self, free: int) -> list[list[TaskEnvelope]]:
+        """Up to ``free`` messages' worth of envelopes, batched where tasks are short."""
+        first = self._pull()
+        if first is None:
+            return []
+        per_message = self._task_times.batch_size(first.function)
+        envelopes = [first]
+        while len(envelopes) < free * per_message:
+            envelope = self._pull()
+            if envelope is None:
+                break
+            if per_message > 1 and envelope.function != first.function:
+                self._lookahead.appendleft(envelope)  # batches hold one function
+                break
+            envelopes.append(envelope)
+        return split_evenly(envelopes, min(free, len(envelopes)))
+
+    def _pull(self) -> TaskEnvelope | None:
+        if self._lookahead:
+            return self._lookahead.popleft()
+        while True:
+            with self._cond:
+                if not self._sources or self._terminated:
+                    return None
+                source = self._sources[0]
+            envelope = next(source, None)
+            if envelope is not None:
+                return envelope
+            with self._cond:
+                if self._sources and self._sources[0] is source:
+                    self._sources.popleft()
+
+    def _publish(self, messages: list[list[TaskEnvelope]]) -> None:
         try:
-            self._backend.publish(batch)
+            self._backend.publish(messages)
         except Exception as exc:
             error = BrokerUnavailableError(f"could not send tasks to the broker: {exc}")
-            for envelope in batch:
-                self._complete(envelope.task_id, False, error)
+            for message in messages:
+                for envelope in message:
+                    self._complete(envelope.task_id, False, error)
 
     # -- collector thread ----------------------------------------------------------------
 
@@ -194,18 +239,27 @@ class Engine:
         except Exception as exc:
             ok, value = False, exc
             add_note(exc, f"distpool could not load the result of task {record.task_id}")
-        self._complete(record.task_id, ok, value)
+        self._complete(record.task_id, ok, value, record.elapsed)
 
-    def _complete(self, task_id: str, ok: bool, value: Any) -> None:
+    def _complete(self, task_id: str, ok: bool, value: Any,
+                  elapsed: float | None = None) -> None:
         with self._cond:
             location = self._in_flight.pop(task_id, None)
             if location is None:
                 return
-            self._cond.notify_all()
-            result = self._jobs.get(location[0])
+            job, index, message_id, function = location
+            left = self._messages.get(message_id, 1) - 1
+            if left:
+                self._messages[message_id] = left
+            else:
+                self._messages.pop(message_id, None)
+                self._cond.notify_all()  # a slot is free
+            result = self._jobs.get(job)
+        if elapsed is not None:
+            self._task_times.record(function, elapsed)
         if result is not None:
             try:
-                result._set(location[1], ok, value)
+                result._set(index, ok, value)
             except Exception:
                 logger.exception("pool %s: a result callback raised", self.pool_id)
 

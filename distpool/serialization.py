@@ -288,15 +288,21 @@ class TaskEnvelope:
 
 
 class ResultRecord(NamedTuple):
-    """A task's outcome as a worker pushes it to the pool's result list."""
+    """A task's outcome as a worker pushes it to the pool's result list.
+
+    ``elapsed`` is how long the user's code ran, in seconds, when it ran at all.
+    """
 
     task_id: str
     ok: bool
     payload: bytes
+    elapsed: float | None = None
 
     def to_bytes(self) -> bytes:
-        header = json.dumps({"task": self.task_id, "ok": self.ok}, separators=(",", ":"))
-        return header.encode() + b"\n" + self.payload
+        header: dict[str, Any] = {"task": self.task_id, "ok": self.ok}
+        if self.elapsed is not None:
+            header["elapsed"] = round(self.elapsed, 6)
+        return json.dumps(header, separators=(",", ":")).encode() + b"\n" + self.payload
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ResultRecord:
@@ -311,7 +317,10 @@ class ResultRecord(NamedTuple):
             or not isinstance(header.get("ok"), bool)
         ):
             raise EnvelopeError("not a distpool result record")
-        return cls(header["task"], header["ok"], payload)
+        elapsed = header.get("elapsed")
+        if elapsed is not None and (not isinstance(elapsed, (int, float)) or elapsed < 0):
+            raise EnvelopeError("result record with an invalid run time")
+        return cls(header["task"], header["ok"], payload, elapsed)
 
 
 def _version_mismatch(message: Mapping[str, Any]) -> str | None:

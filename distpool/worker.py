@@ -11,6 +11,7 @@ the process's first task of that pool, so the globals it sets are seen by the ta
 
 from __future__ import annotations
 
+import time
 import traceback
 import types
 from collections import OrderedDict
@@ -44,7 +45,9 @@ def execute(envelope: TaskEnvelope) -> bytes:
         state = _state_for(envelope)
         function = _callable(state, envelope.function)
         arguments = serialization.loads(envelope.arguments, namespace=state.namespace)
+        started = time.perf_counter()
         value = _run(envelope.kind, function, arguments)
+        elapsed = time.perf_counter() - started
         state.tasks_run += 1
         try:
             payload = serialization.dumps(value, namespace=state.namespace)
@@ -53,7 +56,7 @@ def execute(envelope: TaskEnvelope) -> bytes:
             return failure_record(envelope.task_id, MaybeEncodingError(exc, value))
     except Exception as exc:
         return failure_record(envelope.task_id, exc, namespace=_namespace_of(envelope.pool_id))
-    return ResultRecord(envelope.task_id, True, payload).to_bytes()
+    return ResultRecord(envelope.task_id, True, payload, elapsed).to_bytes()
 
 
 def failure_record(task_id: str, exc: BaseException,

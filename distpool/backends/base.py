@@ -29,8 +29,9 @@ class Backend(abc.ABC):
         """Keep the pool live; a pool not refreshed in time is treated as gone."""
 
     @abc.abstractmethod
-    def publish(self, envelopes: Sequence[TaskEnvelope]) -> None:
-        """Hand tasks to the workers, in order; raise if the broker refuses them."""
+    def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
+        """Hand messages of one or more tasks to the workers, in order; raise if the broker
+        refuses them. A message's id is the task id of its first envelope."""
 
     @abc.abstractmethod
     def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
@@ -42,7 +43,7 @@ class Backend(abc.ABC):
         """Make a blocked :meth:`fetch_results` of the pool return now."""
 
     @abc.abstractmethod
-    def cancel(self, pool_id: str, task_ids: Iterable[str]) -> None:
+    def cancel(self, pool_id: str, message_ids: Iterable[str]) -> None:
         """Stop the pool everywhere: no queued task of it starts, running ones are killed."""
 
     @abc.abstractmethod

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -42,6 +43,8 @@ REGISTRATION_TTL = 3 * REGISTRATION_INTERVAL
 #: long. distpool's tasks are acknowledged late and may run for hours, so it is set far
 #: beyond any task's duration (see README: worker failures).
 VISIBILITY_TIMEOUT = 7 * 24 * 3600
+#: How long a worker process trusts that a pool it has seen alive still is (seconds).
+LIVENESS_CACHE = 1.0
 #: A publish or a revoke that cannot reach the broker gives up after about this long.
 PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
                         "interval_max": 1.0}
@@ -68,11 +71,11 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
-    results = _ProcessLocalStore(result_url)
+    runner = _ProcessLocalRunner(result_url)
 
     @app.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
-    def run_distpool_task(message: Any) -> None:
-        _run_message(message, results.get())
+    def run_distpool_tasks(*messages: Any) -> None:
+        runner.get().run(messages)
 
     app.steps["worker"].add(_registration_step(settings))
     return app
@@ -84,36 +87,68 @@ def _urls(settings: Settings) -> tuple[str, str]:
     return settings.broker_url, settings.result_url
 
 
-def _run_message(message: Any, store: RedisStore) -> None:
-    try:
-        envelope = TaskEnvelope.from_wire(message)
-    except IncompatibleEnvelopeError as exc:
-        logger.error("task %s of pool %s refused: %s", exc.task_id, exc.pool_id, exc)
-        if exc.pool_id is not None and exc.task_id is not None:
-            store.push_result(exc.pool_id, worker.failure_record(exc.task_id, exc))
-        return
-    except EnvelopeError as exc:
-        logger.error("dropped a message that is not a distpool task: %s", exc)
-        return
-    if not store.pool_is_live(envelope.pool_id):
-        logger.info("skipped task %s: its pool was terminated or its client is gone",
-                    envelope.task_id)
-        return
-    store.push_result(envelope.pool_id, worker.execute(envelope))
+class _TaskRunner:
+    """Runs the task envelopes of one Celery message in a worker process."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._live_until: dict[str, float] = {}
+
+    def run(self, messages: Sequence[Any]) -> None:
+        records: dict[str, list[bytes]] = {}
+        for message in messages:
+            outcome = self._run_one(message)
+            if outcome is not None:
+                records.setdefault(outcome[0], []).append(outcome[1])
+        # After the whole batch: if this process dies first, the message is re-queued and
+        # no result of it has been delivered twice.
+        for pool_id, pool_records in records.items():
+            self._store.push_results(pool_id, pool_records)
+
+    def _run_one(self, message: Any) -> tuple[str, bytes] | None:
+        try:
+            envelope = TaskEnvelope.from_wire(message)
+        except IncompatibleEnvelopeError as exc:
+            logger.error("task %s of pool %s refused: %s", exc.task_id, exc.pool_id, exc)
+            if exc.pool_id is None or exc.task_id is None:
+                return None
+            return exc.pool_id, worker.failure_record(exc.task_id, exc)
+        except EnvelopeError as exc:
+            logger.error("dropped a message that is not a distpool task: %s", exc)
+            return None
+        if not self._pool_is_live(envelope.pool_id):
+            logger.info("skipped task %s: its pool was terminated or its client is gone",
+                        envelope.task_id)
+            return None
+        return envelope.pool_id, worker.execute(envelope)
+
+    def _pool_is_live(self, pool_id: str) -> bool:
+        # Asked at most once a second per pool: terminate() also revokes every message of
+        # the pool by id, so the key matters for workers that missed that broadcast and for
+        # clients that died, where a second's delay is of no consequence.
+        now = time.monotonic()
+        if self._live_until.get(pool_id, 0.0) > now:
+            return True
+        live = self._store.pool_is_live(pool_id)
+        if live:
+            if len(self._live_until) > 1024:
+                self._live_until.clear()
+            self._live_until[pool_id] = now + LIVENESS_CACHE
+        return live
 
 
-class _ProcessLocalStore:
-    """One result-store connection per worker process (prefork children included)."""
+class _ProcessLocalRunner:
+    """One task runner, with its own store connection, per worker process."""
 
     def __init__(self, url: str) -> None:
         self._url = url
         self._pid: int | None = None
-        self._store: RedisStore | None = None
+        self._runner: _TaskRunner | None = None
 
-    def get(self) -> RedisStore:
-        if self._store is None or self._pid != os.getpid():
-            self._store, self._pid = RedisStore(self._url), os.getpid()
-        return self._store
+    def get(self) -> _TaskRunner:
+        if self._runner is None or self._pid != os.getpid():
+            self._runner, self._pid = _TaskRunner(RedisStore(self._url)), os.getpid()
+        return self._runner
 
 
 def _registration_step(settings: Settings) -> type:
@@ -185,14 +220,15 @@ class CeleryBackend(Backend):
 
     refresh_pool = open_pool
 
-    def publish(self, envelopes: Sequence[TaskEnvelope]) -> None:
+    def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
         if self._producer is None:
             self._producer = Producer(self._connection)
-        for envelope in envelopes:
+        for envelopes in messages:
+            first = envelopes[0].task_id
+            described = first if len(envelopes) == 1 else f"{first} and {len(envelopes) - 1} more"
             message = self._app.amqp.as_task_v2(
-                envelope.task_id, TASK_NAME, args=(envelope.to_wire(),),
-                argsrepr=f"<distpool task {envelope.task_id}>", kwargsrepr="{}",
-                ignore_result=True,
+                first, TASK_NAME, args=tuple(envelope.to_wire() for envelope in envelopes),
+                argsrepr=f"<distpool task {described}>", kwargsrepr="{}", ignore_result=True,
             )
             self._send(self._producer, TASK_NAME, message, queue=self._queue,
                        retry=True, retry_policy=PUBLISH_RETRY_POLICY)
@@ -203,11 +239,11 @@ class CeleryBackend(Backend):
     def wake(self, pool_id: str) -> None:
         self._store.wake(pool_id)
 
-    def cancel(self, pool_id: str, task_ids: Iterable[str]) -> None:
+    def cancel(self, pool_id: str, message_ids: Iterable[str]) -> None:
         # First the liveness key: every worker then skips the pool's queued tasks, even a
         # worker that starts later and never hears the revoke broadcast.
         self._store.close_pool(pool_id)
-        ids = list(task_ids)
+        ids = list(message_ids)
         if ids:
             with self._app.connection_for_write() as connection:
                 self._app.control.revoke(ids, connection=connection, terminate=True,

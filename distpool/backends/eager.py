@@ -31,14 +31,15 @@ class EagerBackend(Backend):
     def refresh_pool(self, pool_id: str) -> None:
         pass
 
-    def publish(self, envelopes: Sequence[TaskEnvelope]) -> None:
-        for envelope in envelopes:
-            if envelope.pool_id in self._cancelled:
-                continue
-            record = worker.execute(envelope)
-            with self._cond:
-                self._results[envelope.pool_id].append(record)
-                self._cond.notify_all()
+    def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
+        for message in messages:
+            for envelope in message:
+                if envelope.pool_id in self._cancelled:
+                    continue
+                record = worker.execute(envelope)
+                with self._cond:
+                    self._results[envelope.pool_id].append(record)
+                    self._cond.notify_all()
 
     def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
         with self._cond:
@@ -53,7 +54,7 @@ class EagerBackend(Backend):
         with self._cond:
             self._cond.notify_all()
 
-    def cancel(self, pool_id: str, task_ids: Iterable[str]) -> None:
+    def cancel(self, pool_id: str, message_ids: Iterable[str]) -> None:
         self._cancelled.add(pool_id)
 
     def close_pool(self, pool_id: str) -> None:

@@ -42,27 +42,25 @@ class RedisStore:
     def pool_is_live(self, pool_id: str) -> bool:
         return bool(self._redis.exists(_live(pool_id)))
 
-    def push_result(self, pool_id: str, record: bytes) -> None:
+    def push_results(self, pool_id: str, records: list[bytes]) -> None:
         key = _results(pool_id)
         with self._redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, record)
+            pipe.rpush(key, *records)
             pipe.expire(key, RESULTS_TTL)
             pipe.execute()
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
+        """What is waiting, in one round trip; else block for the next record and return it
+        at once: the round trip that would batch more is not spent on the latency path."""
         key = _results(pool_id)
-        first = self._redis.blpop([key], timeout=timeout)
-        if first is None:
-            return []
-        rest = self._redis.lpop(key, FETCH_BATCH) or []
-        return [record for record in [first[1], *rest] if record != WAKE_UP]
+        records: list[bytes] = self._redis.lpop(key, FETCH_BATCH) or []  # type: ignore[assignment]
+        if not records:
+            first = self._redis.blpop([key], timeout=timeout)
+            records = [] if first is None else [first[1]]  # type: ignore[index,list-item]
+        return [record for record in records if record != WAKE_UP]
 
     def wake(self, pool_id: str) -> None:
-        key = _results(pool_id)
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, WAKE_UP)
-            pipe.expire(key, RESULTS_TTL)
-            pipe.execute()
+        self.push_results(pool_id, [WAKE_UP])
 
     def close_pool(self, pool_id: str) -> None:
         self._redis.delete(_live(pool_id), _results(pool_id))

@@ -26,37 +26,52 @@ def square(x):
 
 
 class ManualBackend(EagerBackend):
-    """Publishing queues a task; :meth:`run_one` runs the oldest, as a worker would."""
+    """Publishing queues a message; :meth:`run_one` runs the oldest, as a worker would."""
 
     def __init__(self):
         super().__init__()
-        self.published = []
+        self.messages = []
         self.queued = []
         self.max_in_flight = 0
         self.cancelled = None
         self._published_cond = threading.Condition()
 
+    @property
+    def published(self):
+        """Every envelope published so far, in order."""
+        return [envelope for message in self.messages for envelope in message]
+
     def worker_slots(self):
         return 3
 
-    def publish(self, envelopes):
+    def publish(self, messages):
         with self._published_cond:
-            self.published.extend(envelopes)
-            self.queued.extend(envelopes)
+            self.messages.extend(messages)
+            self.queued.extend(messages)
             self.max_in_flight = max(self.max_in_flight, len(self.queued))
             self._published_cond.notify_all()
 
     def wait_published(self, count, timeout=5.0):
         with self._published_cond:
-            assert self._published_cond.wait_for(lambda: len(self.published) >= count, timeout)
+            assert self._published_cond.wait_for(lambda: len(self.messages) >= count, timeout)
 
     def run_one(self):
         with self._published_cond:
-            envelope = self.queued.pop(0)
-        super().publish([envelope])
+            message = self.queued.pop(0)
+        super().publish([message])
 
-    def cancel(self, pool_id, task_ids):
-        self.cancelled = list(task_ids)
+    def cancel(self, pool_id, message_ids):
+        self.cancelled = list(message_ids)
+
+    def run_until_ready(self, result, timeout=10.0):
+        """Run queued messages, as workers would, until ``result`` is complete."""
+        deadline = time.monotonic() + timeout
+        while not result.ready():
+            assert time.monotonic() < deadline, "the result did not complete"
+            if self.queued:
+                self.run_one()
+            else:
+                time.sleep(0.001)
 
 
 @pytest.fixture
@@ -83,11 +98,7 @@ def test_map_default_chunksize_matches_multiprocessing(manual):
     with distpool.Pool(4) as pool:
         result = pool.map_async(square, range(100))
         # multiprocessing: ceil(100 / (4 * 4)) = 7 items per chunk -> 15 chunks
-        manual.wait_published(4)
-        while not result.ready():
-            manual.wait_published(1)
-            if manual.queued:
-                manual.run_one()
+        manual.run_until_ready(result)
         assert result.get() == [x * x for x in range(100)]
     assert len(manual.published) == 15
 
@@ -95,9 +106,7 @@ def test_map_default_chunksize_matches_multiprocessing(manual):
 def test_in_flight_tasks_never_exceed_processes(manual):
     with distpool.Pool(2) as pool:
         result = pool.map_async(square, range(10), chunksize=1)
-        for _ in range(10):
-            manual.wait_published(len(manual.published) - len(manual.queued) + 1)
-            manual.run_one()
+        manual.run_until_ready(result)
         assert result.get(timeout=5) == [x * x for x in range(10)]
     assert manual.max_in_flight == 2
 
@@ -161,7 +170,7 @@ def test_terminate_cancels_in_flight_and_fails_pending_results(manual):
     single = pool.apply_async(square, (3,))
     manual.wait_published(2)
     pool.terminate()
-    assert sorted(manual.cancelled) == sorted(e.task_id for e in manual.published)
+    assert sorted(manual.cancelled) == sorted(m[0].task_id for m in manual.messages)
     with pytest.raises(PoolTerminatedError):
         result.get(timeout=5)
     with pytest.raises(PoolTerminatedError):
