@@ -3,7 +3,8 @@
 * The **dispatcher** takes task envelopes from the jobs' sources, in submission order, and
   publishes them while fewer than ``processes`` of the pool's messages are in flight. A
   message carries one task, or several short ones (see :mod:`distpool.batching`). Sources
-  are iterators, so ``imap`` reads (and serialises) its input only as slots free up.
+  are iterators, so ``imap`` reads (and serialises) its input only as slots free up, and
+  no further than ``buffersize`` chunks ahead of what its caller has consumed.
 * The **collector** pops result records, frees their slots, loads their payloads and hands
   them to the jobs' result objects, whose callbacks therefore run on this thread. It also
   keeps the pool's liveness key fresh, without which workers drop the pool's tasks.
@@ -21,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from . import serialization
@@ -45,6 +47,21 @@ STOP_TIMEOUT = 10.0
 Source = Iterator[TaskEnvelope]
 
 
+@dataclass(eq=False)
+class _Job:
+    """A job's envelopes waiting to be sent, and how far ahead of its consumer they may go."""
+
+    envelopes: Source
+    result: Any
+    buffersize: int | None
+    sent: int = 0
+
+    def may_send(self, closing: bool) -> bool:
+        # Once the pool is closed, join() must be able to finish without a consumer.
+        return (self.buffersize is None or closing
+                or self.sent - self.result.chunks_consumed < self.buffersize)
+
+
 class Engine:
     def __init__(self, backend: Backend, pool_id: str, processes: int, pool_ttl: float) -> None:
         self.pool_id = pool_id
@@ -52,7 +69,7 @@ class Engine:
         self._processes = processes
         self._refresh_interval = pool_ttl / 3
         self._cond = threading.Condition(threading.Lock())
-        self._sources: collections.deque[Source] = collections.deque()
+        self._sources: collections.deque[_Job] = collections.deque()
         # Pulled from a source but not sent yet; touched by the dispatcher thread only.
         self._lookahead: collections.deque[TaskEnvelope] = collections.deque()
         # task id -> (job, index, message id, function); message id -> tasks not reported.
@@ -80,13 +97,20 @@ class Engine:
     def task_id(self, job: int, index: int) -> str:
         return f"{self.pool_id}:{job}:{index}"
 
-    def submit(self, job: int, result: Any, source: Source) -> None:
-        """Register ``result`` as job ``job`` and queue its envelopes for dispatch."""
+    def submit(self, job: int, result: Any, source: Source,
+               buffersize: int | None = None) -> None:
+        """Register ``result`` as job ``job`` and queue its envelopes for dispatch; with a
+        ``buffersize``, at most that many are sent ahead of ``result.chunks_consumed``."""
         with self._cond:
             if self._closing:
                 raise ValueError("Pool not running")
             self._jobs[job] = result
-            self._sources.append(source)
+            self._sources.append(_Job(source, result, buffersize))
+            self._cond.notify_all()
+
+    def wake_dispatcher(self) -> None:
+        """Something a waiting source depends on changed (its consumer took a chunk)."""
+        with self._cond:
             self._cond.notify_all()
 
     def job_done(self, job: int) -> None:
@@ -138,7 +162,7 @@ class Engine:
         while True:
             with self._cond:
                 while not self._terminated and not (
-                        (self._sources or self._lookahead)
+                        (self._lookahead or self._sendable_job() is not None)
                         and len(self._messages) < self._processes):
                     if self._closing and not (self._sources or self._lookahead):
                         return
@@ -183,15 +207,23 @@ class Engine:
             return self._lookahead.popleft()
         while True:
             with self._cond:
-                if not self._sources or self._terminated:
+                job = None if self._terminated else self._sendable_job()
+                if job is None:
                     return None
-                source = self._sources[0]
-            envelope = next(source, None)
+            envelope = next(job.envelopes, None)
             if envelope is not None:
+                job.sent += 1
                 return envelope
             with self._cond:
-                if self._sources and self._sources[0] is source:
-                    self._sources.popleft()
+                if job in self._sources:
+                    self._sources.remove(job)
+
+    def _sendable_job(self) -> _Job | None:
+        """The first job, in submission order, that may send now (called under the lock)."""
+        for job in self._sources:
+            if job.may_send(self._closing):
+                return job
+        return None
 
     def _publish(self, messages: list[list[TaskEnvelope]]) -> None:
         try:

@@ -138,13 +138,17 @@ class Pool:
                       error_callback: Callback = None) -> MapResult[T]:
         return self._map_async(func, iterable, "starmap", chunksize, callback, error_callback)
 
-    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
-             chunksize: int = 1) -> IMapIterator[T]:
-        return self._imap(IMapIterator, func, iterable, chunksize)
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1,
+             buffersize: int | None = None) -> IMapIterator[T]:
+        """Like ``multiprocessing.Pool.imap``; at most ``buffersize`` chunks are sent ahead
+        of what the caller has consumed (default: 4 per process, at least 16), as with
+        Python 3.15's ``buffersize``, so a huge input floods neither broker nor memory."""
+        return self._imap(IMapIterator, func, iterable, chunksize, buffersize)
 
     def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
-                       chunksize: int = 1) -> IMapIterator[T]:
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+                       chunksize: int = 1, buffersize: int | None = None) -> IMapIterator[T]:
+        """Like ``multiprocessing.Pool.imap_unordered``; ``buffersize`` as in :meth:`imap`."""
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, buffersize)
 
     def close(self) -> None:
         """Accept no more work; the workers finish what was submitted."""
@@ -241,16 +245,19 @@ class Pool:
         return result
 
     def _imap(self, result_type: type, func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: int) -> IMapIterator[Any]:
+              chunksize: int, buffersize: int | None) -> IMapIterator[Any]:
         engine = self._running_engine()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError(f"buffersize must be None or > 0, not {buffersize}")
         function = _dumps(func, "the function")
         items = iter(iterable)
         job = engine.new_job()
-        result: IMapIterator[Any] = result_type(job, engine.job_done)
-        engine.submit(job, result, self._lazy_envelopes(job, result, function, items,
-                                                        chunksize))
+        result: IMapIterator[Any] = result_type(job, engine.job_done, engine.wake_dispatcher)
+        engine.submit(job, result,
+                      self._lazy_envelopes(job, result, function, items, chunksize),
+                      buffersize or max(16, 4 * self._processes))
         return result
 
     def _lazy_envelopes(self, job: int, result: IMapIterator[Any], function: bytes,

@@ -109,15 +109,22 @@ class IMapIterator(Generic[T]):
     """Iterator returned by ``imap``: results in input order, each failure raised in place.
 
     ``next(timeout)`` raises ``multiprocessing.TimeoutError`` if no result is ready in time.
-    A chunk that fails raises its exception once, in place of all its items.
+    A chunk that fails raises its exception once, in place of all its items. Results are
+    kept a chunk at a time; ``on_consumed`` is called each time the caller finishes one, so
+    that the engine can send more input (imap's buffer is bounded by what is not consumed).
     """
 
-    def __init__(self, job: int, on_done: OnDone) -> None:
+    def __init__(self, job: int, on_done: OnDone,
+                 on_consumed: Callable[[], None] | None = None) -> None:
         self._job = job
         self._on_done = on_done
+        self._on_consumed = on_consumed
         self._cond = threading.Condition(threading.Lock())
-        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
+        # Chunks ready for the caller: (True, results) or (False, exception).
+        self._chunks: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._position = 0  # of the next item in the first chunk
         self._chunks_seen = 0
+        self.chunks_consumed = 0
         self._length: int | None = None
         self._unsorted: dict[int, tuple[bool, Any]] = {}
 
@@ -126,15 +133,27 @@ class IMapIterator(Generic[T]):
 
     def next(self, timeout: float | None = None) -> T:
         with self._cond:
-            if not self._items and not self._exhausted():
+            if not self._chunks and not self._exhausted():
                 self._cond.wait(timeout)
-            if not self._items:
+            if not self._chunks:
                 if self._exhausted():
                     raise StopIteration
                 raise TimeoutError
-            success, value = self._items.popleft()
+            success, value = self._chunks[0]
+            if success:
+                item = value[self._position]
+                self._position += 1
+                finished = self._position == len(value)
+            else:
+                finished = True
+            if finished:
+                self._chunks.popleft()
+                self._position = 0
+                self.chunks_consumed += 1
+        if finished and self._on_consumed is not None:
+            self._on_consumed()
         if success:
-            return value  # type: ignore[no-any-return]
+            return item  # type: ignore[no-any-return]
         raise value
 
     __next__ = next
@@ -156,17 +175,17 @@ class IMapIterator(Generic[T]):
             self._on_done(self._job)
 
     def _append(self, success: bool, value: Any) -> None:
-        if success:
-            self._items.extend((True, item) for item in value)
-        else:
-            self._items.append((False, value))
+        if not success or value:
+            self._chunks.append((success, value))
+        else:  # an empty chunk has nothing to consume
+            self.chunks_consumed += 1
         self._chunks_seen += 1
 
     def _abort(self, exc: BaseException) -> None:
         """Raise ``exc`` after the results already in, then stop (the pool was terminated)."""
         with self._cond:
             self._unsorted.clear()
-            self._items.append((False, exc))
+            self._chunks.append((False, exc))
             self._length = self._chunks_seen
             self._cond.notify()
         self._on_done(self._job)

@@ -237,3 +237,40 @@ def test_repr_names_state_and_hides_credentials():
         assert "state=RUN" in repr(pool) and "hunter2" not in repr(pool)
     finally:
         pool.terminate()
+
+
+def _run_everything_queued(manual, settle=0.2):
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        if manual.queued:
+            manual.run_one()
+        else:
+            time.sleep(0.01)
+
+
+def test_imap_sends_at_most_buffersize_chunks_ahead_of_its_consumer(manual):
+    with distpool.Pool(2) as pool:
+        it = pool.imap(square, itertools.count(), buffersize=3)
+        _run_everything_queued(manual)
+        assert len(manual.published) == 3  # nothing consumed yet: three chunks ahead
+        assert [next(it), next(it)] == [0, 1]
+        _run_everything_queued(manual)
+        assert len(manual.published) == 5
+
+
+def test_close_lifts_the_imap_buffer_so_join_finishes_without_a_consumer(manual):
+    pool = distpool.Pool(2)
+    it = pool.imap(square, range(10), buffersize=2)
+    _run_everything_queued(manual)
+    assert len(manual.published) == 2
+    pool.close()
+    joined = threading.Thread(target=pool.join)
+    joined.start()
+    while joined.is_alive():
+        _run_everything_queued(manual, settle=0.05)
+    assert list(it) == [x * x for x in range(10)]
+
+
+def test_buffersize_must_be_positive(eager_pool):
+    with pytest.raises(ValueError, match="buffersize"):
+        eager_pool.imap(square, [1], buffersize=0)
