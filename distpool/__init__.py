@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from .cluster import LocalCluster, LocalClusterError
 from .errors import (
-                     BrokerUnavailableError,
-                     DistpoolError,
-                     EnvelopeError,
-                     IncompatibleEnvelopeError,
-                     MaybeEncodingError,
-                     PoolTerminatedError,
-                     RemoteTraceback,
-                     TimeoutError,
+    BrokerUnavailableError,
+    DistpoolError,
+    EnvelopeError,
+    IncompatibleEnvelopeError,
+    MaybeEncodingError,
+    PoolTerminatedError,
+    RemoteTraceback,
+    TaskTimeoutError,
+    TimeoutError,
+    WorkerLostError,
 )
 from .pool import DistributedPool, Pool
 from .results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
@@ -38,6 +40,8 @@ __all__ = [
     "Pool",
     "PoolTerminatedError",
     "RemoteTraceback",
+    "TaskTimeoutError",
     "TimeoutError",
+    "WorkerLostError",
     "__version__",
 ]

@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="node name (default: distpool-<pid>@<host>)")
     worker.add_argument("--loglevel", "-l", default="WARNING", metavar="LEVEL",
                         help="log level (default: WARNING)")
+    worker.add_argument("--worker-lost-timeout", type=float, metavar="SECONDS",
+                        help="on a Redis broker, how soon the tasks of a dead worker node go to "
+                             "other workers (default: $DISTPOOL_WORKER_LOST_TIMEOUT, else "
+                             f"{config.DEFAULT_WORKER_LOST_TIMEOUT:g})")
     cluster = commands.add_parser(
         "cluster", help="run a local cluster (Redis and workers) in the foreground",
         description="Run a private Redis server and local workers until Ctrl-C, and print the "
@@ -71,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     settings = config.resolve(broker=args.broker, result_url=args.result_url,
-                              queue=args.queue)
+                              queue=args.queue, worker_lost_timeout=args.worker_lost_timeout)
     if settings.broker_url is None:
         settings = settings.with_broker(config.DEFAULT_BROKER_URL)
     from .backends.celery_backend import run_worker

@@ -19,6 +19,9 @@ DEFAULT_QUEUE = "distpool"
 #: A pool's liveness key lives this long unless the client refreshes it; workers skip the
 #: tasks of a pool whose key is gone (terminated, or its client died).
 DEFAULT_POOL_TTL = 60.0
+#: A task held by a worker node that stops renewing its hold (the node died) is handed to
+#: another worker after this long (Redis brokers; RabbitMQ does it when the connection drops).
+DEFAULT_WORKER_LOST_TIMEOUT = 30.0
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -31,6 +34,8 @@ class Settings:
     queue: str
     eager: bool
     pool_ttl: float
+    worker_lost_timeout: float = DEFAULT_WORKER_LOST_TIMEOUT
+    task_timeout: float | None = None  # None: tasks may run as long as they like
 
     def with_broker(self, broker_url: str) -> Settings:
         """These settings with ``broker_url`` as the broker, and as the result store too
@@ -42,7 +47,9 @@ class Settings:
         return (
             f"Settings(broker_url={_masked(self.broker_url)!r}, "
             f"result_url={_masked(self.result_url)!r}, queue={self.queue!r}, "
-            f"eager={self.eager!r}, pool_ttl={self.pool_ttl!r})"
+            f"eager={self.eager!r}, pool_ttl={self.pool_ttl!r}, "
+            f"worker_lost_timeout={self.worker_lost_timeout!r}, "
+            f"task_timeout={self.task_timeout!r})"
         )
 
 
@@ -52,6 +59,8 @@ def resolve(
     queue: str | None = None,
     eager: bool | None = None,
     pool_ttl: float | None = None,
+    worker_lost_timeout: float | None = None,
+    task_timeout: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Return the settings in force, each from the first of: argument, environment, default."""
@@ -65,8 +74,13 @@ def resolve(
         result_url=result_url,
         queue=queue or env.get("DISTPOOL_QUEUE") or DEFAULT_QUEUE,
         eager=_flag(eager, env.get("DISTPOOL_EAGER"), "DISTPOOL_EAGER"),
-        pool_ttl=_positive(pool_ttl, env.get("DISTPOOL_POOL_TTL"), "DISTPOOL_POOL_TTL",
-                           DEFAULT_POOL_TTL),
+        pool_ttl=_or(_seconds(pool_ttl, env.get("DISTPOOL_POOL_TTL"), "pool_ttl",
+                              "DISTPOOL_POOL_TTL"), DEFAULT_POOL_TTL),
+        worker_lost_timeout=_or(_seconds(
+            worker_lost_timeout, env.get("DISTPOOL_WORKER_LOST_TIMEOUT"), "worker_lost_timeout",
+            "DISTPOOL_WORKER_LOST_TIMEOUT"), DEFAULT_WORKER_LOST_TIMEOUT),
+        task_timeout=_seconds(task_timeout, env.get("DISTPOOL_TASK_TIMEOUT"), "task_timeout",
+                              "DISTPOOL_TASK_TIMEOUT"),
     )
 
 
@@ -107,17 +121,22 @@ def _flag(explicit: bool | None, raw: str | None, name: str) -> bool:
     raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
 
 
-def _positive(explicit: float | None, raw: str | None, name: str, default: float) -> float:
+def _seconds(explicit: float | None, raw: str | None, argument: str,
+             variable: str) -> float | None:
+    """A positive number of seconds from the argument, else the variable, else None."""
     if explicit is not None:
-        value = float(explicit)
+        value, source = float(explicit), argument
     elif raw:
         try:
-            value = float(raw)
+            value, source = float(raw), variable
         except ValueError:
-            raise ValueError(f"{name} must be a number of seconds; got {raw!r}") from None
+            raise ValueError(f"{variable} must be a number of seconds; got {raw!r}") from None
     else:
-        return default
+        return None
     if value <= 0:
-        source = name if explicit is None else "pool_ttl"
         raise ValueError(f"{source} must be positive; got {value}")
     return value
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -22,7 +22,9 @@ __all__ = [
     "MaybeEncodingError",
     "PoolTerminatedError",
     "RemoteTraceback",
+    "TaskTimeoutError",
     "TimeoutError",
+    "WorkerLostError",
     "add_note",
 ]
 
@@ -56,6 +58,14 @@ class PoolTerminatedError(DistpoolError):
 
 class BrokerUnavailableError(DistpoolError):
     """The broker or the result store cannot be reached."""
+
+
+class WorkerLostError(DistpoolError):
+    """The worker process running the task died, again and again: the task was given up."""
+
+
+class TaskTimeoutError(DistpoolError):
+    """The task ran past the pool's ``task_timeout`` and its worker process was killed."""
 
 
 def add_note(exc: BaseException, note: str) -> None:

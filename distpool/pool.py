@@ -44,8 +44,9 @@ class Pool:
     many of this pool's tasks are in flight at once; by default, the number of worker
     processes serving the queue. The keyword-only arguments choose the cluster: ``broker``
     (URL), ``result_url`` (the Redis that carries results back), ``queue``, ``eager`` (run
-    tasks in this process, for tests) and ``pool_ttl`` (seconds after which workers drop the
-    tasks of a pool whose client stopped refreshing it). Unset, each comes from its
+    tasks in this process, for tests), ``pool_ttl`` (seconds after which workers drop the
+    tasks of a pool whose client stopped refreshing it) and ``task_timeout`` (seconds a task
+    may run before it fails and its process is replaced). Unset, each comes from its
     ``DISTPOOL_*`` environment variable, then from the defaults (see README).
     """
 
@@ -62,6 +63,7 @@ class Pool:
         queue: str | None = None,
         eager: bool | None = None,
         pool_ttl: float | None = None,
+        task_timeout: float | None = None,
     ) -> None:
         # Set first, so that __del__ and __repr__ work on a half-built pool.
         self._state = "INIT"
@@ -74,7 +76,7 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         settings = config.resolve(broker=broker, result_url=result_url, queue=queue,
-                                  eager=eager, pool_ttl=pool_ttl)
+                                  eager=eager, pool_ttl=pool_ttl, task_timeout=task_timeout)
         self._initializer = None if initializer is None else _dumps(
             (initializer, tuple(initargs)), "the initializer and its initargs")
         self._maxtasksperchild = maxtasksperchild

@@ -1,8 +1,20 @@
 """The Celery/Redis backend: Celery carries tasks, a Redis store carries results back.
 
 Worker side: :func:`create_app` builds the Celery app that ``distpool worker`` runs. It
-serves one generic task, whose only argument is a JSON task envelope; settings suit long
-tasks (one task reserved per process, late acknowledgement, re-queue when a process dies).
+serves one generic task, whose arguments are JSON task envelopes; settings suit long tasks
+(one task reserved per process, late acknowledgement, another try when a process dies).
+
+Nothing is lost and nothing waits forever:
+
+* a task whose worker process dies is tried again, at most ``MAX_ATTEMPTS`` times in all;
+* a failure that Celery itself records (the last of those attempts, a hard time limit) goes
+  through :class:`FailureReporter`, which turns it into a failure record for every task of
+  the message, so the caller gets an error instead of waiting;
+* on a Redis broker, a message a worker has taken stays invisible to others only while the
+  worker renews its hold (:class:`_HoldRenewal`); if the whole node dies, the hold lapses and
+  another worker takes the message after ``worker_lost_timeout``. A task that runs for hours
+  on a live node is never handed out twice (the visibility-timeout trap of kombu's Redis
+  transport, whose timeout otherwise counts from delivery and is never renewed).
 
 Client side: :class:`CeleryBackend` publishes envelopes as ordinary Celery task messages and
 pops result records from the pool's Redis list, so results stream back without polling
@@ -18,17 +30,30 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from celery import Celery, bootsteps
+import billiard.exceptions
+import redis
+from celery import Celery, bootsteps, states
+from celery.backends.base import DisabledBackend
+from celery.exceptions import TimeLimitExceeded
+from celery.worker import state as worker_state
 from kombu import Connection, Producer
 
 from .. import worker
 from ..config import Settings, mask_url
-from ..errors import BrokerUnavailableError, EnvelopeError, IncompatibleEnvelopeError
+from ..errors import (
+    BrokerUnavailableError,
+    DistpoolError,
+    EnvelopeError,
+    IncompatibleEnvelopeError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 from ..serialization import TaskEnvelope
 from .base import Backend
 from .redis_store import RedisStore
@@ -39,12 +64,17 @@ TASK_NAME = "distpool.execute"
 #: How often a worker renews its registration, and how long the registration lasts.
 REGISTRATION_INTERVAL = 10.0
 REGISTRATION_TTL = 3 * REGISTRATION_INTERVAL
-#: Kombu's Redis transport hands an unacknowledged message to another worker after this
-#: long. distpool's tasks are acknowledged late and may run for hours, so it is set far
-#: beyond any task's duration (see README: worker failures).
-VISIBILITY_TIMEOUT = 7 * 24 * 3600
+#: kombu's Redis transport: delivered, unacknowledged messages and their delivery times.
+UNACKED_INDEX = "unacked_index"
+#: Tries of a task whose worker process keeps dying, before it fails with WorkerLostError.
+MAX_ATTEMPTS = 3
+#: A task past its soft time limit (the pool's task_timeout) gets this long to stop before
+#: its process is killed.
+TIME_LIMIT_GRACE = 5.0
 #: How long a worker process trusts that a pool it has seen alive still is (seconds).
 LIVENESS_CACHE = 1.0
+#: How often a busy worker process checks that the pool of its running task still lives.
+WATCHDOG_INTERVAL = 2.0
 #: A publish or a revoke that cannot reach the broker gives up after about this long.
 PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
                         "interval_max": 1.0}
@@ -53,11 +83,20 @@ PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step"
 def create_app(settings: Settings) -> Celery:
     """The Celery app shared by ``distpool worker`` and by clients (to build messages)."""
     broker_url, result_url = _urls(settings)
+    renew_every = max(1, int(settings.worker_lost_timeout / 4))
     app = Celery("distpool", set_as_current=False)
     app.conf.update(
         broker_url=broker_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options={
+            "visibility_timeout": settings.worker_lost_timeout,
+            "unacked_restore_interval": renew_every,
+            "unacked_restore_throttle": 1,
+        },
+        # Stores nothing but failures Celery records itself; see FailureReporter.
+        result_backend=f"{__name__}:FailureReporter",
+        task_store_errors_even_if_ignored=True,
+        distpool_result_url=result_url,
         # Celery's own messages stay JSON: nothing on the broker is unpickled by Celery.
         task_serializer="json",
         accept_content=["json"],
@@ -73,12 +112,47 @@ def create_app(settings: Settings) -> Celery:
     )
     runner = _ProcessLocalRunner(result_url)
 
-    @app.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(name=TASK_NAME, ignore_result=True,  # type: ignore[untyped-decorator]
+              retry_on_worker_lost=True, max_retries=MAX_ATTEMPTS - 1, default_retry_delay=0)
     def run_distpool_tasks(*messages: Any) -> None:
         runner.get().run(messages)
 
     app.steps["worker"].add(_registration_step(settings))
+    if broker_url.startswith(("redis://", "rediss://")):
+        app.steps["worker"].add(_hold_renewal_step(broker_url, renew_every))
     return app
+
+
+class FailureReporter(DisabledBackend):  # type: ignore[misc]
+    """Celery's result backend on distpool workers.
+
+    distpool's task never raises (user errors travel as failure records), so a failure that
+    reaches the result backend is one Celery recorded itself, outside the task: the worker
+    process died once too often, or a hard time limit killed it. Each task of the message
+    then gets a failure record, so its caller is told rather than left waiting.
+    """
+
+    def __init__(self, app: Celery, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._runner = _ProcessLocalRunner(app.conf.distpool_result_url)
+
+    def store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
+                     request: Any = None, **kwargs: Any) -> None:
+        if state != states.FAILURE or request is None:
+            return
+        error = _translate(result, getattr(request, "retries", 0) or 0)
+        self._runner.get().report_failure(getattr(request, "args", None) or (), error)
+
+
+def _translate(exc: Any, retries: int) -> Exception:
+    if isinstance(exc, billiard.exceptions.WorkerLostError):
+        return WorkerLostError(
+            f"the worker process running this task died {retries + 1} times ({exc}); "
+            "distpool gave up on it")
+    if isinstance(exc, TimeLimitExceeded):
+        return TaskTimeoutError(
+            f"the task ran past the pool's task_timeout and its process was killed ({exc})")
+    return DistpoolError(f"the worker failed the task: {exc!r}")
 
 
 def _urls(settings: Settings) -> tuple[str, str]:
@@ -93,8 +167,14 @@ class _TaskRunner:
     def __init__(self, store: RedisStore) -> None:
         self._store = store
         self._live_until: dict[str, float] = {}
+        self._running_for: str | None = None  # the pool whose task runs now
+        self._watchdog: threading.Thread | None = None
 
     def run(self, messages: Sequence[Any]) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="distpool-watchdog",
+                                              daemon=True)
+            self._watchdog.start()
         records: dict[str, list[bytes]] = {}
         for message in messages:
             outcome = self._run_one(message)
@@ -102,6 +182,19 @@ class _TaskRunner:
                 records.setdefault(outcome[0], []).append(outcome[1])
         # After the whole batch: if this process dies first, the message is re-queued and
         # no result of it has been delivered twice.
+        for pool_id, pool_records in records.items():
+            self._store.push_results(pool_id, pool_records)
+
+    def report_failure(self, messages: Sequence[Any], error: Exception) -> None:
+        """Fail every task of these messages with ``error``."""
+        records: dict[str, list[bytes]] = {}
+        for message in messages:
+            try:
+                envelope = TaskEnvelope.from_wire(message)
+            except EnvelopeError:
+                continue
+            records.setdefault(envelope.pool_id, []).append(
+                worker.failure_record(envelope.task_id, error))
         for pool_id, pool_records in records.items():
             self._store.push_results(pool_id, pool_records)
 
@@ -120,7 +213,28 @@ class _TaskRunner:
             logger.info("skipped task %s: its pool was terminated or its client is gone",
                         envelope.task_id)
             return None
-        return envelope.pool_id, worker.execute(envelope)
+        self._running_for = envelope.pool_id
+        try:
+            return envelope.pool_id, worker.execute(envelope)
+        finally:
+            self._running_for = None
+
+    def _watch(self) -> None:
+        """Kill this process if the pool whose task it runs is gone (its client died, or it
+        was terminated while this worker missed the revoke). Celery replaces the process and
+        tries the message again, and that try finds the pool gone and skips it."""
+        while True:
+            time.sleep(WATCHDOG_INTERVAL)
+            pool_id = self._running_for
+            if pool_id is None:
+                continue
+            try:
+                live = self._store.pool_is_live(pool_id)
+            except Exception:  # the store is away: not a reason to kill a task
+                continue
+            if not live and self._running_for == pool_id:
+                logger.warning("pool %s is gone; stopping its running task", pool_id)
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def _pool_is_live(self, pool_id: str) -> bool:
         # Asked at most once a second per pool: terminate() also revokes every message of
@@ -187,6 +301,46 @@ def _registration_step(settings: Settings) -> type:
     return Registration
 
 
+def _hold_renewal_step(broker_url: str, interval: int) -> type:
+    """A worker bootstep that keeps renewing its hold on the messages it has taken."""
+
+    class _HoldRenewal(bootsteps.StartStopStep):  # type: ignore[misc]
+        """kombu's Redis transport records each delivered, unacknowledged message in the
+        ``unacked_index`` sorted set with its delivery time, and gives it to another worker
+        once that is older than the visibility timeout. Setting the time to now, for every
+        message this node holds, keeps them while the node lives."""
+
+        label = "distpool hold renewal"
+
+        def __init__(self, w: Any, **kwargs: Any) -> None:
+            super().__init__(w, **kwargs)
+            self._redis = redis.Redis.from_url(broker_url, socket_connect_timeout=5,
+                                               socket_timeout=10)
+            self._timer: Any = None
+
+        def start(self, w: Any) -> None:
+            self._timer = w.timer.call_repeatedly(interval, self._renew)
+
+        def stop(self, w: Any) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._redis.close()
+
+        def _renew(self) -> None:
+            held = list(worker_state.active_requests) + list(worker_state.reserved_requests)
+            tags = {request.message.delivery_tag for request in held}
+            tags.discard(None)
+            if not tags:
+                return
+            now = time.time()
+            try:
+                self._redis.zadd(UNACKED_INDEX, {tag: now for tag in tags}, xx=True)
+            except Exception as exc:  # the broker is away: Celery reconnects on its own
+                logger.warning("could not renew the hold on %d messages: %s", len(tags), exc)
+
+    return _HoldRenewal
+
+
 class CeleryBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -223,12 +377,16 @@ class CeleryBackend(Backend):
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
         if self._producer is None:
             self._producer = Producer(self._connection)
+        timeout = self._settings.task_timeout
         for envelopes in messages:
             first = envelopes[0].task_id
             described = first if len(envelopes) == 1 else f"{first} and {len(envelopes) - 1} more"
+            # The soft limit raises in the task, the hard one kills its process.
+            soft = None if timeout is None else timeout * len(envelopes)
             message = self._app.amqp.as_task_v2(
                 first, TASK_NAME, args=tuple(envelope.to_wire() for envelope in envelopes),
                 argsrepr=f"<distpool task {described}>", kwargsrepr="{}", ignore_result=True,
+                soft_time_limit=soft, time_limit=None if soft is None else soft + TIME_LIMIT_GRACE,
             )
             self._send(self._producer, TASK_NAME, message, queue=self._queue,
                        retry=True, retry_policy=PUBLISH_RETRY_POLICY)

@@ -1,0 +1,208 @@
+"""Never starve, always stoppable, nothing lost: against real workers on several nodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+
+import distpool
+from distpool.errors import TaskTimeoutError, WorkerLostError
+from tests.support import stop_process_group
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+pytestmark = pytest.mark.integration
+
+
+def square(x):
+    return x * x
+
+
+def kill_my_process():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def ignore_the_soft_limit(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            pass
+    return seconds
+
+
+def timed(seconds):
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time(), os.getpid()
+
+
+def record_run(args):
+    path, seconds = args
+    with open(path, "a") as log:
+        log.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def worker_pids(worker):
+    """The node's main process and its pool processes."""
+    import psutil
+
+    main = psutil.Process(worker.process.pid)
+    return {main.pid, *(child.pid for child in main.children(recursive=True))}
+
+
+def test_a_task_that_keeps_killing_its_worker_fails_after_bounded_attempts(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        started = time.monotonic()
+        with pytest.raises(WorkerLostError, match="died 3 times"):
+            pool.apply(kill_my_process)
+        assert time.monotonic() - started < 30
+        assert pool.apply(square, (3,)) == 9  # the workers serve on
+
+
+def test_task_timeout_fails_a_runaway_task_and_frees_its_slot(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=1)
+    with distpool.Pool(1, task_timeout=1, **cluster.pool_kwargs()) as pool:
+        with pytest.raises(SoftTimeLimitExceeded):
+            pool.apply(sleep_for, (30,))
+        started = time.monotonic()
+        with pytest.raises(TaskTimeoutError, match="task_timeout"):
+            pool.apply(ignore_the_soft_limit, (60,))
+        assert time.monotonic() - started < 15  # the hard limit: 1 s + 5 s of grace
+        assert pool.apply(square, (4,)) == 16
+
+
+def test_no_queued_task_waits_while_a_slot_is_idle(make_cluster):
+    # The mix that starves Celery's defaults: 2 nodes x 2 processes, chunksize 1.
+    cluster = make_cluster(nodes=2, concurrency=2)
+    durations = [2, 0.05, 2, 0.05] + [0.25] * 8
+    with distpool.Pool(4, **cluster.pool_kwargs()) as pool:
+        # Every process warm (this module imported): tasks too long to share a message.
+        assert len({pid for _, _, pid in pool.map(timed, [0.3] * 4, chunksize=1)}) == 4
+        submitted = time.time()
+        runs = pool.map(timed, durations, chunksize=1)
+    # Dispatch latency (result back, publish, hand-off): a slot that freed less than this
+    # long ago is being refilled, not idle.
+    tolerance = 0.15
+    for index, (start, _, _) in enumerate(runs):
+        t = submitted + tolerance
+        while t < start - tolerance:
+            busy = len({pid for s, e, pid in runs if s <= t < e + tolerance})
+            assert busy == 4, (f"task {index} waited at {t - submitted:.2f} s while "
+                               f"{4 - busy} slot(s) were idle")
+            t += 0.01
+    assert len({pid for _, _, pid in runs}) == 4
+
+
+def test_the_tasks_of_a_dead_worker_node_run_on_the_other_nodes(make_cluster):
+    cluster = make_cluster(nodes=2, concurrency=1, extra_args=["--worker-lost-timeout", "3"])
+    doomed, survivor = cluster.workers
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        result = pool.map_async(sleep_for, [4, 4], chunksize=1)
+        time.sleep(1.5)  # one task on each node
+        survivor_pids = worker_pids(survivor)
+        doomed.stop(signal.SIGKILL)  # the node and its children, at once
+        pids = result.get(timeout=40)
+    assert set(pids) <= survivor_pids
+
+
+def test_a_long_task_is_never_handed_to_a_second_worker(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, concurrency=1, extra_args=["--worker-lost-timeout", "2"])
+    log = tmp_path / "runs.log"
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        pool.apply(record_run, ((str(log), 8),))  # four times the visibility timeout
+    assert len(log.read_text().splitlines()) == 1
+
+
+def test_terminate_leaves_nothing_queued_in_the_broker(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    broker = cluster.redis.client
+    pool = distpool.Pool(2, **cluster.pool_kwargs())
+    pool.map_async(sleep_for, [30] * 50, chunksize=1)
+    time.sleep(1.0)
+    pool.terminate()
+    pool.join()
+    deadline = time.monotonic() + 5
+    while broker.llen(cluster.queue) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert broker.llen(cluster.queue) == 0
+
+
+def test_ctrl_c_in_the_client_stops_the_pools_work(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    client = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "submit_and_wait.py"), cluster.broker, cluster.queue,
+         str(tmp_path), "60"], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    try:
+        assert client.stdout.readline().strip() == "submitted"
+        time.sleep(1.0)
+        client.send_signal(signal.SIGINT)
+        assert client.wait(15) != 0  # KeyboardInterrupt
+        assert_logs_stop_growing(tmp_path, within=5)
+    finally:
+        stop_process_group(client)
+        client.stdout.close()
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        started = time.monotonic()
+        assert pool.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
+        assert time.monotonic() - started < 5
+
+
+def test_the_work_of_a_dead_client_stops_within_its_pool_ttl(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    client = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "submit_and_wait.py"), cluster.broker, cluster.queue,
+         str(tmp_path), "2"], stdout=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    try:
+        assert client.stdout.readline().strip() == "submitted"
+        time.sleep(1.0)
+        client.kill()
+        client.wait()
+        # The liveness key lapses after pool_ttl (2 s); a watchdog notices within 2 s more.
+        assert_logs_stop_growing(tmp_path, within=8)
+    finally:
+        stop_process_group(client)
+        client.stdout.close()
+
+
+def assert_logs_stop_growing(directory, within):
+    def total():
+        return sum(p.stat().st_size for p in Path(directory).glob("*.log"))
+
+    deadline = time.monotonic() + within
+    while True:
+        before = total()
+        time.sleep(1.0)
+        if total() == before:
+            return
+        assert time.monotonic() < deadline, "the pool's tasks are still running"
+
+
+def test_a_map_survives_the_broker_dropping_every_connection(make_cluster):
+    cluster = make_cluster(nodes=2, concurrency=1, extra_args=["--worker-lost-timeout", "3"])
+    killer = threading.Timer(1.0, lambda: cluster.redis.client.client_kill_filter(
+        _type="normal", skipme=True))
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        killer.start()
+        results = pool.map(sleep_for, [0.1] * 40, chunksize=1)
+    killer.join()
+    assert len(results) == 40
