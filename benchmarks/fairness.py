@@ -17,6 +17,7 @@ import argparse
 import heapq
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -66,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         # The second node: a worker started by hand, attached to the local cluster.
         second = subprocess.Popen(
             [sys.executable, "-m", "distpool", "worker", "--broker", cluster.broker_url,
-             "--concurrency", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--concurrency", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "DISTPOOL_SECRET": cluster.secret})
         try:
-            with distpool.Pool(SLOTS, broker=cluster.broker_url) as dp, \
+            with distpool.Pool(SLOTS, broker=cluster.broker_url, secret=cluster.secret) as dp, \
                     multiprocessing.Pool(SLOTS) as mp:
                 deadline = time.monotonic() + 30
                 while dp._engine is not None and time.monotonic() < deadline:

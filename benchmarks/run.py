@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     with LocalCluster(workers=PROCESSES) as cluster:
         mp = Pools("multiprocessing", lambda: multiprocessing.Pool(PROCESSES),
                    lambda: multiprocessing.Pool(PROCESSES))
-        dp = Pools("distpool", lambda: distpool.Pool(PROCESSES, broker=cluster.broker_url),
+        dp = Pools("distpool",
+                   lambda: distpool.Pool(PROCESSES, broker=cluster.broker_url,
+                                         secret=cluster.secret),
                    lambda: distpool.Pool(PROCESSES))
         with dp.attached() as pool:  # wait until the cluster's workers are up
             pool.apply(time.sleep, (0,))

@@ -7,10 +7,13 @@ import os
 import runpy
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__, config
+from .errors import DistpoolError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="node name (default: distpool-<pid>@<host>)")
     worker.add_argument("--loglevel", "-l", default="WARNING", metavar="LEVEL",
                         help="log level (default: WARNING)")
+    worker.add_argument("--secret-file", metavar="PATH",
+                        help="file holding the key shared with the clients (default: "
+                             "$DISTPOOL_SECRET, else the file $DISTPOOL_SECRET_FILE)")
+    worker.add_argument("--insecure", action="store_true", default=None,
+                        help="run tasks that are not signed: only on a network you trust "
+                             "completely")
     worker.add_argument("--worker-lost-timeout", type=float, metavar="SECONDS",
                         help="on a Redis broker, how soon the tasks of a dead worker node go to "
                              "other workers (default: $DISTPOOL_WORKER_LOST_TIMEOUT, else "
@@ -74,10 +83,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
-    settings = config.resolve(broker=args.broker, result_url=args.result_url,
-                              queue=args.queue, worker_lost_timeout=args.worker_lost_timeout)
-    if settings.broker_url is None:
-        settings = settings.with_broker(config.DEFAULT_BROKER_URL)
+    try:
+        settings = config.resolve(broker=args.broker, result_url=args.result_url,
+                                  queue=args.queue, worker_lost_timeout=args.worker_lost_timeout,
+                                  secret_file=args.secret_file, insecure=args.insecure)
+        if settings.broker_url is None:
+            settings = settings.with_broker(config.DEFAULT_BROKER_URL)
+        settings.require_secret()
+    except (ValueError, DistpoolError) as exc:
+        print(f"distpool worker: {exc}", file=sys.stderr)
+        return 2
     from .backends.celery_backend import run_worker
 
     name = args.name or f"distpool-{os.getpid()}@%h"
@@ -88,12 +103,15 @@ def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
 def _cluster(args: argparse.Namespace) -> int:
     from .cluster import LocalCluster
 
-    with LocalCluster(args.workers) as cluster:
+    with LocalCluster(args.workers) as cluster, tempfile.TemporaryDirectory() as directory:
+        secret_file = Path(directory) / "secret"
+        secret_file.touch(mode=0o600)
+        secret_file.write_text(cluster.secret)
         print(f"distpool local cluster with {args.workers} worker processes: "
               f"{cluster.broker_url}\n"
-              f"  pools:   Pool(broker={cluster.broker_url!r})  "
-              f"or DISTPOOL_BROKER_URL={cluster.broker_url}\n"
-              f"  workers: distpool worker --broker {cluster.broker_url}\n"
+              f"  export DISTPOOL_BROKER_URL={cluster.broker_url} "
+              f"DISTPOOL_SECRET_FILE={secret_file}\n"
+              "  then Pool() uses it, and 'distpool worker' adds workers to it.\n"
               "Ctrl-C stops it.", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import queue
+import secrets
 import subprocess
 import sys
 import threading
 from typing import Any
 
+from .config import DEFAULT_QUEUE
 from .errors import DistpoolError
 
 #: Longest wait for the supervisor to report its Redis server ready.
@@ -39,14 +41,17 @@ class LocalCluster:
     """A Redis server and ``workers`` worker processes on this machine, private to it.
 
     Use as a context manager, or :meth:`start` and :meth:`stop`. Several pools can share it
-    through :attr:`broker_url`; ``distpool worker --broker URL`` started by hand attaches more
-    workers to it.
+    through :attr:`broker_url` and :attr:`secret`; ``distpool worker --broker URL`` started
+    by hand, with ``DISTPOOL_SECRET`` set to the secret, attaches more workers to it.
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, queue: str = DEFAULT_QUEUE) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be at least 1")
         self.workers = workers or os.cpu_count() or 1
+        self.queue = queue
+        #: The key that pools of this cluster must sign with: ``Pool(secret=cluster.secret)``.
+        self.secret = secrets.token_hex(32)
         self._broker_url: str | None = None
         self._supervisor: subprocess.Popen[bytes] | None = None
 
@@ -60,13 +65,16 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         if self._supervisor is not None:
             return self
-        command = [sys.executable, "-m", "distpool.supervisor", "--workers", str(self.workers)]
+        command = [sys.executable, "-m", "distpool.supervisor", "--workers", str(self.workers),
+                   "--queue", self.queue]
         # Like multiprocessing's processes, the workers get this process's import path and
         # working directory (inherited), so they import what the client can.
         path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
+        environment = {key: value for key, value in os.environ.items()
+                       if not key.startswith("DISTPOOL_")}
+        environment.update(PYTHONPATH=path, DISTPOOL_SECRET=self.secret)
         self._supervisor = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment,
             # Its own session: Ctrl-C in the user's terminal reaches the client, which then
             # stops the cluster in order, rather than every worker at once.
             start_new_session=(os.name == "posix"))

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from .errors import SecretKeyMissingError
 
 #: Where ``distpool worker`` connects when no broker is configured. A pool with no broker
 #: configured starts a private local cluster instead (see distpool.cluster).
@@ -36,12 +39,26 @@ class Settings:
     pool_ttl: float
     worker_lost_timeout: float = DEFAULT_WORKER_LOST_TIMEOUT
     task_timeout: float | None = None  # None: tasks may run as long as they like
+    secret: bytes | None = None  # the key that signs tasks and results
+    insecure: bool = False  # run without a key, on purpose
 
-    def with_broker(self, broker_url: str) -> Settings:
+    def with_broker(self, broker_url: str, secret: bytes | None = None) -> Settings:
         """These settings with ``broker_url`` as the broker, and as the result store too
-        unless one is configured."""
+        unless one is configured; with ``secret`` as the key, if given."""
         return replace(self, broker_url=broker_url,
-                       result_url=self.result_url or _default_result_url(broker_url))
+                       result_url=self.result_url or _default_result_url(broker_url),
+                       secret=self.secret if secret is None else secret)
+
+    def require_secret(self) -> None:
+        """Refuse to talk to a broker without a key, unless told to run insecure."""
+        if self.secret is None and not self.insecure:
+            raise SecretKeyMissingError(
+                f"no secret key for the broker at {_masked(self.broker_url)}: workers run only "
+                "tasks signed with the key they share with their clients. Set DISTPOOL_SECRET "
+                "(or DISTPOOL_SECRET_FILE, a file holding it) on the clients and on the "
+                "workers, or pass secret=... to the Pool and --secret-file to the workers. On "
+                "a network you trust completely, insecure=True (--insecure for workers) runs "
+                "without one.")
 
     def __repr__(self) -> str:
         return (
@@ -49,7 +66,9 @@ class Settings:
             f"result_url={_masked(self.result_url)!r}, queue={self.queue!r}, "
             f"eager={self.eager!r}, pool_ttl={self.pool_ttl!r}, "
             f"worker_lost_timeout={self.worker_lost_timeout!r}, "
-            f"task_timeout={self.task_timeout!r})"
+            f"task_timeout={self.task_timeout!r}, "
+            f"secret={'<set>' if self.secret is not None else None}, "
+            f"insecure={self.insecure!r})"
         )
 
 
@@ -61,6 +80,9 @@ def resolve(
     pool_ttl: float | None = None,
     worker_lost_timeout: float | None = None,
     task_timeout: float | None = None,
+    secret: str | bytes | None = None,
+    secret_file: str | None = None,
+    insecure: bool | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Return the settings in force, each from the first of: argument, environment, default."""
@@ -81,6 +103,8 @@ def resolve(
             "DISTPOOL_WORKER_LOST_TIMEOUT"), DEFAULT_WORKER_LOST_TIMEOUT),
         task_timeout=_seconds(task_timeout, env.get("DISTPOOL_TASK_TIMEOUT"), "task_timeout",
                               "DISTPOOL_TASK_TIMEOUT"),
+        secret=_secret(secret, secret_file, env),
+        insecure=_flag(insecure, env.get("DISTPOOL_INSECURE"), "DISTPOOL_INSECURE"),
     )
 
 
@@ -95,6 +119,25 @@ def mask_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _secret(explicit: str | bytes | None, path: str | None,
+            env: Mapping[str, str]) -> bytes | None:
+    """The key: argument, else $DISTPOOL_SECRET, else the file named by the argument or by
+    $DISTPOOL_SECRET_FILE, else None."""
+    value = explicit if explicit is not None else env.get("DISTPOOL_SECRET")
+    if value is None:
+        path = path or env.get("DISTPOOL_SECRET_FILE")
+        if path is None:
+            return None
+        try:
+            value = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the secret key file {path}: {exc.strerror}") from None
+    key = value.encode() if isinstance(value, str) else bytes(value)
+    if not key:
+        raise ValueError("the secret key is empty")
+    return key
 
 
 def _default_result_url(broker_url: str) -> str:

@@ -28,14 +28,15 @@ from typing import Any
 from . import serialization
 from .backends.base import Backend
 from .batching import TaskTimes, split_evenly
+from .envelope import ResultRecord, TaskEnvelope
 from .errors import (
+    AuthenticationError,
     BrokerUnavailableError,
     EnvelopeError,
     PoolTerminatedError,
     RemoteTraceback,
     add_note,
 )
-from .serialization import ResultRecord, TaskEnvelope
 
 logger = logging.getLogger("distpool")
 
@@ -66,6 +67,7 @@ class Engine:
     def __init__(self, backend: Backend, pool_id: str, processes: int, pool_ttl: float) -> None:
         self.pool_id = pool_id
         self._backend = backend
+        self._signer = backend.signer
         self._processes = processes
         self._refresh_interval = pool_ttl / 3
         self._cond = threading.Condition(threading.Lock())
@@ -257,9 +259,17 @@ class Engine:
 
     def _handle_record(self, raw: bytes) -> None:
         try:
-            record = ResultRecord.from_bytes(raw)
+            record = ResultRecord.from_bytes(raw, self._signer, self.pool_id)
         except EnvelopeError as exc:
-            logger.error("pool %s: dropped a malformed result record: %s", self.pool_id, exc)
+            # Never loaded. If it names a task in flight, that task fails rather than waits.
+            logger.error("pool %s: refused a result record: %s", self.pool_id, exc)
+            if exc.task_id is not None:
+                self._complete(exc.task_id, False, exc)
+            return
+        if record.rejected is not None:
+            self._complete(record.task_id, False, AuthenticationError(
+                f"a worker refused task {record.task_id}: {record.rejected}",
+                self.pool_id, record.task_id))
             return
         try:
             value = serialization.loads(record.payload)

@@ -15,6 +15,7 @@ from multiprocessing.pool import (  # type: ignore[attr-defined]
 )
 
 __all__ = [
+    "AuthenticationError",
     "BrokerUnavailableError",
     "DistpoolError",
     "EnvelopeError",
@@ -22,6 +23,7 @@ __all__ = [
     "MaybeEncodingError",
     "PoolTerminatedError",
     "RemoteTraceback",
+    "SecretKeyMissingError",
     "TaskTimeoutError",
     "TimeoutError",
     "WorkerLostError",
@@ -34,16 +36,14 @@ class DistpoolError(Exception):
 
 
 class EnvelopeError(DistpoolError):
-    """A message that is not a well-formed distpool task or result; it is never unpickled."""
+    """A message that is not a valid distpool task or result; it is never unpickled.
 
-
-class IncompatibleEnvelopeError(EnvelopeError):
-    """A well-formed message from another Python, dill or envelope version.
-
-    It names its pool and task, so the worker can report the failure to that task's caller.
+    ``pool_id`` and ``task_id`` name the task when the message did, so that its caller can
+    be told; they come from an unauthenticated message and serve only to address that.
     """
 
-    def __init__(self, message: str, pool_id: str | None, task_id: str | None) -> None:
+    def __init__(self, message: str, pool_id: str | None = None,
+                 task_id: str | None = None) -> None:
         super().__init__(message)
         self.pool_id = pool_id
         self.task_id = task_id
@@ -52,12 +52,25 @@ class IncompatibleEnvelopeError(EnvelopeError):
         return (type(self), (str(self), self.pool_id, self.task_id))
 
 
+class IncompatibleEnvelopeError(EnvelopeError):
+    """A well-formed message from another Python, dill or envelope version."""
+
+
+class AuthenticationError(EnvelopeError):
+    """A message not signed with this key (or expired): a pool's key and its workers' differ,
+    or someone other than a key holder wrote to the broker or the result store."""
+
+
 class PoolTerminatedError(DistpoolError):
     """The pool was terminated before this result arrived."""
 
 
 class BrokerUnavailableError(DistpoolError):
     """The broker or the result store cannot be reached."""
+
+
+class SecretKeyMissingError(DistpoolError):
+    """A real broker and no secret key, and ``insecure`` was not asked for."""
 
 
 class WorkerLostError(DistpoolError):

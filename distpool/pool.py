@@ -25,9 +25,9 @@ from typing import (
 from . import backends, config, serialization
 from .cluster import LocalCluster
 from .engine import Engine
+from .envelope import TaskEnvelope
 from .errors import add_note
 from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
-from .serialization import TaskEnvelope
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,9 +45,11 @@ class Pool:
     processes serving the queue. The keyword-only arguments choose the cluster: ``broker``
     (URL), ``result_url`` (the Redis that carries results back), ``queue``, ``eager`` (run
     tasks in this process, for tests), ``pool_ttl`` (seconds after which workers drop the
-    tasks of a pool whose client stopped refreshing it) and ``task_timeout`` (seconds a task
-    may run before it fails and its process is replaced). Unset, each comes from its
-    ``DISTPOOL_*`` environment variable, then from the defaults (see README).
+    tasks of a pool whose client stopped refreshing it), ``task_timeout`` (seconds a task
+    may run before it fails and its process is replaced), ``secret`` (the key shared with
+    the workers, which signs every task and result) and ``insecure`` (run without a key).
+    Unset, each comes from its ``DISTPOOL_*`` environment variable, then from the defaults
+    (see README). With no broker at all, the pool starts a private local cluster.
     """
 
     def __init__(
@@ -64,6 +66,8 @@ class Pool:
         eager: bool | None = None,
         pool_ttl: float | None = None,
         task_timeout: float | None = None,
+        secret: str | bytes | None = None,
+        insecure: bool | None = None,
     ) -> None:
         # Set first, so that __del__ and __repr__ work on a half-built pool.
         self._state = "INIT"
@@ -76,15 +80,17 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         settings = config.resolve(broker=broker, result_url=result_url, queue=queue,
-                                  eager=eager, pool_ttl=pool_ttl, task_timeout=task_timeout)
+                                  eager=eager, pool_ttl=pool_ttl, task_timeout=task_timeout,
+                                  secret=secret, insecure=insecure)
         self._initializer = None if initializer is None else _dumps(
             (initializer, tuple(initargs)), "the initializer and its initargs")
         self._maxtasksperchild = maxtasksperchild
         self._cluster: LocalCluster | None = None
         if settings.broker_url is None and not settings.eager:
             # No cluster configured: a private one, with a worker process per pool process.
-            self._cluster = LocalCluster(processes).start()
-            settings = settings.with_broker(self._cluster.broker_url)
+            self._cluster = LocalCluster(processes, settings.queue).start()
+            settings = settings.with_broker(self._cluster.broker_url,
+                                            self._cluster.secret.encode())
         self._settings = settings
         try:
             backend = backends.connect(settings)

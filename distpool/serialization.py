@@ -1,41 +1,31 @@
-"""How callables, arguments and results cross between a client and a worker.
+"""How callables, arguments and results become bytes and back: payloads.
 
-Two layers:
+:func:`dumps` and :func:`loads` use C pickle when it suffices, dill when it does not.
+Anything that belongs to the client's ``__main__`` (functions, lambdas, classes) must travel
+*by value*, because a worker cannot import the client's script. dill pickles such functions
+with their globals *by reference* to ``__main__``; on the worker that reference resolves to
+the pool's own namespace module, and the globals they use are shipped beside them and merged
+into that namespace. So an initializer's ``global`` assignments are seen by the tasks that
+follow it, exactly as in a ``multiprocessing`` worker process.
 
-* **Payloads** (:func:`dumps`, :func:`loads`): C pickle when it suffices, dill when it does
-  not. Anything that belongs to the client's ``__main__`` (functions, lambdas, classes) must
-  travel *by value*, because a worker cannot import the client's script. dill pickles such
-  functions with their globals *by reference* to ``__main__``; on the worker that reference
-  resolves to the pool's own namespace module, and the globals they use are shipped beside
-  them and merged into that namespace. So an initializer's ``global`` assignments are seen by
-  the tasks that follow it, exactly as in a ``multiprocessing`` worker process.
-* **Envelopes** (:class:`TaskEnvelope`, :class:`ResultRecord`): Celery's messages stay JSON;
-  payload bytes travel inside an envelope stamped with the Python, dill and format versions,
-  which are checked before anything is unpickled.
-
-This is the only module that imports dill.
+Payloads travel inside envelopes (:mod:`distpool.envelope`), which are authenticated before
+any payload is loaded. This is the only module that imports dill.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import io
-import json
 import pickle
 import sys
 import types
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import dill
 
-from .errors import EnvelopeError, IncompatibleEnvelopeError
+from .errors import EnvelopeError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-ENVELOPE_FORMAT = 1
 PYTHON_VERSION = "{}.{}".format(*sys.version_info[:2])
 DILL_VERSION: str = dill.__version__
 
@@ -223,126 +213,3 @@ def _code_names(code: types.CodeType) -> set[str]:
         if isinstance(const, types.CodeType):
             names |= _code_names(const)
     return names
-
-
-# -- envelopes --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TaskEnvelope:
-    """One task as it travels in a Celery message: ids, what to run, and on what.
-
-    ``kind`` says how ``function`` meets ``arguments``: ``apply`` calls it once with
-    ``(args, kwds)``; ``map`` and ``starmap`` call it for each item of a chunk.
-    """
-
-    pool_id: str
-    task_id: str
-    kind: str
-    function: bytes
-    arguments: bytes
-    initializer: bytes | None = None
-    max_tasks: int | None = None
-
-    KINDS = ("apply", "map", "starmap")
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "distpool": ENVELOPE_FORMAT,
-            "python": PYTHON_VERSION,
-            "dill": DILL_VERSION,
-            "pool": self.pool_id,
-            "task": self.task_id,
-            "kind": self.kind,
-            "function": _b64(self.function),
-            "arguments": _b64(self.arguments),
-            "initializer": None if self.initializer is None else _b64(self.initializer),
-            "max_tasks": self.max_tasks,
-        }
-
-    @classmethod
-    def from_wire(cls, message: Any) -> TaskEnvelope:
-        """Validate a message; raise :class:`EnvelopeError` rather than misbehave."""
-        if not isinstance(message, Mapping) or "distpool" not in message:
-            raise EnvelopeError("not a distpool task envelope")
-        pool_id, task_id = message.get("pool"), message.get("task")
-        if not isinstance(pool_id, str) or not isinstance(task_id, str):
-            raise EnvelopeError("task envelope without pool and task ids")
-        mismatch = _version_mismatch(message)
-        if mismatch:
-            raise IncompatibleEnvelopeError(mismatch, pool_id, task_id)
-        kind, max_tasks = message.get("kind"), message.get("max_tasks")
-        if kind not in cls.KINDS:
-            raise IncompatibleEnvelopeError(f"unknown task kind {kind!r}", pool_id, task_id)
-        if max_tasks is not None and (not isinstance(max_tasks, int) or max_tasks < 1):
-            raise EnvelopeError(f"invalid max_tasks {max_tasks!r}")
-        initializer = message.get("initializer")
-        return cls(
-            pool_id=pool_id,
-            task_id=task_id,
-            kind=kind,
-            function=_unb64(message.get("function")),
-            arguments=_unb64(message.get("arguments")),
-            initializer=None if initializer is None else _unb64(initializer),
-            max_tasks=max_tasks,
-        )
-
-
-class ResultRecord(NamedTuple):
-    """A task's outcome as a worker pushes it to the pool's result list.
-
-    ``elapsed`` is how long the user's code ran, in seconds, when it ran at all.
-    """
-
-    task_id: str
-    ok: bool
-    payload: bytes
-    elapsed: float | None = None
-
-    def to_bytes(self) -> bytes:
-        header: dict[str, Any] = {"task": self.task_id, "ok": self.ok}
-        if self.elapsed is not None:
-            header["elapsed"] = round(self.elapsed, 6)
-        return json.dumps(header, separators=(",", ":")).encode() + b"\n" + self.payload
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> ResultRecord:
-        head, sep, payload = raw.partition(b"\n")
-        try:
-            header = json.loads(head) if sep else None
-        except ValueError:
-            header = None
-        if (
-            not isinstance(header, dict)
-            or not isinstance(header.get("task"), str)
-            or not isinstance(header.get("ok"), bool)
-        ):
-            raise EnvelopeError("not a distpool result record")
-        elapsed = header.get("elapsed")
-        if elapsed is not None and (not isinstance(elapsed, (int, float)) or elapsed < 0):
-            raise EnvelopeError("result record with an invalid run time")
-        return cls(header["task"], header["ok"], payload, elapsed)
-
-
-def _version_mismatch(message: Mapping[str, Any]) -> str | None:
-    theirs = (message.get("distpool"), message.get("python"), message.get("dill"))
-    ours = (ENVELOPE_FORMAT, PYTHON_VERSION, DILL_VERSION)
-    if theirs == ours:
-        return None
-    return (
-        "task sent by envelope format {}, Python {}, dill {} cannot run on this worker "
-        "(envelope format {}, Python {}, dill {}): run the client and the workers on the "
-        "same Python minor version and the same dill version".format(*theirs, *ours)
-    )
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: Any) -> bytes:
-    if not isinstance(text, str):
-        raise EnvelopeError("envelope payload is not text")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise EnvelopeError(f"envelope payload is not base64: {exc}") from None

@@ -69,8 +69,9 @@ def _redis_answers(port: int) -> bool:
 
 
 class _Supervisor:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, queue: str) -> None:
         self.workers = workers
+        self.queue = queue
         self.directory = tempfile.mkdtemp(prefix="distpool-cluster-")
         self.redis: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
@@ -101,6 +102,7 @@ class _Supervisor:
         with open(self.log_path, "ab") as log:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "distpool", "worker", "--broker", self.url,
+                 "--queue", self.queue,
                  "--concurrency", str(self.workers), "--name", f"local-{os.getpid()}@%h",
                  "--without-heartbeat"],
                 stdout=log, stderr=subprocess.STDOUT,
@@ -167,8 +169,9 @@ def _kill(process: subprocess.Popen[bytes] | None, group: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distpool.supervisor")
     parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--queue", required=True)
     args = parser.parse_args(argv)
-    supervisor = _Supervisor(args.workers)
+    supervisor = _Supervisor(args.workers, args.queue)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         supervisor.start_redis()

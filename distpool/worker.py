@@ -1,8 +1,9 @@
 """Runs tasks: the only place where user code is executed.
 
-Every backend (Celery workers, and the in-process eager one) hands a :class:`TaskEnvelope` to
-:func:`execute` and gets back the bytes of a :class:`ResultRecord`, whatever happened: user
-exceptions, unpicklable results and a failing initializer all become failure records.
+Every backend (Celery workers, and the in-process eager one) hands an authenticated
+:class:`TaskEnvelope` to :func:`execute` and gets back a :class:`ResultRecord`, whatever
+happened: user exceptions, unpicklable results and a failing initializer all become failure
+records. The backend signs the record and sends it.
 
 Each worker process keeps, per pool, a namespace module that stands in for the client's
 ``__main__`` (see :mod:`distpool.serialization`). The pool's initializer runs in it before
@@ -18,8 +19,8 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from . import serialization
+from .envelope import ResultRecord, TaskEnvelope
 from .errors import MaybeEncodingError
-from .serialization import ResultRecord, TaskEnvelope
 
 #: How many pools' namespaces one worker process keeps; the least recently used goes first.
 MAX_NAMESPACES = 16
@@ -39,7 +40,7 @@ class _PoolState:
 _pools: OrderedDict[str, _PoolState] = OrderedDict()
 
 
-def execute(envelope: TaskEnvelope) -> bytes:
+def execute(envelope: TaskEnvelope) -> ResultRecord:
     """Run one task and return its result record, never raising for the task's own faults."""
     try:
         state = _state_for(envelope)
@@ -56,11 +57,11 @@ def execute(envelope: TaskEnvelope) -> bytes:
             return failure_record(envelope.task_id, MaybeEncodingError(exc, value))
     except Exception as exc:
         return failure_record(envelope.task_id, exc, namespace=_namespace_of(envelope.pool_id))
-    return ResultRecord(envelope.task_id, True, payload, elapsed).to_bytes()
+    return ResultRecord(envelope.task_id, True, payload, elapsed)
 
 
 def failure_record(task_id: str, exc: BaseException,
-                   namespace: types.ModuleType | None = None) -> bytes:
+                   namespace: types.ModuleType | None = None) -> ResultRecord:
     """A failure record carrying ``exc`` and its formatted traceback for the client."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     # The client sets RemoteTraceback(text) as the exception's __cause__, as multiprocessing.
@@ -70,7 +71,7 @@ def failure_record(task_id: str, exc: BaseException,
     except Exception as encoding_error:
         substitute = MaybeEncodingError(encoding_error, repr(exc))
         payload = serialization.dumps((substitute, remote_traceback))
-    return ResultRecord(task_id, False, payload).to_bytes()
+    return ResultRecord(task_id, False, payload)
 
 
 def _run(kind: str, function: Callable[..., Any], arguments: Any) -> Any:

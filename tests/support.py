@@ -7,6 +7,7 @@ worker's prefork processes), and every start waits for readiness within a deadli
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -87,7 +88,8 @@ class Worker:
 
     def __init__(self, broker: str, queue: str, concurrency: int = 2,
                  result_url: str | None = None, extra_args: list[str] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 secret: str | None = None) -> None:
         self.queue = queue
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.concurrency = concurrency
@@ -98,9 +100,11 @@ class Worker:
                    "--loglevel", "INFO", *extra_args]
         if result_url:
             command += ["--result-url", result_url]
-        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-        for key in ("DISTPOOL_BROKER_URL", "DISTPOOL_RESULT_URL", "DISTPOOL_QUEUE"):
-            environment.pop(key, None)
+        environment = {key: value for key, value in os.environ.items()
+                       if not key.startswith("DISTPOOL_")}
+        environment.update(PYTHONPATH=str(REPO_ROOT), **(env or {}))
+        if secret is not None:
+            environment["DISTPOOL_SECRET"] = secret
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, cwd=self._dir, env=environment,
                                             stdout=log, stderr=subprocess.STDOUT,
@@ -142,6 +146,7 @@ class Cluster:
                  env: dict[str, str] | None = None) -> None:
         self.redis = redis_server
         self.queue = f"test-{uuid.uuid4().hex[:12]}"
+        self.secret = secrets.token_hex(16)
         self.result_url = redis_server.url(db)
         self.broker = broker or self.result_url
         self.workers: list[Worker] = []
@@ -155,7 +160,8 @@ class Cluster:
 
     def add_worker(self, concurrency: int = 2, extra_args: list[str] = (),
                    env: dict[str, str] | None = None, wait: bool = True) -> Worker:
-        worker = Worker(self.broker, self.queue, concurrency, self.result_url, extra_args, env)
+        worker = Worker(self.broker, self.queue, concurrency, self.result_url, extra_args, env,
+                        secret=self.secret)
         self.workers.append(worker)
         if wait:
             slots = sum(w.concurrency for w in self.workers if w.process.poll() is None)
@@ -163,7 +169,13 @@ class Cluster:
         return worker
 
     def pool_kwargs(self) -> dict[str, str]:
-        return {"broker": self.broker, "result_url": self.result_url, "queue": self.queue}
+        return {"broker": self.broker, "result_url": self.result_url, "queue": self.queue,
+                "secret": self.secret}
+
+    def environment(self) -> dict[str, str]:
+        """The same settings, as a client process reads them from its environment."""
+        return {"DISTPOOL_BROKER_URL": self.broker, "DISTPOOL_RESULT_URL": self.result_url,
+                "DISTPOOL_QUEUE": self.queue, "DISTPOOL_SECRET": self.secret}
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -12,11 +12,16 @@ from .base import Backend
 
 
 def connect(settings: Settings) -> Backend:
-    """The backend the settings call for; the Celery one is imported only when needed."""
+    """The backend the settings call for; the Celery one is imported only when needed.
+
+    Raises :class:`~distpool.errors.SecretKeyMissingError` for a broker without a key,
+    unless the settings say to run insecure.
+    """
     if settings.eager:
         from .eager import EagerBackend
 
-        return EagerBackend()
+        return EagerBackend(settings.secret)
+    settings.require_secret()
     from .celery_backend import CeleryBackend
 
     return CeleryBackend(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 
-from ..serialization import TaskEnvelope
+from ..envelope import Signer, TaskEnvelope
 
 
 class Backend(abc.ABC):
@@ -15,6 +15,11 @@ class Backend(abc.ABC):
     :meth:`fetch_results` and :meth:`refresh_pool` from its collector thread only; the other
     methods may come from any thread. Implementations keep connections accordingly.
     """
+
+    @property
+    @abc.abstractmethod
+    def signer(self) -> Signer:
+        """Signs the envelopes sent, and authenticates the result records received."""
 
     @abc.abstractmethod
     def worker_slots(self) -> int:

@@ -46,7 +46,9 @@ from kombu import Connection, Producer
 
 from .. import worker
 from ..config import Settings, mask_url
+from ..envelope import ResultRecord, Signer, TaskEnvelope
 from ..errors import (
+    AuthenticationError,
     BrokerUnavailableError,
     DistpoolError,
     EnvelopeError,
@@ -54,7 +56,6 @@ from ..errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
-from ..serialization import TaskEnvelope
 from .base import Backend
 from .redis_store import RedisStore
 
@@ -96,7 +97,6 @@ def create_app(settings: Settings) -> Celery:
         # Stores nothing but failures Celery records itself; see FailureReporter.
         result_backend=f"{__name__}:FailureReporter",
         task_store_errors_even_if_ignored=True,
-        distpool_result_url=result_url,
         # Celery's own messages stay JSON: nothing on the broker is unpickled by Celery.
         task_serializer="json",
         accept_content=["json"],
@@ -110,7 +110,8 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
-    runner = _ProcessLocalRunner(result_url)
+    runner = _ProcessLocalRunner(result_url, Signer(settings.secret))
+    app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
 
     @app.task(name=TASK_NAME, ignore_result=True,  # type: ignore[untyped-decorator]
               retry_on_worker_lost=True, max_retries=MAX_ATTEMPTS - 1, default_retry_delay=0)
@@ -134,11 +135,11 @@ class FailureReporter(DisabledBackend):  # type: ignore[misc]
 
     def __init__(self, app: Celery, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self._runner = _ProcessLocalRunner(app.conf.distpool_result_url)
+        self._runner: _ProcessLocalRunner | None = getattr(app, "distpool_runner", None)
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                      request: Any = None, **kwargs: Any) -> None:
-        if state != states.FAILURE or request is None:
+        if state != states.FAILURE or request is None or self._runner is None:
             return
         error = _translate(result, getattr(request, "retries", 0) or 0)
         self._runner.get().report_failure(getattr(request, "args", None) or (), error)
@@ -164,8 +165,9 @@ def _urls(settings: Settings) -> tuple[str, str]:
 class _TaskRunner:
     """Runs the task envelopes of one Celery message in a worker process."""
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, signer: Signer) -> None:
         self._store = store
+        self._signer = signer
         self._live_until: dict[str, float] = {}
         self._running_for: str | None = None  # the pool whose task runs now
         self._watchdog: threading.Thread | None = None
@@ -175,40 +177,47 @@ class _TaskRunner:
             self._watchdog = threading.Thread(target=self._watch, name="distpool-watchdog",
                                               daemon=True)
             self._watchdog.start()
-        records: dict[str, list[bytes]] = {}
+        records: dict[str, list[ResultRecord]] = {}
         for message in messages:
             outcome = self._run_one(message)
             if outcome is not None:
                 records.setdefault(outcome[0], []).append(outcome[1])
         # After the whole batch: if this process dies first, the message is re-queued and
         # no result of it has been delivered twice.
+        self._push(records)
+
+    def _push(self, records: dict[str, list[ResultRecord]]) -> None:
         for pool_id, pool_records in records.items():
-            self._store.push_results(pool_id, pool_records)
+            self._store.push_results(
+                pool_id, [record.to_bytes(self._signer, pool_id) for record in pool_records])
 
     def report_failure(self, messages: Sequence[Any], error: Exception) -> None:
         """Fail every task of these messages with ``error``."""
-        records: dict[str, list[bytes]] = {}
+        records: dict[str, list[ResultRecord]] = {}
         for message in messages:
             try:
-                envelope = TaskEnvelope.from_wire(message)
+                envelope = TaskEnvelope.from_wire(message, self._signer)
             except EnvelopeError:
-                continue
+                continue  # never run, so nothing to report
             records.setdefault(envelope.pool_id, []).append(
                 worker.failure_record(envelope.task_id, error))
-        for pool_id, pool_records in records.items():
-            self._store.push_results(pool_id, pool_records)
+        self._push(records)
 
-    def _run_one(self, message: Any) -> tuple[str, bytes] | None:
+    def _run_one(self, message: Any) -> tuple[str, ResultRecord] | None:
         try:
-            envelope = TaskEnvelope.from_wire(message)
+            envelope = TaskEnvelope.from_wire(message, self._signer)
         except IncompatibleEnvelopeError as exc:
             logger.error("task %s of pool %s refused: %s", exc.task_id, exc.pool_id, exc)
-            if exc.pool_id is None or exc.task_id is None:
-                return None
+            assert exc.pool_id is not None and exc.task_id is not None
             return exc.pool_id, worker.failure_record(exc.task_id, exc)
         except EnvelopeError as exc:
-            logger.error("dropped a message that is not a distpool task: %s", exc)
-            return None
+            # Not run, not loaded, not re-queued. Its caller, if it names one, is told at once.
+            logger.error("refused a message: %s (pool %s, task %s)", exc, exc.pool_id,
+                         exc.task_id)
+            if exc.pool_id is None or exc.task_id is None:
+                return None
+            reason = str(exc) if isinstance(exc, AuthenticationError) else f"malformed: {exc}"
+            return exc.pool_id, ResultRecord.rejection(exc.task_id, reason)
         if not self._pool_is_live(envelope.pool_id):
             logger.info("skipped task %s: its pool was terminated or its client is gone",
                         envelope.task_id)
@@ -254,14 +263,16 @@ class _TaskRunner:
 class _ProcessLocalRunner:
     """One task runner, with its own store connection, per worker process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, signer: Signer) -> None:
         self._url = url
+        self._signer = signer
         self._pid: int | None = None
         self._runner: _TaskRunner | None = None
 
     def get(self) -> _TaskRunner:
         if self._runner is None or self._pid != os.getpid():
-            self._runner, self._pid = _TaskRunner(RedisStore(self._url)), os.getpid()
+            self._runner = _TaskRunner(RedisStore(self._url), self._signer)
+            self._pid = os.getpid()
         return self._runner
 
 
@@ -344,6 +355,7 @@ def _hold_renewal_step(broker_url: str, interval: int) -> type:
 class CeleryBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._signer = Signer(settings.secret)
         broker_url, result_url = _urls(settings)
         self._app = create_app(settings)
         self._queue = self._app.amqp.queues[settings.queue]
@@ -366,6 +378,10 @@ class CeleryBackend(Backend):
                 f"cannot reach the broker at {mask_url(broker_url)}: {exc}"
             ) from None
 
+    @property
+    def signer(self) -> Signer:
+        return self._signer
+
     def worker_slots(self) -> int:
         return self._store.worker_slots(self._settings.queue)
 
@@ -384,7 +400,8 @@ class CeleryBackend(Backend):
             # The soft limit raises in the task, the hard one kills its process.
             soft = None if timeout is None else timeout * len(envelopes)
             message = self._app.amqp.as_task_v2(
-                first, TASK_NAME, args=tuple(envelope.to_wire() for envelope in envelopes),
+                first, TASK_NAME,
+                args=tuple(envelope.to_wire(self._signer) for envelope in envelopes),
                 argsrepr=f"<distpool task {described}>", kwargsrepr="{}", ignore_result=True,
                 soft_time_limit=soft, time_limit=None if soft is None else soft + TIME_LIMIT_GRACE,
             )

@@ -7,16 +7,19 @@ same :func:`distpool.worker.execute` as a real worker, so what cannot travel fai
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from collections.abc import Iterable, Sequence
 
 from .. import worker
-from ..serialization import TaskEnvelope
+from ..envelope import Signer, TaskEnvelope
 from .base import Backend
 
 
 class EagerBackend(Backend):
-    def __init__(self) -> None:
+    def __init__(self, secret: bytes | None = None) -> None:
+        # Envelopes and records take the same signed round trip as on a real cluster.
+        self._signer = Signer(secret if secret is not None else os.urandom(32))
         self._cond = threading.Condition()
         self._results: dict[str, collections.deque[bytes]] = collections.defaultdict(
             collections.deque)
@@ -31,12 +34,17 @@ class EagerBackend(Backend):
     def refresh_pool(self, pool_id: str) -> None:
         pass
 
+    @property
+    def signer(self) -> Signer:
+        return self._signer
+
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
         for message in messages:
-            for envelope in message:
-                if envelope.pool_id in self._cancelled:
+            for sent in message:
+                if sent.pool_id in self._cancelled:
                     continue
-                record = worker.execute(envelope)
+                envelope = TaskEnvelope.from_wire(sent.to_wire(self._signer), self._signer)
+                record = worker.execute(envelope).to_bytes(self._signer, envelope.pool_id)
                 with self._cond:
                     self._results[envelope.pool_id].append(record)
                     self._cond.notify_all()

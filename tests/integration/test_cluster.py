@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import distpool
-from distpool import serialization
+from distpool import envelope
 from distpool.errors import BrokerUnavailableError, IncompatibleEnvelopeError, PoolTerminatedError
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -63,8 +63,7 @@ def run_script(path: Path, cwd: Path, env_extra=None, timeout=120):
 
 
 def cluster_env(cluster):
-    return {"DISTPOOL_BROKER_URL": cluster.broker, "DISTPOOL_RESULT_URL": cluster.result_url,
-            "DISTPOOL_QUEUE": cluster.queue}
+    return cluster.environment()
 
 
 def test_a_multiprocessing_script_prints_the_same_with_only_its_import_switched(
@@ -153,7 +152,7 @@ def test_nothing_of_a_finished_pool_is_left_in_redis(shared_cluster):
 
 
 def test_a_worker_on_another_version_fails_the_task_clearly(shared_cluster, monkeypatch):
-    monkeypatch.setattr(serialization, "PYTHON_VERSION", "2.7")
+    monkeypatch.setattr(envelope, "PYTHON_VERSION", "2.7")
     with distpool.Pool(1, **shared_cluster.pool_kwargs()) as pool, \
             pytest.raises(IncompatibleEnvelopeError, match="Python 2.7"):
         pool.apply(square, (2,))
@@ -165,7 +164,7 @@ def test_unreachable_broker_fails_fast_with_a_clear_error():
         port = sock.getsockname()[1]  # bound but not listening: connections are refused
         started = time.monotonic()
         with pytest.raises(BrokerUnavailableError, match=f"127.0.0.1:{port}"):
-            distpool.Pool(1, broker=f"redis://:secret@127.0.0.1:{port}/0")
+            distpool.Pool(1, broker=f"redis://:secret@127.0.0.1:{port}/0", insecure=True)
     assert time.monotonic() - started < 15
 
 

@@ -133,23 +133,23 @@ def test_works_where_no_redis_answers_on_6379(tmp_path):
 def test_two_local_clusters_side_by_side():
     with LocalCluster(workers=1) as first, LocalCluster(workers=1) as second:
         assert first.broker_url != second.broker_url
-        with distpool.Pool(1, broker=first.broker_url) as a, \
-                distpool.Pool(1, broker=second.broker_url) as b:
+        with distpool.Pool(1, broker=first.broker_url, secret=first.secret) as a, \
+                distpool.Pool(1, broker=second.broker_url, secret=second.secret) as b:
             assert a.map(square, range(5)) == b.map(square, range(5)) == [0, 1, 4, 9, 16]
 
 
 def test_pools_share_a_local_cluster_and_hand_started_workers_attach():
     with LocalCluster(workers=1) as cluster:
-        worker = Worker(cluster.broker_url, "distpool", concurrency=1)
+        worker = Worker(cluster.broker_url, "distpool", concurrency=1, secret=cluster.secret)
         try:
-            with distpool.Pool(broker=cluster.broker_url) as pool:
+            with distpool.Pool(broker=cluster.broker_url, secret=cluster.secret) as pool:
                 deadline = time.monotonic() + 30
                 while pool._engine is not None and time.monotonic() < deadline:
                     pids = set(pool.map(getpid, range(8), chunksize=1))
                     if len(pids) == 2:
                         break
                 assert len(pids) == 2  # the cluster's worker process and the attached one
-            with distpool.Pool(1, broker=cluster.broker_url) as other:
+            with distpool.Pool(1, broker=cluster.broker_url, secret=cluster.secret) as other:
                 assert other.apply(square, (5,)) == 25
         finally:
             worker.stop()
@@ -163,7 +163,11 @@ def test_distpool_cluster_command_runs_until_interrupted():
         first_line = process.stdout.readline()
         url = first_line.rsplit(" ", 1)[-1].strip()
         assert url.startswith("redis://127.0.0.1:"), first_line
-        with distpool.Pool(1, broker=url) as pool:
+        exports = process.stdout.readline().split()
+        secret_file = next(word.split("=", 1)[1] for word in exports
+                           if word.startswith("DISTPOOL_SECRET_FILE="))
+        assert os.stat(secret_file).st_mode & 0o077 == 0  # readable by its owner only
+        with distpool.Pool(1, broker=url, secret=Path(secret_file).read_text()) as pool:
             assert pool.apply(square, (4,)) == 16
         processes = descendants(process.pid)
         os.killpg(process.pid, signal.SIGINT)

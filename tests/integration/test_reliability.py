@@ -150,7 +150,8 @@ def test_ctrl_c_in_the_client_stops_the_pools_work(make_cluster, tmp_path):
     client = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "submit_and_wait.py"), cluster.broker, cluster.queue,
          str(tmp_path), "60"], stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]),
+             "DISTPOOL_SECRET": cluster.secret})
     try:
         assert client.stdout.readline().strip() == "submitted"
         time.sleep(1.0)
@@ -171,7 +172,8 @@ def test_the_work_of_a_dead_client_stops_within_its_pool_ttl(make_cluster, tmp_p
     client = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "submit_and_wait.py"), cluster.broker, cluster.queue,
          str(tmp_path), "2"], stdout=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]),
+             "DISTPOOL_SECRET": cluster.secret})
     try:
         assert client.stdout.readline().strip() == "submitted"
         time.sleep(1.0)

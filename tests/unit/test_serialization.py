@@ -1,4 +1,4 @@
-"""Payloads and envelopes, without any service.
+"""Payloads, without any service.
 
 Functions "of __main__" are made by executing source in a stand-in module installed as
 ``sys.modules['__main__']``, which is what the client-side serialiser consults.
@@ -6,7 +6,6 @@ Functions "of __main__" are made by executing source in a stand-in module instal
 
 from __future__ import annotations
 
-import pickle
 import sys
 import textwrap
 import types
@@ -14,8 +13,7 @@ import types
 import pytest
 
 from distpool import serialization
-from distpool.errors import EnvelopeError, IncompatibleEnvelopeError
-from distpool.serialization import ResultRecord, TaskEnvelope
+from distpool.errors import EnvelopeError
 
 SCRIPT = textwrap.dedent("""
     import math
@@ -117,60 +115,3 @@ def test_unserialisable_objects_raise_the_picklers_error():
 def test_unknown_payload_encoding_is_refused():
     with pytest.raises(EnvelopeError):
         serialization.loads(b"Zgarbage")
-
-
-def _envelope(**overrides):
-    fields = dict(pool_id="p1", task_id="p1:0:0", kind="map", function=b"f",
-                  arguments=b"a", initializer=None, max_tasks=None)
-    fields.update(overrides)
-    return TaskEnvelope(**fields)
-
-
-def test_envelope_round_trip_is_json_compatible():
-    import json
-
-    envelope = _envelope(initializer=b"\x00init", max_tasks=3)
-    wire = json.loads(json.dumps(envelope.to_wire()))
-    assert TaskEnvelope.from_wire(wire) == envelope
-
-
-@pytest.mark.parametrize("field, value", [
-    ("python", "2.7"), ("dill", "0.0.1"), ("distpool", 99)])
-def test_envelope_from_another_version_names_its_task(field, value):
-    wire = _envelope().to_wire()
-    wire[field] = value
-    with pytest.raises(IncompatibleEnvelopeError) as info:
-        TaskEnvelope.from_wire(wire)
-    assert info.value.pool_id == "p1" and info.value.task_id == "p1:0:0"
-    assert "same Python minor version and the same dill version" in str(info.value)
-    # It travels back to the client as a task's error.
-    copy = pickle.loads(pickle.dumps(info.value))
-    assert (copy.pool_id, copy.task_id, str(copy)) == ("p1", "p1:0:0", str(info.value))
-
-
-@pytest.mark.parametrize("message", [
-    None, "text", [], {}, {"distpool": 1}, {"distpool": 1, "pool": 1, "task": "t"}])
-def test_malformed_envelopes_are_refused(message):
-    with pytest.raises(EnvelopeError):
-        TaskEnvelope.from_wire(message)
-
-
-@pytest.mark.parametrize("field, value", [
-    ("function", "not base64!"), ("arguments", None), ("kind", "exec"), ("max_tasks", 0)])
-def test_envelopes_with_bad_fields_are_refused(field, value):
-    wire = _envelope().to_wire()
-    wire[field] = value
-    with pytest.raises(EnvelopeError):
-        TaskEnvelope.from_wire(wire)
-
-
-def test_result_record_round_trip():
-    record = ResultRecord("p:1:2", False, b"\x80payload\nwith newline")
-    assert ResultRecord.from_bytes(record.to_bytes()) == record
-
-
-@pytest.mark.parametrize("raw", [b"", b"no header", b"{}\n", b'{"task": 1, "ok": true}\nx',
-                                 b"\xff\xfe\n", b'{"task": "t", "ok": "yes"}\n'])
-def test_malformed_result_records_are_refused(raw):
-    with pytest.raises(EnvelopeError):
-        ResultRecord.from_bytes(raw)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 
 from distpool import serialization, worker
+from distpool.envelope import TaskEnvelope
 from distpool.errors import MaybeEncodingError, RemoteTraceback
-from distpool.serialization import ResultRecord, TaskEnvelope
 
 _ids = itertools.count()
 _calls = {"init": 0}
@@ -47,10 +47,8 @@ def envelope(function, arguments, kind="apply", pool_id=None, initializer=None,
         max_tasks=max_tasks)
 
 
-def outcome(raw):
-    record = ResultRecord.from_bytes(raw)
-    value = serialization.loads(record.payload)
-    return record.ok, value
+def outcome(record):
+    return record.ok, serialization.loads(record.payload)
 
 
 def test_apply_map_and_starmap():

@@ -1,0 +1,251 @@
+"""What travels between a client and a worker, and how each side knows it is genuine.
+
+dill, like pickle, runs code while it loads, so nothing that came through the broker or the
+result store is loaded before it is authenticated:
+
+* A **task envelope** (:class:`TaskEnvelope`) is a JSON object inside an ordinary Celery
+  message. It carries the Python, dill and format versions, its pool and task ids, an expiry
+  time and the payloads, and an HMAC-SHA256 over all of them under the cluster's shared key.
+  Binding the ids and the expiry into the signature means an envelope cannot be replayed as
+  another task, into another pool, or after it expires.
+* A **result record** (:class:`ResultRecord`) is a JSON header line and a payload, signed by
+  the worker over the pool id, the task id, the header fields and the payload.
+* A **rejection** is a result record a worker sends, unsigned and without payload, when it
+  refuses a task (bad signature, expired): the caller then fails that task at once with
+  :class:`~distpool.errors.AuthenticationError` instead of waiting. It carries no payload, so
+  a forged one can fail a task but never run anything.
+
+Signatures are compared with :func:`hmac.compare_digest`. Without a key (``insecure``),
+nothing is signed or checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
+from .serialization import DILL_VERSION, PYTHON_VERSION
+
+ENVELOPE_FORMAT = 1
+#: How long after it is sent a task envelope may still be run.
+ENVELOPE_LIFETIME = 24 * 3600.0
+
+
+class Signer:
+    """HMAC-SHA256 under the cluster's key; with no key, signs and checks nothing."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self._key = key
+
+    @property
+    def enabled(self) -> bool:
+        return self._key is not None
+
+    def sign(self, *fields: bytes) -> str | None:
+        if self._key is None:
+            return None
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for field in fields:
+            # Length-prefixed, so that no two different field lists read the same.
+            mac.update(len(field).to_bytes(8, "big"))
+            mac.update(field)
+        return mac.hexdigest()
+
+    def check(self, signature: Any, *fields: bytes) -> None:
+        """Raise :class:`AuthenticationError` unless ``signature`` is right for ``fields``."""
+        if self._key is None:
+            return
+        if not isinstance(signature, str):
+            raise AuthenticationError("the message is not signed")
+        expected = self.sign(*fields)
+        assert expected is not None
+        if not hmac.compare_digest(signature.encode("ascii", "replace"), expected.encode()):
+            raise AuthenticationError("the message's signature does not match this key")
+
+
+@dataclass(frozen=True)
+class TaskEnvelope:
+    """One task: ids, what to run, and on what.
+
+    ``kind`` says how ``function`` meets ``arguments``: ``apply`` calls it once with
+    ``(args, kwds)``; ``map`` and ``starmap`` call it for each item of a chunk.
+    """
+
+    pool_id: str
+    task_id: str
+    kind: str
+    function: bytes
+    arguments: bytes
+    initializer: bytes | None = None
+    max_tasks: int | None = None
+
+    KINDS = ("apply", "map", "starmap")
+
+    def to_wire(self, signer: Signer, now: float | None = None) -> dict[str, Any]:
+        """The JSON object for a Celery message, signed, valid for ENVELOPE_LIFETIME."""
+        expires = round((time.time() if now is None else now) + ENVELOPE_LIFETIME, 3)
+        wire = {
+            "distpool": ENVELOPE_FORMAT,
+            "python": PYTHON_VERSION,
+            "dill": DILL_VERSION,
+            "pool": self.pool_id,
+            "task": self.task_id,
+            "kind": self.kind,
+            "expires": expires,
+            "function": _b64(self.function),
+            "arguments": _b64(self.arguments),
+            "initializer": None if self.initializer is None else _b64(self.initializer),
+            "max_tasks": self.max_tasks,
+        }
+        wire["signature"] = signer.sign(*self._signed_fields(expires))
+        return wire
+
+    def _signed_fields(self, expires: float) -> tuple[bytes, ...]:
+        return (str(ENVELOPE_FORMAT).encode(), PYTHON_VERSION.encode(), DILL_VERSION.encode(),
+                self.pool_id.encode(), self.task_id.encode(), self.kind.encode(),
+                repr(expires).encode(), self.function, self.arguments,
+                b"-" if self.initializer is None else b"+" + self.initializer,
+                repr(self.max_tasks).encode())
+
+    @classmethod
+    def from_wire(cls, message: Any, signer: Signer, now: float | None = None) -> TaskEnvelope:
+        """Validate and authenticate a message; raise :class:`EnvelopeError` (or one of its
+        subclasses) rather than return anything that was not sent by a key holder."""
+        if not isinstance(message, Mapping) or "distpool" not in message:
+            raise EnvelopeError("not a distpool task envelope")
+        pool_id, task_id = message.get("pool"), message.get("task")
+        if not isinstance(pool_id, str) or not isinstance(task_id, str):
+            raise EnvelopeError("task envelope without pool and task ids")
+        mismatch = _version_mismatch(message)
+        if mismatch:
+            raise IncompatibleEnvelopeError(mismatch, pool_id, task_id)
+        kind, max_tasks, expires = (message.get("kind"), message.get("max_tasks"),
+                                    message.get("expires"))
+        if kind not in cls.KINDS:
+            raise EnvelopeError(f"unknown task kind {kind!r}", pool_id, task_id)
+        if max_tasks is not None and (
+                type(max_tasks) is not int or max_tasks < 1):
+            raise EnvelopeError(f"invalid max_tasks {max_tasks!r}", pool_id, task_id)
+        if not isinstance(expires, (int, float)) or isinstance(expires, bool):
+            raise EnvelopeError("task envelope without an expiry time", pool_id, task_id)
+        initializer = message.get("initializer")
+        envelope = cls(
+            pool_id=pool_id,
+            task_id=task_id,
+            kind=kind,
+            function=_unb64(message.get("function"), pool_id, task_id),
+            arguments=_unb64(message.get("arguments"), pool_id, task_id),
+            initializer=None if initializer is None else _unb64(initializer, pool_id, task_id),
+            max_tasks=max_tasks,
+        )
+        try:
+            signer.check(message.get("signature"), *envelope._signed_fields(expires))
+        except AuthenticationError as exc:
+            raise AuthenticationError(str(exc), pool_id, task_id) from None
+        if expires < (time.time() if now is None else now):
+            raise AuthenticationError("the task envelope has expired", pool_id, task_id)
+        return envelope
+
+
+class ResultRecord(NamedTuple):
+    """A task's outcome as a worker pushes it to the pool's result list.
+
+    ``elapsed`` is how long the user's code ran, in seconds, when it ran at all.
+    ``rejected`` is set, and the payload empty, when the worker refused the task.
+    """
+
+    task_id: str
+    ok: bool
+    payload: bytes
+    elapsed: float | None = None
+    rejected: str | None = None
+
+    def to_bytes(self, signer: Signer, pool_id: str) -> bytes:
+        header: dict[str, Any] = {"task": self.task_id, "ok": self.ok}
+        if self.rejected is not None:
+            header["rejected"] = self.rejected
+            return _header_line(header)
+        # Rounded before signing: the reader signs what it parsed from the header.
+        elapsed = None if self.elapsed is None else round(self.elapsed, 6)
+        if elapsed is not None:
+            header["elapsed"] = elapsed
+        header["signature"] = signer.sign(*self._signed_fields(pool_id, elapsed))
+        return _header_line(header) + self.payload
+
+    def _signed_fields(self, pool_id: str, elapsed: float | None) -> tuple[bytes, ...]:
+        return (pool_id.encode(), self.task_id.encode(), b"1" if self.ok else b"0",
+                repr(elapsed).encode(), self.payload)
+
+    @classmethod
+    def rejection(cls, task_id: str, reason: str) -> ResultRecord:
+        return cls(task_id, False, b"", rejected=reason)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, signer: Signer, pool_id: str) -> ResultRecord:
+        """Parse and authenticate a record of pool ``pool_id``; raise :class:`EnvelopeError`
+        (naming the task when the header does) rather than return an unauthenticated one."""
+        head, sep, payload = raw.partition(b"\n")
+        try:
+            header = json.loads(head) if sep else None
+        except ValueError:
+            header = None
+        if (
+            not isinstance(header, dict)
+            or not isinstance(header.get("task"), str)
+            or not isinstance(header.get("ok"), bool)
+        ):
+            raise EnvelopeError("not a distpool result record")
+        task_id = header["task"]
+        rejected = header.get("rejected")
+        if rejected is not None:
+            if not isinstance(rejected, str) or payload:
+                raise EnvelopeError("malformed rejection record", pool_id, task_id)
+            return cls(task_id, False, b"", rejected=rejected)
+        elapsed = header.get("elapsed")
+        if elapsed is not None and (type(elapsed) not in (int, float) or elapsed < 0):
+            raise EnvelopeError("result record with an invalid run time", pool_id, task_id)
+        record = cls(task_id, header["ok"], payload, elapsed)
+        try:
+            signer.check(header.get("signature"), *record._signed_fields(pool_id, elapsed))
+        except AuthenticationError as exc:
+            raise AuthenticationError(f"result of task {task_id}: {exc}", pool_id,
+                                      task_id) from None
+        return record
+
+
+def _header_line(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n"
+
+
+def _version_mismatch(message: Mapping[str, Any]) -> str | None:
+    theirs = (message.get("distpool"), message.get("python"), message.get("dill"))
+    ours = (ENVELOPE_FORMAT, PYTHON_VERSION, DILL_VERSION)
+    if theirs == ours:
+        return None
+    return (
+        "task sent by envelope format {}, Python {}, dill {} cannot run on this worker "
+        "(envelope format {}, Python {}, dill {}): run the client and the workers on the "
+        "same Python minor version and the same dill version".format(*theirs, *ours)
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any, pool_id: str, task_id: str) -> bytes:
+    if not isinstance(text, str):
+        raise EnvelopeError("envelope payload is not text", pool_id, task_id)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise EnvelopeError(f"envelope payload is not base64: {exc}", pool_id,
+                            task_id) from None

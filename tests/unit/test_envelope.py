@@ -1,0 +1,138 @@
+"""Envelopes and result records: their wire format, versions and authentication."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+
+import pytest
+
+from distpool.envelope import ENVELOPE_LIFETIME, ResultRecord, Signer, TaskEnvelope
+from distpool.errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
+
+KEY = Signer(b"the cluster's key")
+
+
+def _envelope(**overrides):
+    fields = dict(pool_id="p1", task_id="p1:0:0", kind="map", function=b"f",
+                  arguments=b"a", initializer=None, max_tasks=None)
+    fields.update(overrides)
+    return TaskEnvelope(**fields)
+
+
+def test_envelope_round_trip_is_json_compatible():
+    envelope = _envelope(initializer=b"\x00init", max_tasks=3)
+    wire = json.loads(json.dumps(envelope.to_wire(KEY)))
+    assert TaskEnvelope.from_wire(wire, KEY) == envelope
+
+
+@pytest.mark.parametrize("field, value", [
+    ("python", "2.7"), ("dill", "0.0.1"), ("distpool", 99)])
+def test_envelope_from_another_version_names_its_task(field, value):
+    wire = _envelope().to_wire(KEY)
+    wire[field] = value
+    with pytest.raises(IncompatibleEnvelopeError) as info:
+        TaskEnvelope.from_wire(wire, KEY)
+    assert info.value.pool_id == "p1" and info.value.task_id == "p1:0:0"
+    assert "same Python minor version and the same dill version" in str(info.value)
+    # It travels back to the client as a task's error.
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.pool_id, copy.task_id, str(copy)) == ("p1", "p1:0:0", str(info.value))
+
+
+@pytest.mark.parametrize("message", [
+    None, "text", [], {}, {"distpool": 1}, {"distpool": 1, "pool": 1, "task": "t"}])
+def test_malformed_envelopes_are_refused(message):
+    with pytest.raises(EnvelopeError):
+        TaskEnvelope.from_wire(message, KEY)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("function", "not base64!"), ("arguments", None), ("kind", "exec"), ("max_tasks", 0),
+    ("expires", "tomorrow")])
+def test_envelopes_with_bad_fields_are_refused_naming_their_task(field, value):
+    wire = _envelope().to_wire(KEY)
+    wire[field] = value
+    with pytest.raises(EnvelopeError) as info:
+        TaskEnvelope.from_wire(wire, KEY)
+    assert info.value.task_id == "p1:0:0"
+
+
+def test_wrong_key_is_refused():
+    wire = _envelope().to_wire(KEY)
+    with pytest.raises(AuthenticationError, match="does not match"):
+        TaskEnvelope.from_wire(wire, Signer(b"another key"))
+
+
+def test_unsigned_envelope_is_refused_by_a_keyed_worker():
+    wire = _envelope().to_wire(Signer(None))
+    assert wire["signature"] is None
+    with pytest.raises(AuthenticationError, match="not signed"):
+        TaskEnvelope.from_wire(wire, KEY)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("arguments", "ZXZpbA=="), ("function", "ZXZpbA=="), ("kind", "apply"),
+    ("initializer", "ZXZpbA=="), ("max_tasks", 7)])
+def test_tampered_envelope_is_refused(field, value):
+    wire = _envelope().to_wire(KEY)
+    wire[field] = value
+    with pytest.raises(AuthenticationError):
+        TaskEnvelope.from_wire(wire, KEY)
+
+
+@pytest.mark.parametrize("field, value", [("task", "p1:0:1"), ("pool", "p2")])
+def test_envelope_replayed_as_another_task_or_pool_is_refused(field, value):
+    wire = _envelope().to_wire(KEY)
+    wire[field] = value
+    with pytest.raises(AuthenticationError):
+        TaskEnvelope.from_wire(wire, KEY)
+
+
+def test_expired_envelope_is_refused_and_its_expiry_cannot_be_extended():
+    sent = time.time() - ENVELOPE_LIFETIME - 1
+    wire = _envelope().to_wire(KEY, now=sent)
+    with pytest.raises(AuthenticationError, match="expired"):
+        TaskEnvelope.from_wire(wire, KEY)
+    wire["expires"] = time.time() + 3600
+    with pytest.raises(AuthenticationError, match="signature"):
+        TaskEnvelope.from_wire(wire, KEY)
+
+
+def test_without_a_key_nothing_is_signed_or_checked():
+    insecure = Signer(None)
+    wire = _envelope().to_wire(KEY)
+    assert TaskEnvelope.from_wire(wire, insecure) == _envelope()
+
+
+def test_result_record_round_trip():
+    record = ResultRecord("p:1:2", False, b"\x80payload\nwith newline", 0.25)
+    assert ResultRecord.from_bytes(record.to_bytes(KEY, "p"), KEY, "p") == record
+
+
+def test_result_record_is_bound_to_its_pool_and_key():
+    raw = ResultRecord("p:1:2", True, b"payload").to_bytes(KEY, "p")
+    with pytest.raises(AuthenticationError) as info:
+        ResultRecord.from_bytes(raw, KEY, "another pool")
+    assert info.value.task_id == "p:1:2"
+    with pytest.raises(AuthenticationError):
+        ResultRecord.from_bytes(raw, Signer(b"another key"), "p")
+    tampered = raw[:-1] + b"!"
+    with pytest.raises(AuthenticationError):
+        ResultRecord.from_bytes(tampered, KEY, "p")
+
+
+def test_rejection_carries_no_payload_and_needs_no_signature():
+    raw = ResultRecord.rejection("p:0:0", "bad signature").to_bytes(KEY, "p")
+    record = ResultRecord.from_bytes(raw, KEY, "p")
+    assert (record.rejected, record.payload) == ("bad signature", b"")
+    with pytest.raises(EnvelopeError):
+        ResultRecord.from_bytes(raw + b"payload smuggled in", KEY, "p")
+
+
+@pytest.mark.parametrize("raw", [b"", b"no header", b"{}\n", b'{"task": 1, "ok": true}\nx',
+                                 b"\xff\xfe\n", b'{"task": "t", "ok": "yes"}\n'])
+def test_malformed_result_records_are_refused(raw):
+    with pytest.raises(EnvelopeError):
+        ResultRecord.from_bytes(raw, KEY, "p")
