@@ -18,6 +18,7 @@ from .errors import (
     TimeoutError,
     WorkerLostError,
 )
+from .executor import Executor
 from .pool import DistributedPool, Pool
 from .results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
 
@@ -30,6 +31,7 @@ __all__ = [
     "DistpoolError",
     "DistributedPool",
     "EnvelopeError",
+    "Executor",
     "IMapIterator",
     "IMapUnorderedIterator",
     "IncompatibleEnvelopeError",

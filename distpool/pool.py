@@ -8,6 +8,7 @@ Chunking, ordering, callbacks and errors follow ``Lib/multiprocessing/pool.py``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import os
 import reprlib
@@ -120,12 +121,23 @@ class Pool:
     def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {}, callback: Callback = None,
                     error_callback: Callback = None) -> ApplyResult[T]:
+        return self._apply_async(func, args, kwds, callback, error_callback)
+
+    def _apply_async(self, func: Callable[..., T], args: Iterable[Any],
+                     kwds: Mapping[str, Any], callback: Callback, error_callback: Callback,
+                     before_send: Callable[[], bool] | None = None) -> ApplyResult[T]:
+        """``apply_async``; ``before_send``, if given, is asked just before the task is sent,
+        and if it returns False the task is dropped and its result fails with
+        :class:`concurrent.futures.CancelledError` (how :class:`Executor` cancels)."""
         engine = self._running_engine()
         function = _dumps(func, "the function")
         arguments = _dumps((tuple(args), dict(kwds)), "the arguments")
         job = engine.new_job()
         result: ApplyResult[T] = ApplyResult(job, engine.job_done, callback, error_callback)
-        engine.submit(job, result, iter([self._envelope(job, 0, "apply", function, arguments)]))
+        envelope = self._envelope(job, 0, "apply", function, arguments)
+        source = iter([envelope]) if before_send is None else _gated(envelope, result,
+                                                                    before_send)
+        engine.submit(job, result, source)
         return result
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
@@ -241,7 +253,7 @@ class Pool:
         function = _dumps(func, "the function")
         # Serialised now, every chunk: if one cannot travel, nothing has been sent.
         chunks = [_dumps_chunk(chunk, index * chunksize)
-                  for index, chunk in enumerate(_chunked(iter(items), chunksize))]
+                  for index, chunk in enumerate(chunked(iter(items), chunksize))]
         job = engine.new_job()
         result: MapResult[Any] = MapResult(job, engine.job_done, length, chunksize,
                                            callback, error_callback)
@@ -276,7 +288,7 @@ class Pool:
         chunk where it happened and ends the input, as in multiprocessing.
         """
         index = 0
-        chunks = _chunked(items, chunksize)
+        chunks = chunked(items, chunksize)
         while True:
             try:
                 chunk = next(chunks, None)
@@ -301,7 +313,16 @@ def _shut_down(engine: Engine, cluster: LocalCluster | None) -> None:
         cluster.stop()
 
 
-def _chunked(items: Iterator[Any], size: int) -> Iterator[tuple[Any, ...]]:
+def _gated(envelope: TaskEnvelope, result: ApplyResult[Any],
+           before_send: Callable[[], bool]) -> Iterator[TaskEnvelope]:
+    if before_send():
+        yield envelope
+    else:
+        result._abort(concurrent.futures.CancelledError())
+
+
+def chunked(items: Iterator[Any], size: int) -> Iterator[tuple[Any, ...]]:
+    """``items`` in tuples of ``size`` (the last may be shorter)."""
     if size < 1:
         return
     while True:

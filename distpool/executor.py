@@ -1,0 +1,92 @@
+"""``distpool.Executor``: a ``concurrent.futures.Executor`` on a distpool Pool.
+
+Like ``ProcessPoolExecutor``, a future is marked running when its task is handed to the
+cluster, which happens only as slots free up (the pool keeps at most ``max_workers`` tasks in
+flight). Until then ``Future.cancel()`` succeeds, and a cancelled task is never sent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from .pool import Pool, chunked
+
+T = TypeVar("T")
+
+
+class Executor(concurrent.futures.Executor):
+    """``Executor(max_workers=None, initializer=None, initargs=(), **pool_options)``.
+
+    ``max_workers`` is the pool's ``processes``; ``pool_options`` are :class:`distpool.Pool`'s
+    keyword arguments (``broker``, ``queue``, ``secret``, ``task_timeout``, ...).
+    """
+
+    def __init__(self, max_workers: int | None = None,
+                 initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
+                 **pool_options: Any) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._pool = Pool(max_workers, initializer, initargs, **pool_options)
+        self._lock = threading.Lock()
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+
+        def resolve(value: T) -> None:
+            if not future.cancelled():
+                future.set_result(value)
+
+        def reject(exc: BaseException) -> None:
+            if not future.cancelled():
+                future.set_exception(exc)
+
+        try:
+            self._pool._apply_async(fn, args, kwargs, resolve, reject,
+                                    before_send=future.set_running_or_notify_cancel)
+        except BaseException:
+            self._forget(future)
+            raise
+        return future
+
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[T]:
+        """Like ``ProcessPoolExecutor.map``: items go ``chunksize`` to a task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = chunked(zip(*iterables), chunksize)
+        results = super().map(functools.partial(_run_chunk, fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._pending) if cancel_futures else []
+        for future in pending:
+            future.cancel()
+        self._pool.close()
+        if wait:
+            self._pool.join()
+
+    def _forget(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+
+def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
+    return [fn(*args) for args in chunk]
+

@@ -1,0 +1,101 @@
+"""distpool.Executor and concurrent.futures.ProcessPoolExecutor, held to the same bodies."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+
+import pytest
+
+import distpool
+from tests.compat import conftest as compat
+
+
+def square(x):
+    return x * x
+
+
+def add(x, y):
+    return x + y
+
+
+def fail(x):
+    raise ValueError(f"bad {x}")
+
+
+def touch_after(path, seconds):
+    time.sleep(seconds)
+    with open(path, "w") as f:
+        f.write("ran")
+    return path
+
+
+@pytest.fixture(params=["concurrent.futures", "distpool"])
+def make_executor(request):
+    executors = []
+
+    def make(max_workers=2):
+        if request.param == "distpool":
+            assert compat.cluster is not None
+            executor = distpool.Executor(max_workers, **compat.cluster.pool_kwargs())
+        else:
+            executor = concurrent.futures.ProcessPoolExecutor(max_workers)
+        executors.append(executor)
+        return executor
+
+    yield make
+    for executor in executors:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def test_submit_result_and_exception(make_executor):
+    executor = make_executor()
+    assert executor.submit(add, 2, y=3).result(timeout=30) == 5
+    future = executor.submit(fail, 7)
+    with pytest.raises(ValueError, match="bad 7"):
+        future.result(timeout=30)
+    assert isinstance(future.exception(), ValueError)
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_in_order_with_chunksize(make_executor, chunksize):
+    executor = make_executor()
+    assert list(executor.map(add, range(10), range(10), chunksize=chunksize)) == [
+        2 * x for x in range(10)]
+
+
+def test_as_completed_and_wait(make_executor):
+    executor = make_executor()
+    futures = [executor.submit(square, x) for x in range(6)]
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=30)) == [
+        x * x for x in range(6)]
+    done, not_done = concurrent.futures.wait(futures, timeout=30)
+    assert len(done) == 6 and not not_done
+
+
+def test_cancel_stops_a_task_that_has_not_started(make_executor, tmp_path):
+    executor = make_executor(1)
+    busy = executor.submit(time.sleep, 1.0)
+    marker = tmp_path / "cancelled-task-ran"
+    waiting = executor.submit(touch_after, str(marker), 0)
+    assert waiting.cancel() and waiting.cancelled()
+    busy.result(timeout=30)
+    executor.submit(square, 1).result(timeout=30)  # everything before it has run
+    assert not marker.exists()
+
+
+def test_shutdown_cancels_pending_futures_and_refuses_new_ones(make_executor, tmp_path):
+    executor = make_executor(1)
+    executor.submit(time.sleep, 0.5)
+    pending = [executor.submit(touch_after, str(tmp_path / f"t{i}"), 0) for i in range(5)]
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert all(f.cancelled() for f in pending[1:])
+    assert len(list(tmp_path.iterdir())) <= 1
+    with pytest.raises(RuntimeError):
+        executor.submit(square, 2)
+
+
+def test_tasks_run_in_other_processes(make_executor):
+    executor = make_executor()
+    assert executor.submit(os.getpid).result(timeout=30) != os.getpid()
