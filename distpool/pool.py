@@ -15,7 +15,7 @@ import reprlib
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from multiprocessing.pool import CLOSE, RUN, TERMINATE
 from typing import (
     Any,
@@ -28,6 +28,7 @@ from .cluster import LocalCluster
 from .engine import Engine
 from .envelope import TaskEnvelope
 from .errors import add_note
+from .progress import TqdmDisplay
 from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
 
 T = TypeVar("T")
@@ -141,8 +142,9 @@ class Pool:
         return result
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
-            chunksize: int | None = None) -> list[T]:
-        return self._map_async(func, iterable, "map", chunksize).get()
+            chunksize: int | None = None, *, progress: bool = False) -> list[T]:
+        """Like ``multiprocessing.Pool.map``; ``progress=True`` shows a bar counting items."""
+        return self._map_async(func, iterable, "map", chunksize, progress=progress).get()
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
                   chunksize: int | None = None, callback: Callback = None,
@@ -150,8 +152,9 @@ class Pool:
         return self._map_async(func, iterable, "map", chunksize, callback, error_callback)
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                chunksize: int | None = None) -> list[T]:
-        return self._map_async(func, iterable, "starmap", chunksize).get()
+                chunksize: int | None = None, *, progress: bool = False) -> list[T]:
+        """Like ``multiprocessing.Pool.starmap``; ``progress`` as in :meth:`map`."""
+        return self._map_async(func, iterable, "starmap", chunksize, progress=progress).get()
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None, callback: Callback = None,
@@ -159,16 +162,19 @@ class Pool:
         return self._map_async(func, iterable, "starmap", chunksize, callback, error_callback)
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1,
-             buffersize: int | None = None) -> IMapIterator[T]:
+             buffersize: int | None = None, *, progress: bool = False) -> IMapIterator[T]:
         """Like ``multiprocessing.Pool.imap``; at most ``buffersize`` chunks are sent ahead
         of what the caller has consumed (default: 4 per process, at least 16), as with
-        Python 3.15's ``buffersize``, so a huge input floods neither broker nor memory."""
-        return self._imap(IMapIterator, func, iterable, chunksize, buffersize)
+        Python 3.15's ``buffersize``, so a huge input floods neither broker nor memory.
+        ``progress=True`` shows a bar counting the items received."""
+        return self._imap(IMapIterator, func, iterable, chunksize, buffersize, progress)
 
     def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
-                       chunksize: int = 1, buffersize: int | None = None) -> IMapIterator[T]:
-        """Like ``multiprocessing.Pool.imap_unordered``; ``buffersize`` as in :meth:`imap`."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, buffersize)
+                       chunksize: int = 1, buffersize: int | None = None, *,
+                       progress: bool = False) -> IMapIterator[T]:
+        """Like ``multiprocessing.Pool.imap_unordered``; the rest as in :meth:`imap`."""
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, buffersize,
+                          progress)
 
     def close(self) -> None:
         """Accept no more work; the workers finish what was submitted."""
@@ -238,7 +244,7 @@ class Pool:
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], kind: str,
                    chunksize: int | None, callback: Callback = None,
-                   error_callback: Callback = None) -> MapResult[Any]:
+                   error_callback: Callback = None, progress: bool = False) -> MapResult[Any]:
         engine = self._running_engine()
         items: Sequence[Any] = iterable if hasattr(iterable, "__len__") else list(iterable)  # type: ignore[assignment]
         length = len(items)
@@ -256,7 +262,8 @@ class Pool:
                   for index, chunk in enumerate(chunked(iter(items), chunksize))]
         job = engine.new_job()
         result: MapResult[Any] = MapResult(job, engine.job_done, length, chunksize,
-                                           callback, error_callback)
+                                           callback, error_callback,
+                                           TqdmDisplay(length, func) if progress else None)
         if result.ready():  # an empty input: complete already, nothing to send
             return result
         engine.submit(job, result, iter([
@@ -265,7 +272,7 @@ class Pool:
         return result
 
     def _imap(self, result_type: type, func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: int, buffersize: int | None) -> IMapIterator[Any]:
+              chunksize: int, buffersize: int | None, progress: bool) -> IMapIterator[Any]:
         engine = self._running_engine()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
@@ -274,7 +281,10 @@ class Pool:
         function = _dumps(func, "the function")
         items = iter(iterable)
         job = engine.new_job()
-        result: IMapIterator[Any] = result_type(job, engine.job_done, engine.wake_dispatcher)
+        length = len(iterable) if isinstance(iterable, Sized) else None
+        display = TqdmDisplay(length, func) if progress else None
+        result: IMapIterator[Any] = result_type(job, engine.job_done, engine.wake_dispatcher,
+                                                chunksize, display)
         engine.submit(job, result,
                       self._lazy_envelopes(job, result, function, items, chunksize),
                       buffersize or max(16, 4 * self._processes))
@@ -287,21 +297,22 @@ class Pool:
         An exception from the input (or from serialising it) becomes the failure of the
         chunk where it happened and ends the input, as in multiprocessing.
         """
-        index = 0
+        index = count = 0
         chunks = chunked(items, chunksize)
         while True:
             try:
                 chunk = next(chunks, None)
                 if chunk is None:
                     break
-                data = _dumps_chunk(chunk, index * chunksize)
+                data = _dumps_chunk(chunk, count)
             except Exception as exc:
                 result._set(index, False, exc)
                 index += 1
                 break
             yield self._envelope(job, index, "map", function, data)
             index += 1
-        result._set_length(index)
+            count += len(chunk)
+        result._set_length(index, count)
 
 
 DistributedPool = Pool

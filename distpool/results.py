@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Iterator
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
 
 from .errors import TimeoutError
 
@@ -24,11 +24,47 @@ Callback = Optional[Callable[[Any], object]]
 OnDone = Callable[[int], None]
 
 
+class ProgressDisplay(Protocol):
+    """Something that shows progress, such as a tqdm bar (see distpool.progress)."""
+
+    def update(self, n: int) -> object: ...
+    def set_total(self, total: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class Progress:
+    """How many items of a job are done (``completed``) out of how many (``total``, None
+    while an imap's input is still being read); fed by the pool's collector thread."""
+
+    def __init__(self, total: int | None, display: ProgressDisplay | None = None) -> None:
+        self.completed = 0
+        self.total = total
+        self._display = display
+
+    def __repr__(self) -> str:
+        return f"<Progress {self.completed}/{self.total if self.total is not None else '?'}>"
+
+    def _advance(self, items: int) -> None:
+        self.completed += items
+        if self._display is not None:
+            self._display.update(items)
+
+    def _set_total(self, total: int) -> None:
+        self.total = total
+        if self._display is not None:
+            self._display.set_total(total)
+
+    def _close(self) -> None:
+        if self._display is not None:
+            self._display.close()
+
+
 class ApplyResult(Generic[T]):
     """The result of ``apply_async``; ``multiprocessing.pool.AsyncResult`` by another name."""
 
     def __init__(self, job: int, on_done: OnDone, callback: Callback = None,
-                 error_callback: Callback = None) -> None:
+                 error_callback: Callback = None, total: int = 1,
+                 display: ProgressDisplay | None = None) -> None:
         self._job = job
         self._on_done = on_done
         self._callback = callback
@@ -36,6 +72,8 @@ class ApplyResult(Generic[T]):
         self._event = threading.Event()
         self._success = True
         self._value: Any = None
+        #: Items done out of how many: 0 or 1 of 1 here, the input's items for a map.
+        self.progress = Progress(total, display)
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -58,6 +96,7 @@ class ApplyResult(Generic[T]):
 
     def _set(self, index: int, success: bool, value: Any) -> None:
         self._success, self._value = success, value
+        self.progress._advance(1)
         self._finish()
 
     def _abort(self, exc: BaseException) -> None:
@@ -74,6 +113,7 @@ class ApplyResult(Generic[T]):
                 self._error_callback(self._value)
         finally:
             # A raising callback must not leave waiters hanging; the engine logs it.
+            self.progress._close()
             self._event.set()
             self._on_done(self._job)
 
@@ -85,9 +125,11 @@ class MapResult(ApplyResult[list[T]]):
     """The result of ``map_async``/``starmap_async``: chunks fill a list in input order."""
 
     def __init__(self, job: int, on_done: OnDone, length: int, chunksize: int,
-                 callback: Callback = None, error_callback: Callback = None) -> None:
-        super().__init__(job, on_done, callback, error_callback)
+                 callback: Callback = None, error_callback: Callback = None,
+                 display: ProgressDisplay | None = None) -> None:
+        super().__init__(job, on_done, callback, error_callback, length, display)
         self._value = [None] * length
+        self._length = length
         self._chunksize = chunksize
         self._chunks_left = -(-length // chunksize) if chunksize > 0 else 0
         if self._chunks_left == 0:
@@ -95,8 +137,10 @@ class MapResult(ApplyResult[list[T]]):
 
     def _set(self, index: int, success: bool, value: Any) -> None:
         self._chunks_left -= 1
+        start = index * self._chunksize
+        self.progress._advance(min(self._chunksize, self._length - start))
         if success and self._success:
-            self._value[index * self._chunksize:(index + 1) * self._chunksize] = value
+            self._value[start:start + self._chunksize] = value
         elif not success and self._success:
             # Keep only the first error, but wait for every chunk, as multiprocessing does
             # since bpo-23992: returning early let workers run on behind the caller's back.
@@ -115,10 +159,14 @@ class IMapIterator(Generic[T]):
     """
 
     def __init__(self, job: int, on_done: OnDone,
-                 on_consumed: Callable[[], None] | None = None) -> None:
+                 on_consumed: Callable[[], None] | None = None, chunksize: int = 1,
+                 display: ProgressDisplay | None = None) -> None:
         self._job = job
         self._on_done = on_done
         self._on_consumed = on_consumed
+        self._chunksize = chunksize
+        #: Items received out of how many (known once the input is exhausted).
+        self.progress = Progress(None, display)
         self._cond = threading.Condition(threading.Lock())
         # Chunks ready for the caller: (True, results) or (False, exception).
         self._chunks: collections.deque[tuple[bool, Any]] = collections.deque()
@@ -171,8 +219,16 @@ class IMapIterator(Generic[T]):
             else:
                 self._unsorted[index] = (success, value)
             done = self._exhausted()
+        self._received(success, value, done)
+
+    def _received(self, success: bool, value: Any, done: bool) -> None:
+        self.progress._advance(len(value) if success else self._chunksize)
         if done:
-            self._on_done(self._job)
+            self._finish()
+
+    def _finish(self) -> None:
+        self.progress._close()
+        self._on_done(self._job)
 
     def _append(self, success: bool, value: Any) -> None:
         if not success or value:
@@ -188,16 +244,18 @@ class IMapIterator(Generic[T]):
             self._chunks.append((False, exc))
             self._length = self._chunks_seen
             self._cond.notify()
-        self._on_done(self._job)
+        self._finish()
 
-    def _set_length(self, length: int) -> None:
+    def _set_length(self, length: int, items: int) -> None:
+        """The input is exhausted: ``length`` chunks holding ``items`` items in all."""
+        self.progress._set_total(items)
         with self._cond:
             self._length = length
             done = self._exhausted()
             if done:
                 self._cond.notify()
         if done:
-            self._on_done(self._job)
+            self._finish()
 
 
 class IMapUnorderedIterator(IMapIterator[T]):
@@ -208,5 +266,4 @@ class IMapUnorderedIterator(IMapIterator[T]):
             self._append(success, value)
             self._cond.notify()
             done = self._exhausted()
-        if done:
-            self._on_done(self._job)
+        self._received(success, value, done)

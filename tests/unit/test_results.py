@@ -93,7 +93,7 @@ def test_imap_orders_chunks_and_raises_failures_in_place():
     with pytest.raises(TimeoutError):
         it.next(timeout=0.01)
     it._set(0, True, [0, 1])
-    it._set_length(3)
+    it._set_length(3, 5)
     assert [it.next(), it.next()] == [0, 1]
     with pytest.raises(KeyError):
         next(it)
@@ -104,7 +104,7 @@ def test_imap_unordered_yields_in_arrival_order():
     it = IMapUnorderedIterator(1, Done())
     it._set(2, True, ["c"])
     it._set(0, True, ["a"])
-    it._set_length(3)
+    it._set_length(3, 5)
     assert [next(it), next(it)] == ["c", "a"]
     it._set(1, True, ["b"])
     assert list(it) == ["b"]
