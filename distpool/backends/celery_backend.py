@@ -42,7 +42,8 @@ from celery import Celery, bootsteps, states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import TimeLimitExceeded
 from celery.worker import state as worker_state
-from kombu import Connection, Producer
+from kombu.connection import Connection
+from kombu.messaging import Producer
 
 from .. import worker
 from ..config import Settings, mask_url
@@ -223,10 +224,14 @@ class _TaskRunner:
                         envelope.task_id)
             return None
         self._running_for = envelope.pool_id
+        logger.info("task %s of pool %s started", envelope.task_id, envelope.pool_id)
         try:
-            return envelope.pool_id, worker.execute(envelope)
+            record = worker.execute(envelope)
         finally:
             self._running_for = None
+        logger.info("task %s of pool %s %s in %.3f s", envelope.task_id, envelope.pool_id,
+                    "succeeded" if record.ok else "failed", record.elapsed or 0.0)
+        return envelope.pool_id, record
 
     def _watch(self) -> None:
         """Kill this process if the pool whose task it runs is gone (its client died, or it
@@ -392,7 +397,7 @@ class CeleryBackend(Backend):
 
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
         if self._producer is None:
-            self._producer = Producer(self._connection)
+            self._producer = Producer(self._connection)  # type: ignore[no-untyped-call]
         timeout = self._settings.task_timeout
         for envelopes in messages:
             first = envelopes[0].task_id
@@ -430,8 +435,8 @@ class CeleryBackend(Backend):
     def close(self) -> None:
         with self._lock:
             if self._producer is not None:
-                self._producer.release()
-            self._connection.release()
+                self._producer.release()  # type: ignore[no-untyped-call]
+            self._connection.release()  # type: ignore[no-untyped-call]
             self._store.close()
 
 

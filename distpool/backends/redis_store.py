@@ -56,7 +56,7 @@ class RedisStore:
         records: list[bytes] = self._redis.lpop(key, FETCH_BATCH) or []  # type: ignore[assignment]
         if not records:
             first = self._redis.blpop([key], timeout=timeout)
-            records = [] if first is None else [first[1]]  # type: ignore[index,list-item]
+            records = [] if first is None else [first[1]]  # type: ignore[list-item]
         return [record for record in records if record != WAKE_UP]
 
     def wake(self, pool_id: str) -> None:
