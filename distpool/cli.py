@@ -96,8 +96,37 @@ def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     from .backends.celery_backend import run_worker
 
     name = args.name or f"distpool-{os.getpid()}@%h"
+    pool, rest = _pool_option(passthrough)
+    if pool == "solo" and args.concurrency > 1:
+        from .solo import run_solo_workers
+
+        return run_solo_workers(_child_args(args, rest), args.concurrency, name)
     return run_worker(settings, concurrency=args.concurrency, name=name,
                       loglevel=args.loglevel, extra_args=passthrough)
+
+
+def _pool_option(passthrough: list[str]) -> tuple[str | None, list[str]]:
+    """Celery's ``--pool``/``-P`` value, and the other pass-through arguments."""
+    pool, rest, words = None, [], iter(passthrough)
+    for word in words:
+        if word in ("--pool", "-P"):
+            pool = next(words, None)
+        elif word.startswith("--pool="):
+            pool = word.split("=", 1)[1]
+        else:
+            rest.append(word)
+    return pool, rest
+
+
+def _child_args(args: argparse.Namespace, rest: list[str]) -> list[str]:
+    """The options of one single-process worker: this command's, but for the pool size."""
+    options = [("--broker", args.broker), ("--result-url", args.result_url),
+               ("--queue", args.queue), ("--loglevel", args.loglevel),
+               ("--secret-file", args.secret_file),
+               ("--worker-lost-timeout", args.worker_lost_timeout)]
+    child = [word for option, value in options if value is not None
+             for word in (option, str(value))]
+    return child + (["--insecure"] if args.insecure else []) + rest
 
 
 def _cluster(args: argparse.Namespace) -> int:

