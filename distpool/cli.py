@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import runpy
 import signal
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(passthrough)
     if passthrough:
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
+    if args.command == "status":
+        return _status(args)
     return _cluster(args)
 
 
@@ -75,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
                     "broker URL that pools and 'distpool worker' can use.")
     cluster.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
                          metavar="N", help="worker processes (default: CPU count)")
+    status = commands.add_parser(
+        "status", help="show the workers, the queue and the pools with work in flight",
+        description="Show the workers serving the queue (slots, busy), its depth, and the "
+                    "pools with work in flight and their progress. Exits 1 when no worker "
+                    "answers.")
+    status.add_argument("--broker", metavar="URL", help="as for 'distpool worker'")
+    status.add_argument("--result-url", metavar="URL", help="as for 'distpool worker'")
+    status.add_argument("--queue", "-Q", metavar="NAME", help="as for 'distpool worker'")
+    status.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS",
+                        help="how long to wait for workers to answer (default 1)")
+    status.add_argument("--json", action="store_true", help="print JSON, for scripts")
     commands.add_parser(
         "demo", add_help=False,
         help="run a forecast-shaped job on multiprocessing.Pool, then on distpool.Pool "
@@ -149,6 +163,37 @@ def _cluster(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = config.resolve(broker=args.broker, result_url=args.result_url, queue=args.queue)
+    if settings.broker_url is None:
+        settings = settings.with_broker(config.DEFAULT_BROKER_URL)
+    from .backends.celery_backend import cluster_status
+
+    try:
+        status = cluster_status(settings, args.timeout)
+    except Exception as exc:
+        print(f"distpool status: cannot reach the cluster: {exc}", file=sys.stderr)
+        return 2
+    answering = [w for w in status["workers"] if w["answering"]]
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0 if answering else 1
+    print(f"broker {status['broker']}, queue {status['queue']}: "
+          f"{status['queue_depth']} message(s) waiting")
+    print(f"workers: {len(answering)} answering of {len(status['workers'])} registered, "
+          f"{sum(w['slots'] for w in answering)} slots, "
+          f"{sum(w['busy'] or 0 for w in answering)} busy")
+    for worker in status["workers"]:
+        state = f"busy {worker['busy']}" if worker["answering"] else "not answering"
+        print(f"  {worker['name']:40} slots {worker['slots']:3}  {state}")
+    print(f"pools with work in flight: {len(status['pools'])}")
+    for pool in status["pools"]:
+        print(f"  {pool['id'][:12]}  {pool['host']}:{pool['pid']}  processes "
+              f"{pool['processes']}  done {pool['done']} of {pool['sent']} sent, "
+              f"{pool['in_flight']} in flight")
+    return 0 if answering else 1
 
 
 def _demo(argv: list[str]) -> int:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +44,8 @@ logger = logging.getLogger("distpool")
 
 #: Longest a collector blocks on the backend before it checks for a stop or a refresh.
 COLLECT_TIMEOUT = 1.0
+#: How often the collector reports the pool's progress (and keeps it alive), in seconds.
+REPORT_INTERVAL = 2.0
 #: How long terminate() waits for the engine's threads to stop.
 STOP_TIMEOUT = 10.0
 
@@ -69,7 +73,10 @@ class Engine:
         self._backend = backend
         self._signer = backend.signer
         self._processes = processes
-        self._refresh_interval = pool_ttl / 3
+        # Often enough for the liveness key, and for distpool status to show progress.
+        self._refresh_interval = min(pool_ttl / 3, REPORT_INTERVAL)
+        self._started = time.time()
+        self._sent = self._done = 0
         self._cond = threading.Condition(threading.Lock())
         self._sources: collections.deque[_Job] = collections.deque()
         # Pulled from a source but not sent yet; touched by the dispatcher thread only.
@@ -83,7 +90,7 @@ class Engine:
         self._closing = False
         self._terminated = False
         self._released = False
-        backend.open_pool(pool_id)
+        backend.refresh_pool(pool_id, self._report())
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name=f"distpool-dispatcher-{pool_id[:8]}", daemon=True)
         self._collector = threading.Thread(
@@ -180,6 +187,7 @@ class Engine:
                 for message in messages:
                     message_id = message[0].task_id
                     self._messages[message_id] = len(message)
+                    self._sent += len(message)
                     for envelope in message:
                         job, index = _job_and_index(envelope.task_id)
                         self._in_flight[envelope.task_id] = (job, index, message_id,
@@ -247,7 +255,7 @@ class Engine:
             try:
                 records = self._backend.fetch_results(self.pool_id, COLLECT_TIMEOUT)
                 if time.monotonic() >= next_refresh:
-                    self._backend.refresh_pool(self.pool_id)
+                    self._backend.refresh_pool(self.pool_id, self._report())
                     next_refresh = time.monotonic() + self._refresh_interval
             except Exception as exc:
                 logger.warning("pool %s: result store unavailable, retrying: %s",
@@ -256,6 +264,11 @@ class Engine:
                 continue
             for raw in records:
                 self._handle_record(raw)
+
+    def _report(self) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "processes": self._processes,
+                "started": round(self._started, 3), "sent": self._sent, "done": self._done,
+                "in_flight": len(self._in_flight)}
 
     def _handle_record(self, raw: bytes) -> None:
         try:
@@ -290,6 +303,7 @@ class Engine:
             if location is None:
                 return
             job, index, message_id, function = location
+            self._done += 1
             left = self._messages.get(message_id, 1) - 1
             if left:
                 self._messages[message_id] = left

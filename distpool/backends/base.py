@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..envelope import Signer, TaskEnvelope
 
@@ -26,12 +27,9 @@ class Backend(abc.ABC):
         """Worker processes serving this backend's queue now; 0 when none is known."""
 
     @abc.abstractmethod
-    def open_pool(self, pool_id: str) -> None:
-        """Mark the pool live: workers run its tasks only while it is."""
-
-    @abc.abstractmethod
-    def refresh_pool(self, pool_id: str) -> None:
-        """Keep the pool live; a pool not refreshed in time is treated as gone."""
+    def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> None:
+        """Mark the pool live, with what its client reports of it (``distpool status``);
+        workers run its tasks only while it is, so the client repeats this in time."""
 
     @abc.abstractmethod
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:

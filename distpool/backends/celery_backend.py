@@ -390,10 +390,8 @@ class CeleryBackend(Backend):
     def worker_slots(self) -> int:
         return self._store.worker_slots(self._settings.queue)
 
-    def open_pool(self, pool_id: str) -> None:
-        self._store.open_pool(pool_id, self._settings.pool_ttl)
-
-    refresh_pool = open_pool
+    def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> None:
+        self._store.refresh_pool(pool_id, self._settings.pool_ttl, info)
 
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
         if self._producer is None:
@@ -438,6 +436,35 @@ class CeleryBackend(Backend):
                 self._producer.release()  # type: ignore[no-untyped-call]
             self._connection.release()  # type: ignore[no-untyped-call]
             self._store.close()
+
+
+def cluster_status(settings: Settings, timeout: float = 1.0) -> dict[str, Any]:
+    """What ``distpool status`` shows: the queue's workers (with their slots and busy
+    processes), its depth, and the pools with work in flight."""
+    broker_url, result_url = _urls(settings)
+    app = create_app(settings)
+    store = RedisStore(result_url)
+    try:
+        registered = store.workers(settings.queue)
+        pools = store.pools()
+        with app.connection_for_write() as connection:
+            answers = app.control.inspect(timeout=timeout, connection=connection).active()
+            try:
+                _, depth, _ = connection.default_channel.queue_declare(
+                    queue=settings.queue, passive=True)
+            except Exception:  # an AMQP queue that was never declared
+                depth = 0
+    finally:
+        store.close()
+    answers = answers or {}
+    workers = [
+        {"name": name, "host": name.partition("@")[2], "slots": slots,
+         "busy": len(answers[name]) if name in answers else None,
+         "answering": name in answers}
+        for name, slots in sorted(registered.items())]
+    return {"broker": mask_url(broker_url), "queue": settings.queue, "queue_depth": depth,
+            "workers": workers,
+            "pools": [{"id": pool_id, **info} for pool_id, info in sorted(pools.items())]}
 
 
 def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,

@@ -10,6 +10,7 @@ import collections
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .. import worker
 from ..envelope import Signer, TaskEnvelope
@@ -28,10 +29,7 @@ class EagerBackend(Backend):
     def worker_slots(self) -> int:
         return 0  # unknown: the pool defaults to the CPU count, as multiprocessing does
 
-    def open_pool(self, pool_id: str) -> None:
-        pass
-
-    def refresh_pool(self, pool_id: str) -> None:
+    def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> None:
         pass
 
     @property

@@ -2,6 +2,8 @@
 
 * ``distpool:pool:<id>:live``: present while the pool's client is alive (it refreshes the key);
   workers skip the tasks of a pool whose key is gone: terminated, or its client died.
+* ``distpool:pool:<id>:info``: what the client reports of the pool (host, pid, processes,
+  tasks sent and done), for ``distpool status``; it expires with the liveness key.
 * ``distpool:pool:<id>:results``: the pool's result records; workers push, the client's
   collector thread pops. Every write renews its expiry, so nothing outlives an abandoned pool.
 * ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
@@ -10,7 +12,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import redis
 
@@ -36,8 +40,21 @@ class RedisStore:
 
     # -- pools ------------------------------------------------------------------------
 
-    def open_pool(self, pool_id: str, ttl: float) -> None:
-        self._redis.set(_live(pool_id), b"1", px=int(ttl * 1000))
+    def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any]) -> None:
+        """Mark the pool live for ``ttl`` seconds more, with what its client reports."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(_live(pool_id), b"1", px=int(ttl * 1000))
+            pipe.set(_info(pool_id), json.dumps(info), px=int(ttl * 1000))
+            pipe.execute()
+
+    def pools(self) -> dict[str, dict[str, Any]]:
+        """Pool id -> info, for every pool whose client reports itself alive."""
+        keys = list(self._redis.scan_iter(match=_info("*"), count=1000))
+        found: dict[str, dict[str, Any]] = {}
+        for key, raw in zip(keys, self._redis.mget(keys) if keys else []):
+            if raw is not None:
+                found[key.decode().split(":")[2]] = json.loads(raw)
+        return found
 
     def pool_is_live(self, pool_id: str) -> bool:
         return bool(self._redis.exists(_live(pool_id)))
@@ -63,7 +80,7 @@ class RedisStore:
         self.push_results(pool_id, [WAKE_UP])
 
     def close_pool(self, pool_id: str) -> None:
-        self._redis.delete(_live(pool_id), _results(pool_id))
+        self._redis.delete(_live(pool_id), _info(pool_id), _results(pool_id))
 
     # -- workers ----------------------------------------------------------------------
 
@@ -81,14 +98,19 @@ class RedisStore:
 
     def worker_slots(self, queue: str) -> int:
         """Processes of the workers whose registration has not expired."""
+        return sum(self.workers(queue).values())
+
+    def workers(self, queue: str) -> dict[str, int]:
+        """Name -> processes, for the workers whose registration has not expired."""
         now = time.time()
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.zremrangebyscore(_workers(queue), "-inf", now)
             pipe.zrangebyscore(_workers(queue), now, "+inf")
             _, names = pipe.execute()
         if not names:
-            return 0
-        return sum(int(n) for n in self._redis.hmget(_slots(queue), names) if n is not None)
+            return {}
+        slots = self._redis.hmget(_slots(queue), names)
+        return {name.decode(): int(n) for name, n in zip(names, slots) if n is not None}
 
     def ping(self) -> None:
         self._redis.ping()
@@ -99,6 +121,10 @@ class RedisStore:
 
 def _live(pool_id: str) -> str:
     return f"distpool:pool:{pool_id}:live"
+
+
+def _info(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:info"
 
 
 def _results(pool_id: str) -> str:
