@@ -54,3 +54,13 @@ def test_status_exits_non_zero_when_no_worker_answers(redis_server):
     completed = status(Nobody)
     assert completed.returncode == 1
     assert "0 answering" in completed.stdout
+
+
+def test_workers_log_each_tasks_start_and_end_with_its_ids(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=1)  # test workers run with --loglevel INFO
+    with distpool.Pool(1, **cluster.pool_kwargs()) as pool:
+        pool.apply(nap, (0,))
+        task_id = f"{pool._pool_id}:0:0"
+    log = cluster.workers[0].log()
+    assert f"task {task_id} of pool {pool._pool_id} started" in log
+    assert f"task {task_id} of pool {pool._pool_id} succeeded in" in log
