@@ -81,14 +81,6 @@ def manual(monkeypatch):
     return backend
 
 
-@pytest.fixture
-def eager_pool():
-    pool = distpool.Pool(2, eager=True)
-    yield pool
-    pool.terminate()
-    pool.join()
-
-
 def test_default_processes_is_the_clusters_slot_count(manual):
     with distpool.Pool() as pool:
         assert pool._processes == 3

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-import distpool
-
 
 def square(x):
     return x * x
 
 
 @pytest.fixture
-def pool():
-    pool = distpool.Pool(2, eager=True)
-    yield pool
-    pool.terminate()
-    pool.join()
+def pool(eager_pool):
+    return eager_pool
 
 
 def test_map_and_starmap_show_a_bar_counting_items(pool, capsys):
