@@ -35,7 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distpool", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="distpool",
+        description="multiprocessing.Pool on a cluster of Celery workers: run workers, a local "
+                    "cluster, the demo, or look at a cluster's status.")
     parser.add_argument("--version", action="version", version=f"distpool {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     worker = commands.add_parser(
