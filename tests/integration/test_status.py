@@ -30,7 +30,8 @@ def status(cluster, *extra):
 def test_status_shows_workers_busy_slots_and_pools_in_flight(make_cluster):
     cluster = make_cluster(nodes=2, concurrency=1)
     with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
-        result = pool.map_async(nap, [3, 3, 0.1, 0.1], chunksize=1)
+        # Long enough to outlast both status commands (about 2 s each, with start-up).
+        result = pool.map_async(nap, [10, 10, 0.1, 0.1], chunksize=1)
         time.sleep(2.5)  # both busy, the collector has reported
         completed = status(cluster, "--json")
         text = status(cluster)
