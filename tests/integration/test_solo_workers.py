@@ -10,7 +10,6 @@ import psutil
 import pytest
 
 import distpool
-from tests.support import wait_for_slots
 
 pytestmark = pytest.mark.integration
 
@@ -24,22 +23,32 @@ def solo_children(worker):
     return psutil.Process(worker.process.pid).children()
 
 
+def pids_serving(pool, expected, timeout=30):
+    """The pids that run the pool's tasks, once they are ``expected`` many: a worker that has
+    just registered may not be consuming yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = set(pool.map(pid_after, [0.3] * 4, chunksize=1))
+        if len(pids) == expected or time.monotonic() > deadline:
+            return pids
+
+
 def test_n_single_process_workers_serve_and_a_dead_one_is_replaced(make_cluster):
     cluster = make_cluster(nodes=1, concurrency=2, extra_args=["--pool", "solo"])
     parent = cluster.workers[0]
     children = solo_children(parent)
     assert len(children) == 2
     with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
-        pids = set(pool.map(pid_after, [0.3] * 4, chunksize=1))
-        assert pids == {child.pid for child in children}  # no pool processes below them
+        # The tasks run in the two workers themselves: no pool processes below them.
+        assert pids_serving(pool, 2) == {child.pid for child in children}
         children[0].send_signal(signal.SIGKILL)
         deadline = time.monotonic() + 30
         while len(solo_children(parent)) < 2 or children[0].pid in {
                 c.pid for c in solo_children(parent)}:
             assert time.monotonic() < deadline, "the dead worker was not replaced"
             time.sleep(0.2)
-        wait_for_slots(cluster.result_url, cluster.queue, 2, cluster.workers)
-        assert len(set(pool.map(pid_after, [0.3] * 4, chunksize=1))) == 2
+        replacement = {c.pid for c in solo_children(parent)} - {children[1].pid}
+        assert pids_serving(pool, 2) == {children[1].pid, *replacement}
 
 
 def test_terminate_stops_a_task_running_on_a_solo_worker(make_cluster):
