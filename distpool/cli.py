@@ -101,11 +101,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     try:
-        settings = config.resolve(broker=args.broker, result_url=args.result_url,
-                                  queue=args.queue, worker_lost_timeout=args.worker_lost_timeout,
-                                  secret_file=args.secret_file, insecure=args.insecure)
-        if settings.broker_url is None:
-            settings = settings.with_broker(config.DEFAULT_BROKER_URL)
+        settings = config.resolve_for_cluster(
+            broker=args.broker, result_url=args.result_url, queue=args.queue,
+            worker_lost_timeout=args.worker_lost_timeout, secret_file=args.secret_file,
+            insecure=args.insecure)
         settings.require_secret()
     except (ValueError, DistpoolError) as exc:
         print(f"distpool worker: {exc}", file=sys.stderr)
@@ -169,9 +168,8 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    settings = config.resolve(broker=args.broker, result_url=args.result_url, queue=args.queue)
-    if settings.broker_url is None:
-        settings = settings.with_broker(config.DEFAULT_BROKER_URL)
+    settings = config.resolve_for_cluster(broker=args.broker, result_url=args.result_url,
+                                          queue=args.queue)
     from .backends.celery_backend import cluster_status
 
     try:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import SecretKeyMissingError
@@ -106,6 +107,16 @@ def resolve(
         secret=_secret(secret, secret_file, env),
         insecure=_flag(insecure, env.get("DISTPOOL_INSECURE"), "DISTPOOL_INSECURE"),
     )
+
+
+def resolve_for_cluster(**kwargs: Any) -> Settings:
+    """:func:`resolve`, for the commands that join or inspect a running cluster
+    (``distpool worker``, ``distpool status``): they have no private cluster to fall back
+    on, so with no broker configured they use the conventional local Redis."""
+    settings = resolve(**kwargs)
+    if settings.broker_url is None:
+        settings = settings.with_broker(DEFAULT_BROKER_URL)
+    return settings
 
 
 def mask_url(url: str) -> str:

@@ -75,7 +75,8 @@ class Engine:
         self._processes = processes
         # Often enough for the liveness key, and for distpool status to show progress.
         self._refresh_interval = min(pool_ttl / 3, REPORT_INTERVAL)
-        self._started = time.time()
+        self._identity = {"host": socket.gethostname(), "pid": os.getpid(),
+                          "processes": processes, "started": round(time.time(), 3)}
         self._sent = self._done = 0
         self._cond = threading.Condition(threading.Lock())
         self._sources: collections.deque[_Job] = collections.deque()
@@ -266,8 +267,7 @@ class Engine:
                 self._handle_record(raw)
 
     def _report(self) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "processes": self._processes,
-                "started": round(self._started, 3), "sent": self._sent, "done": self._done,
+        return {**self._identity, "sent": self._sent, "done": self._done,
                 "in_flight": len(self._in_flight)}
 
     def _handle_record(self, raw: bytes) -> None:
