@@ -57,6 +57,7 @@ from ..errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
+from . import kombu_redis
 from .base import Backend
 from .redis_store import RedisStore
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings) -> Celery:
     app = Celery("distpool", set_as_current=False)
     app.conf.update(
         broker_url=broker_url,
+        broker_transport=kombu_redis.TRANSPORT if broker_url.startswith("redis://") else None,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.worker_lost_timeout,
