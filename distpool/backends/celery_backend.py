@@ -90,7 +90,7 @@ def create_app(settings: Settings) -> Celery:
     app = Celery("distpool", set_as_current=False)
     app.conf.update(
         broker_url=broker_url,
-        broker_transport=kombu_redis.TRANSPORT if broker_url.startswith("redis://") else None,
+        broker_transport=kombu_redis.TRANSPORT if kombu_redis.serves(broker_url) else None,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.worker_lost_timeout,
@@ -370,6 +370,9 @@ class CeleryBackend(Backend):
         self._store = RedisStore(result_url)
         self._connection: Connection = self._app.connection_for_write()
         self._producer: Producer | None = None
+        # A Redis queue needs no declaring before messages are pushed onto it, and kombu's
+        # check that it was declared copies and binds the queue object on every publish.
+        self._declare: list[Any] | None = [] if kombu_redis.serves(broker_url) else None
         self._lock = threading.Lock()
         try:
             self._store.ping()
@@ -411,7 +414,7 @@ class CeleryBackend(Backend):
                 soft_time_limit=soft, time_limit=None if soft is None else soft + TIME_LIMIT_GRACE,
             )
             self._send(self._producer, TASK_NAME, message, queue=self._queue,
-                       retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+                       declare=self._declare, retry=True, retry_policy=PUBLISH_RETRY_POLICY)
 
     def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
         return self._store.pop_results(pool_id, timeout)

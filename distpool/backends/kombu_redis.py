@@ -25,6 +25,11 @@ from kombu.transport import redis as kombu_redis
 TRANSPORT = f"{__name__}:Transport"
 
 
+def serves(broker_url: str) -> bool:
+    """Whether this transport carries the broker at ``broker_url``."""
+    return broker_url.startswith("redis://")
+
+
 class Channel(kombu_redis.Channel):
     _command_client: Any = None
 
