@@ -1,11 +1,14 @@
-"""Run every workload against multiprocessing.Pool(2) and distpool.Pool(2), in one run.
+"""Run every workload against multiprocessing.Pool(2) and distpool.Pool(2), in one run,
+and against hand-written Celery + Redis for comparison.
 
     python -m benchmarks.run                  # 3 repetitions, full size
     python -m benchmarks.run --quick          # 1 repetition, small sizes (CI)
 
 distpool runs on a local cluster with 2 worker processes: started once for the workloads
 that attach to running workers, and afresh (``Pool(2)`` with no broker) for the start-up
-one. Prints medians and ratios, and writes the raw figures (JSON) and a chart (PNG).
+one. The Celery column (:mod:`benchmarks.celery_baseline`) uses that cluster's Redis and a
+``celery worker -c 2`` of its own. Prints medians and ratios, and writes the raw figures
+(JSON) and a chart (PNG).
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import distpool
+from benchmarks import celery_baseline
 from benchmarks.workloads import WORKLOADS, Pools, Workload
 from distpool.cluster import LocalCluster
 
@@ -34,18 +39,40 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
-def measure(workload: Workload, pools: Pools, size: float, repeat: int) -> list[float]:
-    return [workload.run(pools, size) for _ in range(repeat)]
+def compare(workload: Workload, kinds: list[Pools], size: float,
+            repeat: int) -> dict[str, Any]:
+    """Run ``workload`` on every kind of pool, interleaved so all see the same machine load;
+    the first two kinds are multiprocessing and distpool, whose figures the target compares."""
+    runs: dict[str, list[float]] = {
+        pools.kind: [] for pools in kinds if workload.name not in pools.unsupported}
+    for _ in range(repeat):
+        for pools in kinds:
+            if pools.kind in runs:
+                runs[pools.kind].append(workload.run(pools, size))
+    medians = {kind: statistics.median(figures) for kind, figures in runs.items()}
+    mp, dp = medians["multiprocessing"], medians["distpool"]
+    print(f"{workload.name}: " + ", ".join(
+        f"{kind} {median:.4g} {workload.unit}" for kind, median in medians.items()),
+        file=sys.stderr)
+    return {
+        "name": workload.name, "description": workload.description,
+        "unit": workload.unit, "higher_is_better": workload.higher_is_better,
+        "target": workload.target, "multiprocessing": mp, "distpool": dp,
+        "celery": medians.get("celery"), "ratio": dp / mp if mp else 0.0,
+        "cost": workload.cost(mp, dp), "runs": runs,
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workload | unit | multiprocessing | distpool | distpool / mp | target | met |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| workload | unit | multiprocessing | distpool | distpool / mp | target | met "
+             "| hand-written Celery |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        celery = "n/a" if row.get("celery") is None else f"{row['celery']:.3g}"
         lines.append(
             f"| {row['description']} | {row['unit']} | {row['multiprocessing']:.3g} | "
             f"{row['distpool']:.3g} | {row['ratio']:.2f} | {row['target']} | "
-            f"{'yes' if row['cost'] <= 1 else '**no**'} |")
+            f"{'yes' if row['cost'] <= 1 else '**no**'} | {celery} |")
     return "\n".join(lines)
 
 
@@ -77,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="1 repetition at a tenth of the size: checks they still run")
     parser.add_argument("--only", nargs="*", help="workload names to run")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write results")
+    parser.add_argument("--without-celery", action="store_true",
+                        help="leave out the hand-written Celery column")
     args = parser.parse_args(argv)
     repeat, size = (1, 0.1) if args.quick else (args.repeat, 1.0)
     workloads = [w for w in WORKLOADS if not args.only or w.name in args.only]
@@ -84,32 +113,25 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
 
     rows: list[dict[str, Any]] = []
-    with LocalCluster(workers=PROCESSES) as cluster:
-        mp = Pools("multiprocessing", lambda: multiprocessing.Pool(PROCESSES),
-                   lambda: multiprocessing.Pool(PROCESSES))
-        dp = Pools("distpool",
-                   lambda: distpool.Pool(PROCESSES, broker=cluster.broker_url,
-                                         secret=cluster.secret),
-                   lambda: distpool.Pool(PROCESSES))
-        with dp.attached() as pool:  # wait until the cluster's workers are up
+    with LocalCluster(workers=PROCESSES) as cluster, ExitStack() as stack:
+        kinds = [
+            Pools("multiprocessing", lambda: multiprocessing.Pool(PROCESSES),
+                  lambda: multiprocessing.Pool(PROCESSES)),
+            Pools("distpool",
+                  lambda: distpool.Pool(PROCESSES, broker=cluster.broker_url,
+                                        secret=cluster.secret),
+                  lambda: distpool.Pool(PROCESSES)),
+        ]
+        with kinds[1].attached() as pool:  # wait until the cluster's workers are up
             pool.apply(time.sleep, (0,))
+        if not args.without_celery:
+            stack.enter_context(celery_baseline.running_worker(cluster.broker_url, PROCESSES))
+            kinds.append(Pools(
+                "celery", lambda: celery_baseline.CeleryPool(cluster.broker_url, PROCESSES),
+                lambda: celery_baseline.fresh_pool(cluster.broker_url, PROCESSES),
+                unsupported=frozenset({"imap_10M_memory"})))
         for workload in workloads:
-            # Interleaved, so both kinds see the same machine load.
-            mp_runs, dp_runs = [], []
-            for _ in range(repeat):
-                mp_runs += measure(workload, mp, size, 1)
-                dp_runs += measure(workload, dp, size, 1)
-            mp_median, dp_median = statistics.median(mp_runs), statistics.median(dp_runs)
-            rows.append({
-                "name": workload.name, "description": workload.description,
-                "unit": workload.unit, "higher_is_better": workload.higher_is_better,
-                "target": workload.target, "multiprocessing": mp_median,
-                "distpool": dp_median, "ratio": dp_median / mp_median if mp_median else 0.0,
-                "cost": workload.cost(mp_median, dp_median),
-                "runs": {"multiprocessing": mp_runs, "distpool": dp_runs},
-            })
-            print(f"{workload.name}: multiprocessing {mp_median:.4g} {workload.unit}, "
-                  f"distpool {dp_median:.4g} {workload.unit}", file=sys.stderr)
+            rows.append(compare(workload, kinds, size, repeat))
 
     taken = (f"{time.strftime('%Y-%m-%d')}, {machine()}, "
              f"{'quick' if args.quick else f'median of {repeat}'}")

@@ -36,11 +36,13 @@ def burn(seconds: float) -> int:
 @dataclass(frozen=True)
 class Pools:
     """How to make pools of one kind: ``attached`` joins workers that already run,
-    ``fresh`` starts everything the pool needs, as a user's first ``Pool()`` does."""
+    ``fresh`` starts everything the pool needs, as a user's first ``Pool()`` does.
+    ``unsupported`` names the workloads this kind cannot run."""
 
     kind: str
     attached: Callable[[], Any]
     fresh: Callable[[], Any]
+    unsupported: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
