@@ -114,7 +114,7 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_worker(broker_url: str, processes: int) -> Iterator[None]:
-    """A worker for the pools attached to it, ready once this is entered."""
+    """A worker for the pools attached to it, ready once this is entered, stopped after."""
     worker = start_worker(broker_url, processes, QUEUE)
     try:
         with CeleryPool(broker_url, processes) as pool:

@@ -1,5 +1,5 @@
 """Run every workload against multiprocessing.Pool(2) and distpool.Pool(2), in one run,
-and against hand-written Celery + Redis for comparison.
+and for comparison against hand-written Celery + Redis, and Ray's Pool when Ray is installed.
 
     python -m benchmarks.run                  # 3 repetitions, full size
     python -m benchmarks.run --quick          # 1 repetition, small sizes (CI)
@@ -7,8 +7,9 @@ and against hand-written Celery + Redis for comparison.
 distpool runs on a local cluster with 2 worker processes: started once for the workloads
 that attach to running workers, and afresh (``Pool(2)`` with no broker) for the start-up
 one. The Celery column (:mod:`benchmarks.celery_baseline`) uses that cluster's Redis and a
-``celery worker -c 2`` of its own. Prints medians and ratios, and writes the raw figures
-(JSON) and a chart (PNG).
+``celery worker -c 2`` of its own; the Ray column (:mod:`benchmarks.ray_baseline`), a Ray
+runtime with 2 CPUs. Prints medians and ratios, and writes the raw figures (JSON) and a
+chart (PNG).
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import distpool
-from benchmarks import celery_baseline
+from benchmarks import celery_baseline, ray_baseline
 from benchmarks.workloads import WORKLOADS, Pools, Workload
 from distpool.cluster import LocalCluster
 
 PROCESSES = 2
+#: The alternatives measured beside distpool, when present: kind -> column title.
+COMPARISONS = {"celery": "hand-written Celery", "ray": "Ray's Pool"}
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -48,7 +50,8 @@ def compare(workload: Workload, kinds: list[Pools], size: float,
     for _ in range(repeat):
         for pools in kinds:
             if pools.kind in runs:
-                runs[pools.kind].append(workload.run(pools, size))
+                with pools.session():
+                    runs[pools.kind].append(workload.run(pools, size))
     medians = {kind: statistics.median(figures) for kind, figures in runs.items()}
     mp, dp = medians["multiprocessing"], medians["distpool"]
     print(f"{workload.name}: " + ", ".join(
@@ -58,21 +61,24 @@ def compare(workload: Workload, kinds: list[Pools], size: float,
         "name": workload.name, "description": workload.description,
         "unit": workload.unit, "higher_is_better": workload.higher_is_better,
         "target": workload.target, "multiprocessing": mp, "distpool": dp,
-        "celery": medians.get("celery"), "ratio": dp / mp if mp else 0.0,
+        **{kind: medians.get(kind) for kind in COMPARISONS},
+        "ratio": dp / mp if mp else 0.0,
         "cost": workload.cost(mp, dp), "runs": runs,
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workload | unit | multiprocessing | distpool | distpool / mp | target | met "
-             "| hand-written Celery |",
-             "|---|---|---|---|---|---|---|---|"]
+    compared = [kind for kind in COMPARISONS if any(row.get(kind) is not None for row in rows)]
+    lines = ["| workload | unit | multiprocessing | distpool | distpool / mp | target | met |"
+             + "".join(f" {COMPARISONS[kind]} |" for kind in compared),
+             "|---|---|---|---|---|---|---|" + "---|" * len(compared)]
     for row in rows:
-        celery = "n/a" if row.get("celery") is None else f"{row['celery']:.3g}"
+        others = "".join(
+            " n/a |" if row.get(kind) is None else f" {row[kind]:.3g} |" for kind in compared)
         lines.append(
             f"| {row['description']} | {row['unit']} | {row['multiprocessing']:.3g} | "
             f"{row['distpool']:.3g} | {row['ratio']:.2f} | {row['target']} | "
-            f"{'yes' if row['cost'] <= 1 else '**no**'} | {celery} |")
+            f"{'yes' if row['cost'] <= 1 else '**no**'} |{others}")
     return "\n".join(lines)
 
 
@@ -90,18 +96,19 @@ def chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    compared = [row for row in rows if advantage(row, "celery") is not None]
-    fig, axes = plt.subplots(1, 2 if compared else 1, figsize=(13 if compared else 9, 4.5),
+    compared = [kind for kind in COMPARISONS
+                if any(advantage(row, kind) is not None for row in rows)]
+    fig, axes = plt.subplots(1, 1 + len(compared), figsize=(9 + 5 * len(compared), 4.5),
                              squeeze=False)
     names = [f"{row['name']}\n({row['target']})" for row in rows]
     costs = [row["cost"] for row in rows]
     _bars(axes[0][0], names, costs, lambda value: value <= 1,
           "distpool's figure / what its target allows\n(log; <= 1 meets the target)")
-    if compared:
-        gains = [advantage(row, "celery") or 0.0 for row in compared]
-        _bars(axes[0][1], [row["name"] for row in compared], gains, lambda value: value >= 1,
-              "how many times better than hand-written Celery + Redis\n(log; > 1: distpool "
-              "is better)")
+    for ax, kind in zip(axes[0][1:], compared):
+        measured = [row for row in rows if advantage(row, kind) is not None]
+        _bars(ax, [row["name"] for row in measured],
+              [advantage(row, kind) or 0.0 for row in measured], lambda value: value >= 1,
+              f"how many times better than {COMPARISONS[kind]}\n(log; > 1: distpool is better)")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -129,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write results")
     parser.add_argument("--without-celery", action="store_true",
                         help="leave out the hand-written Celery column")
+    parser.add_argument("--without-ray", action="store_true",
+                        help="leave out Ray's column (measured only when Ray is installed)")
     args = parser.parse_args(argv)
     repeat, size = (1, 0.1) if args.quick else (args.repeat, 1.0)
     workloads = [w for w in WORKLOADS if not args.only or w.name in args.only]
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
 
     rows: list[dict[str, Any]] = []
-    with LocalCluster(workers=PROCESSES) as cluster, ExitStack() as stack:
+    with LocalCluster(workers=PROCESSES) as cluster:
         kinds = [
             Pools("multiprocessing", lambda: multiprocessing.Pool(PROCESSES),
                   lambda: multiprocessing.Pool(PROCESSES)),
@@ -148,11 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         with kinds[1].attached() as pool:  # wait until the cluster's workers are up
             pool.apply(time.sleep, (0,))
         if not args.without_celery:
-            stack.enter_context(celery_baseline.running_worker(cluster.broker_url, PROCESSES))
             kinds.append(Pools(
                 "celery", lambda: celery_baseline.CeleryPool(cluster.broker_url, PROCESSES),
                 lambda: celery_baseline.fresh_pool(cluster.broker_url, PROCESSES),
+                session=lambda: celery_baseline.running_worker(cluster.broker_url, PROCESSES),
                 unsupported=frozenset({"imap_10M_memory"})))
+        if not args.without_ray and ray_baseline.available():
+            kinds.append(Pools(
+                "ray", lambda: ray_baseline.attached_pool(PROCESSES),
+                lambda: ray_baseline.fresh_pool(PROCESSES),
+                session=lambda: ray_baseline.running_runtime(PROCESSES)))
         for workload in workloads:
             rows.append(compare(workload, kinds, size, repeat))
 

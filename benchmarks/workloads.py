@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -37,11 +38,14 @@ def burn(seconds: float) -> int:
 class Pools:
     """How to make pools of one kind: ``attached`` joins workers that already run,
     ``fresh`` starts everything the pool needs, as a user's first ``Pool()`` does.
+    ``session`` is entered around each measurement, untimed: the workers a comparison's
+    pools attach to run only then, so their idle load does not weigh on the others.
     ``unsupported`` names the workloads this kind cannot run."""
 
     kind: str
     attached: Callable[[], Any]
     fresh: Callable[[], Any]
+    session: Callable[[], AbstractContextManager[Any]] = nullcontext
     unsupported: frozenset[str] = frozenset()
 
 
