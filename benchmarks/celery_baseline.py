@@ -43,11 +43,11 @@ def create_app(broker_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
     )
 
-    @app.task(name="benchmarks.call")  # type: ignore[untyped-decorator]
+    @app.task(name="benchmarks.call", shared=False)  # type: ignore[untyped-decorator]
     def call(name: str, args: list[Any]) -> Any:
         return FUNCTIONS[name](*args)
 
-    @app.task(name="benchmarks.map_chunk")  # type: ignore[untyped-decorator]
+    @app.task(name="benchmarks.map_chunk", shared=False)  # type: ignore[untyped-decorator]
     def map_chunk(name: str, items: list[Any]) -> list[Any]:
         function = FUNCTIONS[name]
         return [function(item) for item in items]

@@ -116,7 +116,9 @@ def create_app(settings: Settings) -> Celery:
     runner = _ProcessLocalRunner(result_url, Signer(settings.secret))
     app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
 
-    @app.task(name=TASK_NAME, ignore_result=True,  # type: ignore[untyped-decorator]
+    # shared=False: a shared task (Celery's default) is also registered in every app created
+    # after it, so a second pool's app would keep the first app's task and warn.
+    @app.task(name=TASK_NAME, ignore_result=True, shared=False,  # type: ignore[untyped-decorator]
               retry_on_worker_lost=True, max_retries=MAX_ATTEMPTS - 1, default_retry_delay=0)
     def run_distpool_tasks(*messages: Any) -> None:
         runner.get().run(messages)

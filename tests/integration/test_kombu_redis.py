@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from kombu import Connection
 
-from distpool.backends import celery_backend, kombu_redis
-from distpool.config import resolve
+from distpool.backends import kombu_redis
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +37,3 @@ def test_messages_published_through_it_are_consumed_in_order(redis_server):
         assert received == [0, 1, 2]
         with pytest.raises(simple.Empty):
             simple.get(block=False)
-
-
-@pytest.mark.parametrize(("broker", "transport"), [
-    ("redis://127.0.0.1:6379/0", kombu_redis.TRANSPORT),
-    # kombu derives TLS and AMQP settings from the URL's scheme: left to it.
-    ("rediss://127.0.0.1:6380/0", None),
-    ("amqp://guest:guest@127.0.0.1:5672//", None),
-])
-def test_the_app_uses_it_for_plain_redis_brokers_only(broker, transport):
-    settings = resolve(broker=broker, result_url="redis://127.0.0.1:6379/0",
-                       secret="k" * 32, environ={})
-    assert celery_backend.create_app(settings).conf.broker_transport == transport

@@ -1,0 +1,37 @@
+"""The Celery app that distpool's clients and workers build: settings only, no services."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from distpool.backends import celery_backend, kombu_redis
+from distpool.config import resolve
+
+
+def settings(broker: str = "redis://127.0.0.1:6379/0"):
+    return resolve(broker=broker, result_url="redis://127.0.0.1:6379/0", secret="k" * 32,
+                   environ={})
+
+
+@pytest.mark.parametrize(("broker", "transport"), [
+    ("redis://127.0.0.1:6379/0", kombu_redis.TRANSPORT),
+    # kombu derives TLS and AMQP settings from the URL's scheme: left to it.
+    ("rediss://127.0.0.1:6380/0", None),
+    ("amqp://guest:guest@127.0.0.1:5672//", None),
+])
+def test_plain_redis_brokers_get_the_transport_that_reuses_its_client(broker, transport):
+    assert celery_backend.create_app(settings(broker)).conf.broker_transport == transport
+
+
+def test_each_app_runs_its_own_task_and_a_second_app_raises_no_warning():
+    # Two pools in one process build two apps; each must keep its own task (and runner).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = celery_backend.create_app(settings())
+        second = celery_backend.create_app(settings())
+        tasks = [app.tasks[celery_backend.TASK_NAME] for app in (first, second)]
+    assert tasks[0] is not tasks[1]
+    assert tasks[0].app is first
+    assert tasks[1].app is second
