@@ -15,6 +15,7 @@ chart (PNG).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import multiprocessing
 import os
@@ -39,6 +40,17 @@ RESULTS = Path(__file__).parent / "results"
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def versions() -> dict[str, str]:
+    """The versions of what the figures depend on, those installed."""
+    found = {}
+    for package in ("distpool", "celery", "kombu", "redis", "hiredis", "dill", "ray"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def compare(workload: Workload, kinds: list[Pools], size: float,
@@ -176,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "latest.json").write_text(json.dumps(
-        {"taken": taken, "size": size, "repeat": repeat, "workloads": rows}, indent=2) + "\n")
+        {"taken": taken, "versions": versions(), "size": size, "repeat": repeat,
+         "workloads": rows}, indent=2) + "\n")
     chart(rows, args.output / "latest.png",
           f"distpool.Pool(2) on 2 local worker processes: {taken}")
     print(f"\nWrote {args.output / 'latest.json'} and {args.output / 'latest.png'}")
