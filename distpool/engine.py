@@ -211,7 +211,7 @@ class Engine:
                 self._lookahead.appendleft(envelope)  # batches hold one function
                 break
             envelopes.append(envelope)
-        return split_evenly(envelopes, min(free, len(envelopes)))
+        return split_evenly(envelopes, free)
 
     def _pull(self) -> TaskEnvelope | None:
         if self._lookahead:

@@ -45,10 +45,6 @@ class Signer:
     def __init__(self, key: bytes | None) -> None:
         self._key = key
 
-    @property
-    def enabled(self) -> bool:
-        return self._key is not None
-
     def sign(self, *fields: bytes) -> str | None:
         if self._key is None:
             return None

@@ -254,8 +254,6 @@ class Pool:
                 chunksize += 1
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        if length == 0:
-            chunksize = 0
         function = _dumps(func, "the function")
         # Serialised now, every chunk: if one cannot travel, nothing has been sent.
         chunks = [_dumps_chunk(chunk, index * chunksize)

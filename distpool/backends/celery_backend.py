@@ -375,7 +375,6 @@ class CeleryBackend(Backend):
         # A Redis queue needs no declaring before messages are pushed onto it, and kombu's
         # check that it was declared copies and binds the queue object on every publish.
         self._declare: list[Any] | None = [] if kombu_redis.serves(broker_url) else None
-        self._lock = threading.Lock()
         try:
             self._store.ping()
         except Exception as exc:
@@ -438,11 +437,10 @@ class CeleryBackend(Backend):
         self._store.close_pool(pool_id)
 
     def close(self) -> None:
-        with self._lock:
-            if self._producer is not None:
-                self._producer.release()  # type: ignore[no-untyped-call]
-            self._connection.release()  # type: ignore[no-untyped-call]
-            self._store.close()
+        if self._producer is not None:
+            self._producer.release()  # type: ignore[no-untyped-call]
+        self._connection.release()  # type: ignore[no-untyped-call]
+        self._store.close()
 
 
 def cluster_status(settings: Settings, timeout: float = 1.0) -> dict[str, Any]:

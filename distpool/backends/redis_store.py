@@ -27,12 +27,10 @@ WAKE_UP = b"wake"
 
 
 class RedisStore:
-    def __init__(self, url: str, socket_timeout: float | None = None) -> None:
-        self.url = url
+    def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(
             url,
             socket_connect_timeout=5,
-            socket_timeout=socket_timeout,
             socket_keepalive=True,
             health_check_interval=30,
             retry_on_timeout=True,
