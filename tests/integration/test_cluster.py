@@ -16,6 +16,7 @@ import pytest
 import distpool
 from distpool import envelope
 from distpool.errors import BrokerUnavailableError, IncompatibleEnvelopeError, PoolTerminatedError
+from tests.support import environment_without_distpool
 
 SCRIPTS = Path(__file__).parent / "scripts"
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -53,7 +54,7 @@ def die_the_first_time(marker):
 
 
 def run_script(path: Path, cwd: Path, env_extra=None, timeout=120):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOOL_")}
+    env = environment_without_distpool()
     env.pop("PYTHONPATH", None)
     env.update(env_extra or {})
     completed = subprocess.run([sys.executable, str(path)], cwd=cwd, env=env,

@@ -16,7 +16,7 @@ import pytest
 
 import distpool
 from distpool.cluster import LocalCluster
-from tests.support import Worker, stop_process_group
+from tests.support import REPO_ROOT, Worker, environment_without_distpool, stop_process_group
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -47,9 +47,7 @@ def wait_gone(processes, timeout):
 
 
 def env_without_distpool():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOOL_")}
-    env["PYTHONPATH"] = str(Path(__file__).parents[2])
-    return env
+    return environment_without_distpool(PYTHONPATH=str(REPO_ROOT))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 import distpool
 from distpool.errors import AuthenticationError, SecretKeyMissingError
-from tests.support import Cluster, Worker, wait_for_slots
+from tests.support import Cluster, Worker, environment_without_distpool, wait_for_slots
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +52,9 @@ def test_a_real_broker_without_a_key_is_refused_by_pool_and_worker(redis_server,
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(SecretKeyMissingError, match="DISTPOOL_SECRET"):
         distpool.Pool(1, broker=redis_server.url())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOOL_")}
     completed = subprocess.run(
         [sys.executable, "-m", "distpool", "worker", "--broker", redis_server.url()],
-        env=env, capture_output=True, text=True, timeout=60)
+        env=environment_without_distpool(), capture_output=True, text=True, timeout=60)
     assert completed.returncode == 2
     assert "no secret key" in completed.stderr and "--insecure" in completed.stderr
 

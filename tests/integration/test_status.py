@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import time
 import pytest
 
 import distpool
+from tests.support import environment_without_distpool
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +21,10 @@ def nap(seconds):
 
 
 def status(cluster, *extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTPOOL_")}
     return subprocess.run(
         [sys.executable, "-m", "distpool", "status", "--broker", cluster.broker, "--queue",
-         cluster.queue, *extra], env=env, capture_output=True, text=True, timeout=60)
+         cluster.queue, *extra], env=environment_without_distpool(), capture_output=True,
+        text=True, timeout=60)
 
 
 def test_status_shows_workers_busy_slots_and_pools_in_flight(make_cluster):
