@@ -104,6 +104,7 @@ def start_worker(broker_url: str, processes: int, queue: str) -> subprocess.Pope
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """Celery's warm shutdown, then a kill if it takes too long."""
     worker.terminate()
     try:
         worker.wait(30)
@@ -113,15 +114,21 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_worker(broker_url: str, processes: int) -> Iterator[None]:
-    """A worker for the pools attached to it, ready once this is entered, stopped after."""
-    worker = start_worker(broker_url, processes, QUEUE)
+def _worker(broker_url: str, processes: int, queue: str) -> Iterator[None]:
+    worker = start_worker(broker_url, processes, queue)
     try:
-        with CeleryPool(broker_url, processes) as pool:
-            pool.apply_async(workloads.noop).get(timeout=START_TIMEOUT)
         yield
     finally:
         stop_worker(worker)
+
+
+@contextmanager
+def running_worker(broker_url: str, processes: int) -> Iterator[None]:
+    """A worker for the pools attached to it, ready once this is entered, stopped after."""
+    with _worker(broker_url, processes, QUEUE):
+        with CeleryPool(broker_url, processes) as pool:
+            pool.apply_async(workloads.noop).get(timeout=START_TIMEOUT)
+        yield
 
 
 @contextmanager
@@ -129,9 +136,5 @@ def fresh_pool(broker_url: str, processes: int) -> Iterator[CeleryPool]:
     """A pool whose worker starts now, on a queue of its own: its "start to first result"
     includes the worker's start, as a hand-written deployment's first run does."""
     queue = f"{QUEUE}-fresh"
-    worker = start_worker(broker_url, processes, queue)
-    try:
-        with CeleryPool(broker_url, processes, queue) as pool:
-            yield pool
-    finally:
-        stop_worker(worker)
+    with _worker(broker_url, processes, queue), CeleryPool(broker_url, processes, queue) as pool:
+        yield pool

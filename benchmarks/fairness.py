@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import distpool
-from benchmarks.run import RESULTS, machine
+from benchmarks.celery_baseline import stop_worker
+from benchmarks.run import RESULTS, taken
 from distpool.cluster import LocalCluster
 
 SLOTS = 4
@@ -90,11 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                         "runs": {"distpool": dp_runs, "multiprocessing": mp_runs},
                     })
         finally:
-            second.terminate()
-            second.wait(15)
-    taken = f"{time.strftime('%Y-%m-%d')}, {machine()}, " + (
-        "quick" if args.quick else f"median of {repeat}")
-    print(f"Taken {taken}\n")
+            stop_worker(second)
+    heading = taken(args.quick, repeat)
+    print(f"Taken {heading}\n")
     print("| workload | schedule | target | distpool | multiprocessing | distpool / target "
           "| allowed | met |")
     print("|---|---|---|---|---|---|---|---|")
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'yes' if met else '**no**'} |")
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "fairness.json").write_text(
-        json.dumps({"taken": taken, "workloads": rows}, indent=2) + "\n")
+        json.dumps({"taken": heading, "workloads": rows}, indent=2) + "\n")
     return 0
 
 

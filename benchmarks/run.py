@@ -42,6 +42,12 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
+def taken(quick: bool, repeat: int) -> str:
+    """When, on what, and how the figures were taken, for the results' heading."""
+    return (f"{time.strftime('%Y-%m-%d')}, {machine()}, "
+            f"{'quick' if quick else f'median of {repeat}'}")
+
+
 def versions() -> dict[str, str]:
     """The versions of what the figures depend on, those installed."""
     found = {}
@@ -182,16 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         for workload in workloads:
             rows.append(compare(workload, kinds, size, repeat))
 
-    taken = (f"{time.strftime('%Y-%m-%d')}, {machine()}, "
-             f"{'quick' if args.quick else f'median of {repeat}'}")
-    print(f"\nTaken {taken}\n")
+    heading = taken(args.quick, repeat)
+    print(f"\nTaken {heading}\n")
     print(table(rows))
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "latest.json").write_text(json.dumps(
-        {"taken": taken, "versions": versions(), "size": size, "repeat": repeat,
+        {"taken": heading, "versions": versions(), "size": size, "repeat": repeat,
          "workloads": rows}, indent=2) + "\n")
     chart(rows, args.output / "latest.png",
-          f"distpool.Pool(2) on 2 local worker processes: {taken}")
+          f"distpool.Pool(2) on 2 local worker processes: {heading}")
     print(f"\nWrote {args.output / 'latest.json'} and {args.output / 'latest.png'}")
     return 0
 
