@@ -38,6 +38,7 @@ class Executor(concurrent.futures.Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[T]:
+        call = fn.call if isinstance(fn, _Serialised) else fn
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
             if self._shutdown:
@@ -54,8 +55,11 @@ class Executor(concurrent.futures.Executor):
                 future.set_exception(exc)
 
         try:
-            self._pool._apply_async(fn, args, kwargs, resolve, reject,
-                                    before_send=future.set_running_or_notify_cancel)
+            # From map(): the callable is serialised once for all its items.
+            function = fn.payload() if isinstance(fn, _Serialised) else None
+            self._pool._apply_async(call, args, kwargs, resolve, reject,
+                                    before_send=future.set_running_or_notify_cancel,
+                                    function=function)
         except BaseException:
             self._forget(future)
             raise
@@ -67,9 +71,12 @@ class Executor(concurrent.futures.Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
+            return super().map(_Serialised(fn, self._pool._serialise), *iterables,
+                               timeout=timeout)
         chunks = chunked(zip(*iterables), chunksize)
-        results = super().map(functools.partial(_run_chunk, fn), chunks, timeout=timeout)
+        results: Iterator[list[T]] = super().map(
+            _Serialised(functools.partial(_run_chunk, fn), self._pool._serialise), chunks,
+            timeout=timeout)
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -85,6 +92,25 @@ class Executor(concurrent.futures.Executor):
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._pending.discard(future)
+
+
+class _Serialised:
+    """What ``Executor.map`` hands to ``submit``: a callable whose serialisation is made by
+    the first item's ``submit`` (none if there are no items) and reused by the rest."""
+
+    def __init__(self, call: Callable[..., Any],
+                 serialise: Callable[[Callable[..., Any]], bytes]) -> None:
+        self.call = call
+        self._serialise = serialise
+        self._payload: bytes | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.call(*args, **kwargs)
+
+    def payload(self) -> bytes:
+        if self._payload is None:
+            self._payload = self._serialise(self.call)
+        return self._payload
 
 
 def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:

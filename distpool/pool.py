@@ -126,12 +126,16 @@ class Pool:
 
     def _apply_async(self, func: Callable[..., T], args: Iterable[Any],
                      kwds: Mapping[str, Any], callback: Callback, error_callback: Callback,
-                     before_send: Callable[[], bool] | None = None) -> ApplyResult[T]:
+                     before_send: Callable[[], bool] | None = None,
+                     function: bytes | None = None) -> ApplyResult[T]:
         """``apply_async``; ``before_send``, if given, is asked just before the task is sent,
         and if it returns False the task is dropped and its result fails with
-        :class:`concurrent.futures.CancelledError` (how :class:`Executor` cancels)."""
+        :class:`concurrent.futures.CancelledError` (how :class:`Executor` cancels).
+        ``function``, if given, is ``func`` already serialised (:meth:`_serialise`), for a
+        caller that submits one callable many times."""
         engine = self._running_engine()
-        function = _dumps(func, "the function")
+        if function is None:
+            function = self._serialise(func)
         arguments = _dumps((tuple(args), dict(kwds)), "the arguments")
         job = engine.new_job()
         result: ApplyResult[T] = ApplyResult(job, engine.job_done, callback, error_callback)
@@ -223,6 +227,9 @@ class Pool:
                   source=self)
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _serialise(self, func: Callable[..., Any]) -> bytes:
+        return _dumps(func, "the function")
 
     def _running_engine(self) -> Engine:
         if self._state != RUN or self._engine is None:
