@@ -65,13 +65,14 @@ class RedisStore:
             pipe.execute()
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
-        """What is waiting, in one round trip; else block for the next record and return it
-        at once: the round trip that would batch more is not spent on the latency path."""
+        """Block for the next record, then take whatever else waits behind it, in one round
+        trip: Redis runs the pipelined LPOP as soon as the BLPOP is served."""
         key = _results(pool_id)
-        records: list[bytes] = self._redis.lpop(key, FETCH_BATCH) or []  # type: ignore[assignment]
-        if not records:
-            first = self._redis.blpop([key], timeout=timeout)
-            records = [] if first is None else [first[1]]  # type: ignore[list-item]
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.blpop([key], timeout=timeout)
+            pipe.lpop(key, FETCH_BATCH - 1)
+            first, rest = pipe.execute()
+        records: list[bytes] = [] if first is None else [first[1], *(rest or [])]
         return [record for record in records if record != WAKE_UP]
 
     def wake(self, pool_id: str) -> None:
