@@ -1,3 +1,5 @@
 from .cli import main
 
-raise SystemExit(main())
+# Guarded: on Windows and macOS the solo slots start by importing this module afresh.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,9 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser(
         "worker",
         help="run a worker that serves distpool pools",
-        description="Run a Celery worker that serves distpool pools. Options not listed "
-                    "here are passed to 'celery worker' unchanged (for example --pool, "
-                    "--max-tasks-per-child, -E to send events for Flower).",
+        description="Run Celery workers that serve distpool pools: by default one worker "
+                    "process per slot, each running one task at a time, under one parent "
+                    "that replaces them. Options not listed here are passed to 'celery "
+                    "worker' unchanged (for example --pool prefork for Celery's own "
+                    "process pool, -E to send events for Flower).",
     )
     worker.add_argument("--broker", metavar="URL",
                         help="broker URL (default: $DISTPOOL_BROKER_URL, else "
@@ -71,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--insecure", action="store_true", default=None,
                         help="run tasks that are not signed: only on a network you trust "
                              "completely")
+    # Internal: set by the parent of slots on each slot it starts.
+    worker.add_argument("--slot-state", metavar="PATH", help=argparse.SUPPRESS)
     worker.add_argument("--worker-lost-timeout", type=float, metavar="SECONDS",
                         help="on a Redis broker, how soon the tasks of a dead worker node go to "
                              "other workers (default: $DISTPOOL_WORKER_LOST_TIMEOUT, else "
@@ -113,12 +117,22 @@ def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
 
     name = args.name or f"distpool-{os.getpid()}@%h"
     pool, rest = _pool_option(passthrough)
-    if pool == "solo" and args.concurrency > 1:
-        from .solo import run_solo_workers
+    # "solo" too: it was this process model's name before it became the default.
+    if pool in (None, "solo") and args.slot_state is None:
+        from .backends.celery_backend import SlotRecovery
+        from .slots import run_slots
 
-        return run_solo_workers(_child_args(args, rest), args.concurrency, name)
+        node, _, host = name.partition("@")
+        child_args = _child_args(args, rest)
+
+        def slot_argv(index: int, state_path: str) -> list[str]:
+            return ["worker", *child_args, "--concurrency", "1",
+                    "--name", f"{node}-{index}@{host or '%h'}", "--slot-state", state_path]
+
+        return run_slots(main, slot_argv, args.concurrency, SlotRecovery(settings))
     return run_worker(settings, concurrency=args.concurrency, name=name,
-                      loglevel=args.loglevel, extra_args=passthrough)
+                      loglevel=args.loglevel, extra_args=passthrough,
+                      slot_state=args.slot_state)
 
 
 def _pool_option(passthrough: list[str]) -> tuple[str | None, list[str]]:

@@ -87,18 +87,26 @@ class RedisServer:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+#: Runs ``distpool`` with multiprocessing's start method set to ``argv[1]``: "spawn" starts
+#: slots as on Windows.
+WITH_START_METHOD = ("import multiprocessing, sys; from distpool.cli import main; "
+                     "multiprocessing.set_start_method(sys.argv[1]); sys.exit(main(sys.argv[2:]))")
+
+
 class Worker:
     """One ``python -m distpool worker`` node, started in a directory of its own."""
 
     def __init__(self, broker: str, queue: str, concurrency: int = 2,
                  result_url: str | None = None, extra_args: list[str] = (),
-                 secret: str | None = None) -> None:
+                 secret: str | None = None, start_method: str | None = None) -> None:
         self.queue = queue
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.concurrency = concurrency
         self._dir = tempfile.mkdtemp(prefix="distpool-test-worker-")
         self.log_path = Path(self._dir) / "worker.log"
-        command = [sys.executable, "-m", "distpool", "worker", "--broker", broker,
+        launcher = (["-m", "distpool"] if start_method is None
+                    else ["-c", WITH_START_METHOD, start_method])
+        command = [sys.executable, *launcher, "worker", "--broker", broker,
                    "--queue", queue, "--concurrency", str(concurrency), "--name", self.name,
                    "--loglevel", "INFO", *extra_args]
         if result_url:
@@ -143,7 +151,8 @@ class Cluster:
     """A queue on a Redis server, served by ``nodes`` worker nodes."""
 
     def __init__(self, redis_server: RedisServer, nodes: int = 1, concurrency: int = 2,
-                 broker: str | None = None, extra_args: list[str] = ()) -> None:
+                 broker: str | None = None, extra_args: list[str] = (),
+                 start_method: str | None = None) -> None:
         self.redis = redis_server
         self.queue = f"test-{uuid.uuid4().hex[:12]}"
         self.secret = secrets.token_hex(16)
@@ -153,7 +162,8 @@ class Cluster:
         try:
             for _ in range(nodes):
                 self.workers.append(Worker(self.broker, self.queue, concurrency,
-                                           self.result_url, extra_args, secret=self.secret))
+                                           self.result_url, extra_args, secret=self.secret,
+                                           start_method=start_method))
             wait_for_slots(self.result_url, self.queue, nodes * concurrency, self.workers)
         except BaseException:
             self.stop()

@@ -28,9 +28,9 @@ owns one plain connection, used by the pool's dispatcher thread alone.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -38,9 +38,10 @@ from typing import Any
 
 import billiard.exceptions
 import redis
-from celery import Celery, bootsteps, states
+from celery import Celery, bootsteps, signals, states
 from celery.backends.base import DisabledBackend
-from celery.exceptions import TimeLimitExceeded
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker import state as worker_state
 from kombu.connection import Connection
 from kombu.messaging import Producer
@@ -57,6 +58,7 @@ from ..errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
+from ..slot_state import Running, SlotState
 from . import kombu_redis
 from .base import Backend
 from .redis_store import RedisStore
@@ -78,13 +80,17 @@ TIME_LIMIT_GRACE = 5.0
 LIVENESS_CACHE = 1.0
 #: How often a busy worker process checks that the pool of its running task still lives.
 WATCHDOG_INTERVAL = 2.0
+#: The exit code of a worker process ended because the pool of the task it runs is gone.
+EXIT_POOL_GONE = 70
 #: A publish or a revoke that cannot reach the broker gives up after about this long.
 PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
                         "interval_max": 1.0}
 
 
-def create_app(settings: Settings) -> Celery:
-    """The Celery app shared by ``distpool worker`` and by clients (to build messages)."""
+def create_app(settings: Settings, slot_state: str | None = None) -> Celery:
+    """The Celery app shared by ``distpool worker`` and by clients (to build messages).
+    ``slot_state``: this worker is a slot (:mod:`distpool.slots`) that reports what it runs
+    in that file."""
     broker_url, result_url = _urls(settings)
     renew_every = max(1, int(settings.worker_lost_timeout / 4))
     app = Celery("distpool", set_as_current=False)
@@ -113,20 +119,46 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
-    runner = _ProcessLocalRunner(result_url, Signer(settings.secret))
+    # Prefork raises the soft time limit in its pool processes; a slot does it itself.
+    runner = _ProcessLocalRunner(result_url, Signer(settings.secret),
+                                 raises_soft_limit=slot_state is not None)
     app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
 
     # shared=False: a shared task (Celery's default) is also registered in every app created
     # after it, so a second pool's app would keep the first app's task and warn.
-    @app.task(name=TASK_NAME, ignore_result=True, shared=False,  # type: ignore[untyped-decorator]
-              retry_on_worker_lost=True, max_retries=MAX_ATTEMPTS - 1, default_retry_delay=0)
-    def run_distpool_tasks(*messages: Any) -> None:
-        runner.get().run(messages)
+    @app.task(name=TASK_NAME, bind=True, ignore_result=True,  # type: ignore[untyped-decorator]
+              shared=False, retry_on_worker_lost=True, max_retries=MAX_ATTEMPTS - 1,
+              default_retry_delay=0)
+    def run_distpool_tasks(task: Any, *messages: Any) -> None:
+        request = task.request
+        _, soft_limit = request.timelimit or (None, None)
+        runner.get().run(messages, request.id,
+                         redelivered=bool((request.delivery_info or {}).get("redelivered")),
+                         soft_limit=soft_limit)
+
+    if slot_state is not None:
+        app.conf.worker_pool = f"{__name__}:SlotPool"
+        _report_to_parent(SlotState(slot_state))
 
     app.steps["worker"].add(_registration_step(settings))
     if broker_url.startswith(("redis://", "rediss://")):
         app.steps["worker"].add(_hold_renewal_step(broker_url, renew_every))
     return app
+
+
+class SlotPool(ThreadTaskPool):  # type: ignore[misc]
+    """A slot's pool (:mod:`distpool.slots`): Celery's threads pool, run with one thread.
+
+    The task runs in that thread, so the worker's event loop stays free to answer remote
+    control (inspect, ping, revoke) and send heartbeats while it runs. Celery cannot stop a
+    thread, so terminating the running task (a revoke with
+    ``terminate=True``, which ``Pool.terminate()`` sends) ends the slot's process. Its parent
+    replaces it and puts the message back, where it is skipped: its pool is gone.
+    """
+
+    def terminate_job(self, pid: int, signal: Any = None) -> None:
+        logger.warning("terminating the running task: ending this worker process")
+        os._exit(EXIT_POOL_GONE)
 
 
 class FailureReporter(DisabledBackend):  # type: ignore[misc]
@@ -152,13 +184,41 @@ class FailureReporter(DisabledBackend):  # type: ignore[misc]
 
 def _translate(exc: Any, retries: int) -> Exception:
     if isinstance(exc, billiard.exceptions.WorkerLostError):
-        return WorkerLostError(
-            f"the worker process running this task died {retries + 1} times ({exc}); "
-            "distpool gave up on it")
+        return _gave_up(retries + 1, str(exc))
     if isinstance(exc, TimeLimitExceeded):
-        return TaskTimeoutError(
-            f"the task ran past the pool's task_timeout and its process was killed ({exc})")
+        return _ran_out_of_time(str(exc))
     return DistpoolError(f"the worker failed the task: {exc!r}")
+
+
+def _gave_up(deaths: int, detail: str) -> WorkerLostError:
+    return WorkerLostError(f"the worker process running this task died {deaths} times "
+                           f"({detail}); distpool gave up on it")
+
+
+def _ran_out_of_time(detail: str) -> TaskTimeoutError:
+    return TaskTimeoutError(
+        f"the task ran past the pool's task_timeout and its process was killed ({detail})")
+
+
+def _report_to_parent(state: SlotState) -> None:
+    """Keep a slot's state file saying which message it runs, and when that message must be
+    killed (its hard time limit), for the parent in :mod:`distpool.slots`."""
+
+    def received(request: Any, **_: Any) -> None:
+        if request.name != TASK_NAME:
+            return
+        hard_limit, _soft = request.time_limits
+        state.running(request.id, request.message.delivery_tag,
+                      None if not hard_limit else time.time() + hard_limit)
+
+    def done(**_: Any) -> None:
+        state.idle()
+
+    # A slot reserves one message at a time and its one thread starts it at once:
+    # "received" is "running".
+    signals.task_received.connect(received, weak=False)
+    signals.task_postrun.connect(done, weak=False)
+    signals.task_revoked.connect(done, weak=False)
 
 
 def _urls(settings: Settings) -> tuple[str, str]:
@@ -170,23 +230,29 @@ def _urls(settings: Settings) -> tuple[str, str]:
 class _TaskRunner:
     """Runs the task envelopes of one Celery message in a worker process."""
 
-    def __init__(self, store: RedisStore, signer: Signer) -> None:
+    def __init__(self, store: RedisStore, signer: Signer, raises_soft_limit: bool) -> None:
         self._store = store
         self._signer = signer
+        self._raises_soft_limit = raises_soft_limit
         self._live_until: dict[str, float] = {}
         self._running_for: str | None = None  # the pool whose task runs now
         self._watchdog: threading.Thread | None = None
 
-    def run(self, messages: Sequence[Any]) -> None:
+    def run(self, messages: Sequence[Any], message_id: str, redelivered: bool,
+            soft_limit: float | None) -> None:
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="distpool-watchdog",
                                               daemon=True)
             self._watchdog.start()
+        if redelivered and self._given_up(messages, message_id):
+            return
         records: dict[str, list[ResultRecord]] = {}
-        for message in messages:
-            outcome = self._run_one(message)
-            if outcome is not None:
-                records.setdefault(outcome[0], []).append(outcome[1])
+        raise_after = soft_limit if self._raises_soft_limit else None
+        with _SoftTimeLimit(raise_after):
+            for message in messages:
+                outcome = self._run_one(message)
+                if outcome is not None:
+                    records.setdefault(outcome[0], []).append(outcome[1])
         # After the whole batch: if this process dies first, the message is re-queued and
         # no result of it has been delivered twice.
         self._push(records)
@@ -195,6 +261,19 @@ class _TaskRunner:
         for pool_id, pool_records in records.items():
             self._store.push_results(
                 pool_id, [record.to_bytes(self._signer, pool_id) for record in pool_records])
+
+    def _given_up(self, messages: Sequence[Any], message_id: str) -> bool:
+        """Fail the message's tasks instead of running them again when the parent of a slot
+        recorded that this message was killed for its time limit, or that its worker
+        process died ``MAX_ATTEMPTS`` times."""
+        deaths, timed_out = self._store.lost_attempts(message_id)
+        if timed_out:
+            self.report_failure(messages, _ran_out_of_time("hard time limit"))
+        elif deaths >= MAX_ATTEMPTS:
+            self.report_failure(messages, _gave_up(deaths, "its process exited"))
+        else:
+            return False
+        return True
 
     def report_failure(self, messages: Sequence[Any], error: Exception) -> None:
         """Fail every task of these messages with ``error``."""
@@ -252,7 +331,7 @@ class _TaskRunner:
                 continue
             if not live and self._running_for == pool_id:
                 logger.warning("pool %s is gone; stopping its running task", pool_id)
-                os.kill(os.getpid(), signal.SIGKILL)
+                os._exit(EXIT_POOL_GONE)  # at once, as SIGKILL would, but on Windows too
 
     def _pool_is_live(self, pool_id: str) -> bool:
         # Asked at most once a second per pool: terminate() also revokes every message of
@@ -269,18 +348,54 @@ class _TaskRunner:
         return live
 
 
+class _SoftTimeLimit:
+    """Raises ``SoftTimeLimitExceeded`` in the running task after ``seconds`` (None: never),
+    as Celery's prefork pool does in its pool processes; a slot must do it itself.
+
+    Prefork raises it with a signal, but a slot's task runs in a thread of its own, and
+    signals reach only the main thread. A timer raises it asynchronously in the task's
+    thread instead, which takes effect when the task next runs Python code: a task blocked
+    in one long call (``time.sleep``, a C extension) is stopped by the hard limit instead.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self._thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._armed = seconds is not None
+        self._timer = None if seconds is None else threading.Timer(seconds, self._fire)
+
+    def __enter__(self) -> None:
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def __exit__(self, *_: object) -> None:
+        if self._timer is not None:
+            with self._lock:
+                self._armed = False
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:  # never once __exit__ has disarmed it
+            if self._armed:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._thread), ctypes.py_object(SoftTimeLimitExceeded))
+
+
 class _ProcessLocalRunner:
     """One task runner, with its own store connection, per worker process."""
 
-    def __init__(self, url: str, signer: Signer) -> None:
+    def __init__(self, url: str, signer: Signer, raises_soft_limit: bool) -> None:
         self._url = url
         self._signer = signer
+        self._raises_soft_limit = raises_soft_limit
         self._pid: int | None = None
         self._runner: _TaskRunner | None = None
 
     def get(self) -> _TaskRunner:
         if self._runner is None or self._pid != os.getpid():
-            self._runner = _TaskRunner(RedisStore(self._url), self._signer)
+            self._runner = _TaskRunner(RedisStore(self._url), self._signer,
+                                       self._raises_soft_limit)
             self._pid = os.getpid()
         return self._runner
 
@@ -359,6 +474,42 @@ def _hold_renewal_step(broker_url: str, interval: int) -> type:
                 logger.warning("could not renew the hold on %d messages: %s", len(tags), exc)
 
     return _HoldRenewal
+
+
+class SlotRecovery:
+    """What the parent of slots (:mod:`distpool.slots`) does with the message of a slot
+    that died, or that it killed for running past the message's hard time limit.
+
+    It counts the lost attempt in the store, where the worker that receives the message next
+    reads it (:meth:`_TaskRunner._given_up`). On Redis it also puts the message back at the
+    head of the queue at once, as kombu does when a worker rejects a message; otherwise the
+    message would wait for the dead slot's hold to lapse (``worker_lost_timeout``). On AMQP
+    the broker re-queues it itself when the slot's connection drops.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        broker_url, self._result_url = _urls(settings)
+        self._restores = kombu_redis.serves(broker_url)
+        # Made on first use, not before the slots are forked.
+        self._store: RedisStore | None = None
+        self._connection: Connection | None = None
+
+    def __call__(self, running: Running, timed_out: bool) -> None:
+        try:
+            if self._store is None:
+                self._store = RedisStore(self._result_url)
+            attempts = self._store.mark_lost(running.message_id, timed_out)
+            if self._restores:
+                if self._connection is None:
+                    self._connection = create_app(self._settings).connection_for_write()
+                self._connection.default_channel.qos.restore_by_tag(running.delivery_tag)
+        except Exception as exc:  # the message's hold lapses after worker_lost_timeout
+            logger.error("could not put message %s back on the queue: %s",
+                         running.message_id, exc)
+            return
+        logger.info("message %s back on the queue (lost attempts: %d)", running.message_id,
+                    attempts)
 
 
 class CeleryBackend(Backend):
@@ -473,9 +624,9 @@ def cluster_status(settings: Settings, timeout: float = 1.0) -> dict[str, Any]:
 
 
 def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
-               extra_args: Sequence[str] = ()) -> int:
+               extra_args: Sequence[str] = (), slot_state: str | None = None) -> int:
     """Run ``celery worker`` for distpool in this process until it is stopped."""
-    app = create_app(settings)
+    app = create_app(settings, slot_state)
     argv = [
         "worker",
         f"--queues={settings.queue}",

@@ -6,6 +6,9 @@
   tasks sent and done), for ``distpool status``; it expires with the liveness key.
 * ``distpool:pool:<id>:results``: the pool's result records; workers push, the client's
   collector thread pops. Every write renews its expiry, so nothing outlives an abandoned pool.
+* ``distpool:lost:<message id>`` (hash: ``attempts``, ``timed_out``): written by the parent of
+  single-process workers when one dies holding the message or is killed for running past its
+  time limit; read by the worker the message is delivered to next.
 * ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
   ``distpool:slots:<queue>`` (hash: worker name -> processes): who serves a queue.
 """
@@ -81,6 +84,25 @@ class RedisStore:
     def close_pool(self, pool_id: str) -> None:
         self._redis.delete(_live(pool_id), _info(pool_id), _results(pool_id))
 
+    # -- messages whose worker process died ------------------------------------------
+
+    def mark_lost(self, message_id: str, timed_out: bool) -> int:
+        """Count one more lost attempt at the message; return how many there were."""
+        key = _lost(message_id)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "attempts", 1)
+            if timed_out:
+                pipe.hset(key, "timed_out", 1)
+            pipe.expire(key, RESULTS_TTL)
+            attempts, *_ = pipe.execute()
+        return int(attempts)
+
+    def lost_attempts(self, message_id: str) -> tuple[int, bool]:
+        """How many attempts at the message were lost, and whether one ran out of time."""
+        found = self._redis.hmget(_lost(message_id), ["attempts", "timed_out"])
+        attempts, timed_out = found
+        return int(attempts or 0), timed_out is not None
+
     # -- workers ----------------------------------------------------------------------
 
     def register_worker(self, queue: str, name: str, slots: int, ttl: float) -> None:
@@ -128,6 +150,10 @@ def _info(pool_id: str) -> str:
 
 def _results(pool_id: str) -> str:
     return f"distpool:pool:{pool_id}:results"
+
+
+def _lost(message_id: str) -> str:
+    return f"distpool:lost:{message_id}"
 
 
 def _workers(queue: str) -> str:

@@ -176,7 +176,10 @@ def test_workers_stay_ordinary_celery_workers(shared_cluster):
         capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
     for worker in shared_cluster.workers:
-        assert worker.name.replace("%h", socket.gethostname()) in completed.stdout
+        # Each slot is a node of its own, named after the worker: <node>-<slot>@<host>.
+        node, _, _ = worker.name.partition("@")
+        for slot in range(worker.concurrency):
+            assert f"{node}-{slot}@{socket.gethostname()}: OK" in completed.stdout
 
 
 def _rabbitmq_reachable() -> bool:

@@ -21,6 +21,10 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 pytestmark = pytest.mark.integration
 
+#: The worker options of each process model: slots (the default) and Celery's prefork.
+PROCESS_MODELS = {"slots": [], "prefork": ["--pool", "prefork"]}
+with_each_process_model = pytest.mark.parametrize("model", PROCESS_MODELS)
+
 
 def square(x):
     return x * x
@@ -33,6 +37,13 @@ def kill_my_process():
 def sleep_for(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+
+def nap_for(seconds):
+    """Sleeps in short naps: on slots, the soft time limit is raised between two of them."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def ignore_the_soft_limit(seconds):
@@ -67,8 +78,9 @@ def worker_pids(worker):
     return {main.pid, *(child.pid for child in main.children(recursive=True))}
 
 
-def test_a_task_that_keeps_killing_its_worker_fails_after_bounded_attempts(make_cluster):
-    cluster = make_cluster(nodes=1, concurrency=2)
+@with_each_process_model
+def test_a_task_that_keeps_killing_its_worker_fails_after_bounded_attempts(make_cluster, model):
+    cluster = make_cluster(nodes=1, concurrency=2, extra_args=PROCESS_MODELS[model])
     with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
         started = time.monotonic()
         with pytest.raises(WorkerLostError, match="died 3 times"):
@@ -77,11 +89,12 @@ def test_a_task_that_keeps_killing_its_worker_fails_after_bounded_attempts(make_
         assert pool.apply(square, (3,)) == 9  # the workers serve on
 
 
-def test_task_timeout_fails_a_runaway_task_and_frees_its_slot(make_cluster):
-    cluster = make_cluster(nodes=1, concurrency=1)
+@with_each_process_model
+def test_task_timeout_fails_a_runaway_task_and_frees_its_slot(make_cluster, model):
+    cluster = make_cluster(nodes=1, concurrency=1, extra_args=PROCESS_MODELS[model])
     with distpool.Pool(1, task_timeout=1, **cluster.pool_kwargs()) as pool:
         with pytest.raises(SoftTimeLimitExceeded):
-            pool.apply(sleep_for, (30,))
+            pool.apply(nap_for, (30,))
         started = time.monotonic()
         with pytest.raises(TaskTimeoutError, match="task_timeout"):
             pool.apply(ignore_the_soft_limit, (60,))
@@ -126,8 +139,10 @@ def test_the_tasks_of_a_dead_worker_node_run_on_the_other_nodes(make_cluster):
     assert set(pids) <= survivor_pids
 
 
-def test_a_long_task_is_never_handed_to_a_second_worker(make_cluster, tmp_path):
-    cluster = make_cluster(nodes=2, concurrency=1, extra_args=["--worker-lost-timeout", "2"])
+@with_each_process_model
+def test_a_long_task_is_never_handed_to_a_second_worker(make_cluster, tmp_path, model):
+    cluster = make_cluster(nodes=2, concurrency=1,
+                           extra_args=["--worker-lost-timeout", "2", *PROCESS_MODELS[model]])
     log = tmp_path / "runs.log"
     with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
         pool.apply(record_run, ((str(log), 8),))  # four times the visibility timeout

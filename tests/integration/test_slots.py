@@ -1,0 +1,100 @@
+"""The default process model: one worker process per slot, under one parent.
+
+The reliability tests (test_reliability.py) run on it too; these check what is its own:
+slots are separate Celery nodes, replaced when they die, and the parent's work (putting a
+dead slot's message back, counting attempts, killing a slot past its time limit) also works
+when slots start as fresh interpreters, as on Windows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+import distpool
+from distpool.errors import TaskTimeoutError, WorkerLostError
+
+pytestmark = pytest.mark.integration
+
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def slot_processes(worker):
+    return psutil.Process(worker.process.pid).children()
+
+
+def pids_serving(pool, expected, timeout=30):
+    """The pids that run the pool's tasks, once they are ``expected`` many: a worker that has
+    just registered may not be consuming yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = set(pool.map(pid_after, [0.3] * 4, chunksize=1))
+        if len(pids) == expected or time.monotonic() > deadline:
+            return pids
+
+
+def test_n_single_process_workers_serve_and_a_dead_one_is_replaced(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    parent = cluster.workers[0]
+    children = slot_processes(parent)
+    assert len(children) == 2
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        # The tasks run in the two slots themselves: no pool processes below them.
+        assert pids_serving(pool, 2) == {child.pid for child in children}
+        children[0].send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(slot_processes(parent)) < 2 or children[0].pid in {
+                c.pid for c in slot_processes(parent)}:
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.2)
+        replacement = {c.pid for c in slot_processes(parent)} - {children[1].pid}
+        assert pids_serving(pool, 2) == {children[1].pid, *replacement}
+
+
+def test_terminate_stops_a_task_running_on_a_slot(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    pool = distpool.Pool(2, **cluster.pool_kwargs())
+    pool.map_async(pid_after, [60, 60], chunksize=1)
+    time.sleep(1.0)
+    pool.terminate()
+    pool.join()
+    started = time.monotonic()
+    with distpool.Pool(2, **cluster.pool_kwargs()) as other:
+        assert len(other.map(pid_after, [0.1, 0.1], chunksize=1)) == 2
+    assert time.monotonic() - started < 20  # not the 60 s sleeps
+
+
+def exit_my_process():
+    os._exit(3)
+
+
+def test_slots_started_as_fresh_interpreters_as_on_windows(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=2, start_method="spawn",
+                           extra_args=["--worker-lost-timeout", "60"])
+    with distpool.Pool(2, task_timeout=1, **cluster.pool_kwargs()) as pool:
+        assert len(pids_serving(pool, 2)) == 2
+        started = time.monotonic()
+        # Back on the queue at once, not after the 60 s worker_lost_timeout; three tries.
+        with pytest.raises(WorkerLostError, match="died 3 times"):
+            pool.apply(exit_my_process)
+        with pytest.raises(TaskTimeoutError, match="task_timeout"):
+            pool.apply(busy_for, (60,))
+        assert time.monotonic() - started < 45
+        assert len(pids_serving(pool, 2)) == 2
+
+
+def busy_for(seconds):
+    """Ignores the soft time limit, so that only the hard one (a kill) can stop it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except Exception:
+            pass
