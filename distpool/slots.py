@@ -125,6 +125,8 @@ def _tend(slot: _Slot, recover: Recover) -> _Outcome:
                        slot.index, slot.process.exitcode, running.message_id)
         recover(running, False)
         return _Outcome.REPLACE
+    if slot.process.exitcode == 0:  # it chose to end: --max-tasks-per-child
+        return _Outcome.REPLACE
     if not slot.budget.allow():
         logger.error("slot %d keeps exiting (code %s); stopping", slot.index,
                      slot.process.exitcode)

@@ -156,6 +156,24 @@ class SlotPool(ThreadTaskPool):  # type: ignore[misc]
     replaces it and puts the message back, where it is skipped: its pool is gone.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # --max-tasks-per-child: prefork recycles a pool process, a slot its own process.
+        self._tasks_left: int | None = self.options.get("maxtasksperchild")
+
+    def on_apply(self, target: Any, args: Any = None, kwargs: Any = None,
+                 callback: Any = None, accept_callback: Any = None, **options: Any) -> Any:
+        def finished(result: Any) -> None:
+            if callback is not None:
+                callback(result)  # acknowledges the message
+            if self._tasks_left is not None:
+                self._tasks_left -= 1
+                if self._tasks_left <= 0:
+                    # Celery's warm shutdown; the parent starts a fresh slot in its place.
+                    worker_state.should_stop = 0
+
+        return super().on_apply(target, args, kwargs, finished, accept_callback, **options)
+
     def terminate_job(self, pid: int, signal: Any = None) -> None:
         logger.warning("terminating the running task: ending this worker process")
         os._exit(EXIT_POOL_GONE)

@@ -98,3 +98,11 @@ def busy_for(seconds):
             time.sleep(0.05)
         except Exception:
             pass
+
+
+def test_max_tasks_per_child_replaces_a_slot_process_after_that_many_tasks(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=1, extra_args=["--max-tasks-per-child", "2"])
+    with distpool.Pool(1, **cluster.pool_kwargs()) as pool:
+        pids = [pool.apply(pid_after, (0,)) for _ in range(6)]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
+    assert len(set(pids)) == 3
