@@ -93,6 +93,19 @@ WITH_START_METHOD = ("import multiprocessing, sys; from distpool.cli import main
                      "multiprocessing.set_start_method(sys.argv[1]); sys.exit(main(sys.argv[2:]))")
 
 
+def ignore_the_soft_limit(seconds):
+    """A task that only the hard time limit (a kill) can stop."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            pass
+    return seconds
+
+
 class Worker:
     """One ``python -m distpool worker`` node, started in a directory of its own."""
 

@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import distpool
 from distpool.errors import TaskTimeoutError, WorkerLostError
-from tests.support import stop_process_group
+from tests.support import ignore_the_soft_limit, stop_process_group
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -44,16 +44,6 @@ def nap_for(seconds):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-def ignore_the_soft_limit(seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            time.sleep(0.1)
-        except SoftTimeLimitExceeded:
-            pass
-    return seconds
 
 
 def timed(seconds):

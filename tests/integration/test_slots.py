@@ -17,6 +17,7 @@ import pytest
 
 import distpool
 from distpool.errors import TaskTimeoutError, WorkerLostError
+from tests.support import ignore_the_soft_limit
 
 pytestmark = pytest.mark.integration
 
@@ -85,19 +86,9 @@ def test_slots_started_as_fresh_interpreters_as_on_windows(make_cluster):
         with pytest.raises(WorkerLostError, match="died 3 times"):
             pool.apply(exit_my_process)
         with pytest.raises(TaskTimeoutError, match="task_timeout"):
-            pool.apply(busy_for, (60,))
+            pool.apply(ignore_the_soft_limit, (60,))
         assert time.monotonic() - started < 45
         assert len(pids_serving(pool, 2)) == 2
-
-
-def busy_for(seconds):
-    """Ignores the soft time limit, so that only the hard one (a kill) can stop it."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            time.sleep(0.05)
-        except Exception:
-            pass
 
 
 def test_max_tasks_per_child_replaces_a_slot_process_after_that_many_tasks(make_cluster):
