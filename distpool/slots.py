@@ -59,7 +59,7 @@ class _Slot:
 
 
 def run_slots(target: Callable[[list[str]], int], argv_for: Callable[[int, str], list[str]],
-                     concurrency: int, recover: Recover) -> int:
+              concurrency: int, recover: Recover) -> int:
     """Run ``concurrency`` slots, each ``target(argv_for(index, state_path))`` in a process of
     its own, until SIGTERM or Ctrl-C. Returns 1 if a slot keeps exiting while idle."""
     stop = threading.Event()
@@ -68,8 +68,8 @@ def run_slots(target: Callable[[list[str]], int], argv_for: Callable[[int, str],
 
         def start(index: int, state: SlotState) -> BaseProcess:
             state.idle()  # a replacement must not inherit its predecessor's message
-            process = context.Process(target=_slot_main, args=(target, argv_for(index, state.path)),
-                                      name=f"distpool-slot-{index}")
+            process = context.Process(target=_slot_main, name=f"distpool-slot-{index}",
+                                      args=(target, argv_for(index, state.path)))
             process.start()
             return process
 
