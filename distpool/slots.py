@@ -11,11 +11,11 @@ What prefork's main process does for its pool processes, the parent does for the
 reads what each slot runs from the slot's state file (:mod:`distpool.slot_state`), and:
 
 * replaces a slot that exits;
-* hands the message a dead slot held to ``recover``, which counts the lost attempt and puts
-  the message back on the queue at once, so a task that keeps killing its process fails
-  after a bounded number of attempts instead of returning forever;
-* kills a slot whose message runs past its hard time limit, and hands that message to
-  ``recover`` as timed out, so its tasks fail with ``TaskTimeoutError``.
+* puts the message a dead slot held back on the queue at once (``recovery.requeue``); the
+  worker that receives it counts the attempt, so a task that keeps killing its process
+  fails after a bounded number of attempts instead of returning forever;
+* kills a slot whose message runs past its hard time limit, having first marked the message
+  (``recovery.timed_out``), so that its tasks fail with ``TaskTimeoutError``.
 
 Slots are started with multiprocessing's default start method: forked on Linux, from a
 process that has already imported Celery, so a slot starts in milliseconds; a fresh
@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
+from typing import Protocol
 
 from .restarts import RestartBudget
 from .slot_state import Running, SlotState
@@ -46,8 +47,14 @@ STOP_TIMEOUT = 30.0
 #: How often the parent looks at its slots.
 CHECK_INTERVAL = 0.2
 
-#: ``recover(running, timed_out)``: what to do with the message of a slot that is gone.
-Recover = Callable[[Running, bool], None]
+class Recovery(Protocol):
+    """What becomes of the message of a slot that is gone (the broker's business)."""
+
+    def timed_out(self, running: Running) -> None:
+        """Record that the message ran out of time; called before its slot is killed."""
+
+    def requeue(self, running: Running) -> None:
+        """Put the message back on the queue, if the broker does not do so itself."""
 
 
 class _Slot:
@@ -59,7 +66,7 @@ class _Slot:
 
 
 def run_slots(target: Callable[[list[str]], int], argv_for: Callable[[int, str], list[str]],
-              concurrency: int, recover: Recover) -> int:
+              concurrency: int, recovery: Recovery) -> int:
     """Run ``concurrency`` slots, each ``target(argv_for(index, state_path))`` in a process of
     its own, until SIGTERM or Ctrl-C. Returns 1 if a slot keeps exiting while idle."""
     stop = threading.Event()
@@ -81,7 +88,7 @@ def run_slots(target: Callable[[list[str]], int], argv_for: Callable[[int, str],
         try:
             while not stop.wait(CHECK_INTERVAL):
                 for slot in slots:
-                    outcome = _tend(slot, recover)
+                    outcome = _tend(slot, recovery)
                     if outcome is _Outcome.GIVE_UP:
                         return 1
                     if outcome is _Outcome.REPLACE:
@@ -105,9 +112,9 @@ class _Outcome(enum.Enum):
     GIVE_UP = "give up"
 
 
-def _tend(slot: _Slot, recover: Recover) -> _Outcome:
-    """Kill the slot if its message ran out of time; hand the message of a slot that is gone
-    to ``recover``; say whether to replace the slot."""
+def _tend(slot: _Slot, recovery: Recovery) -> _Outcome:
+    """Kill the slot if its message ran out of time; put the message of a slot that is gone
+    back on the queue; say whether to replace the slot."""
     alive = slot.process.is_alive()
     running = slot.state.read()  # read after is_alive: a dead slot's state is final
     if alive:
@@ -115,15 +122,16 @@ def _tend(slot: _Slot, recover: Recover) -> _Outcome:
             return _Outcome.KEEP
         logger.warning("slot %d: message %s ran past its time limit; killing the slot",
                        slot.index, running.message_id)
+        recovery.timed_out(running)
         slot.process.kill()
         slot.process.join()
-        recover(running, True)
+        recovery.requeue(running)
         return _Outcome.REPLACE
     if running is not None:
         # Killed by its task, whose attempts are bounded: not held against the slot.
         logger.warning("slot %d died (exit code %s) running message %s; putting it back",
                        slot.index, slot.process.exitcode, running.message_id)
-        recover(running, False)
+        recovery.requeue(running)
         return _Outcome.REPLACE
     if slot.process.exitcode == 0:  # it chose to end: --max-tasks-per-child
         return _Outcome.REPLACE

@@ -281,14 +281,16 @@ class _TaskRunner:
                 pool_id, [record.to_bytes(self._signer, pool_id) for record in pool_records])
 
     def _given_up(self, messages: Sequence[Any], message_id: str) -> bool:
-        """Fail the message's tasks instead of running them again when the parent of a slot
-        recorded that this message was killed for its time limit, or that its worker
-        process died ``MAX_ATTEMPTS`` times."""
-        deaths, timed_out = self._store.lost_attempts(message_id)
+        """Fail the tasks of a message delivered again instead of running them again, when
+        it was killed for its time limit, or when this is its ``MAX_ATTEMPTS + 1``-th
+        delivery: each earlier one ended without finishing (its process died, on a slot or
+        in a prefork pool, or its node did). Counted here, by the receiver, because a broker
+        can deliver the message again before anyone else has noticed the death."""
+        redeliveries, timed_out = self._store.count_redelivery(message_id)
         if timed_out:
             self.report_failure(messages, _ran_out_of_time("hard time limit"))
-        elif deaths >= MAX_ATTEMPTS:
-            self.report_failure(messages, _gave_up(deaths, "its process exited"))
+        elif redeliveries >= MAX_ATTEMPTS:
+            self.report_failure(messages, _gave_up(redeliveries, "its process exited"))
         else:
             return False
         return True
@@ -495,14 +497,15 @@ def _hold_renewal_step(broker_url: str, interval: int) -> type:
 
 
 class SlotRecovery:
-    """What the parent of slots (:mod:`distpool.slots`) does with the message of a slot
-    that died, or that it killed for running past the message's hard time limit.
+    """What the parent of slots (:mod:`distpool.slots`) does with the message of a slot that
+    died, or that it kills for running past the message's hard time limit.
 
-    It counts the lost attempt in the store, where the worker that receives the message next
-    reads it (:meth:`_TaskRunner._given_up`). On Redis it also puts the message back at the
-    head of the queue at once, as kombu does when a worker rejects a message; otherwise the
-    message would wait for the dead slot's hold to lapse (``worker_lost_timeout``). On AMQP
-    the broker re-queues it itself when the slot's connection drops.
+    A timed-out message is marked so in the store before its slot is killed, so whichever
+    worker receives it next fails its tasks with ``TaskTimeoutError`` instead of running
+    them (:meth:`_TaskRunner._given_up`). On Redis the message of a slot that is gone goes
+    back to the head of the queue at once, as kombu does when a worker rejects a message;
+    otherwise it would wait for the dead slot's hold to lapse (``worker_lost_timeout``). On
+    AMQP the broker re-queues it itself when the slot's connection drops.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -513,21 +516,24 @@ class SlotRecovery:
         self._store: RedisStore | None = None
         self._connection: Connection | None = None
 
-    def __call__(self, running: Running, timed_out: bool) -> None:
+    def timed_out(self, running: Running) -> None:
         try:
             if self._store is None:
                 self._store = RedisStore(self._result_url)
-            attempts = self._store.mark_lost(running.message_id, timed_out)
-            if self._restores:
-                if self._connection is None:
-                    self._connection = create_app(self._settings).connection_for_write()
-                self._connection.default_channel.qos.restore_by_tag(running.delivery_tag)
+            self._store.mark_timed_out(running.message_id)
+        except Exception as exc:  # then it runs again, and times out again
+            logger.error("could not mark message %s as timed out: %s", running.message_id, exc)
+
+    def requeue(self, running: Running) -> None:
+        if not self._restores:
+            return
+        try:
+            if self._connection is None:
+                self._connection = create_app(self._settings).connection_for_write()
+            self._connection.default_channel.qos.restore_by_tag(running.delivery_tag)
         except Exception as exc:  # the message's hold lapses after worker_lost_timeout
             logger.error("could not put message %s back on the queue: %s",
                          running.message_id, exc)
-            return
-        logger.info("message %s back on the queue (lost attempts: %d)", running.message_id,
-                    attempts)
 
 
 class CeleryBackend(Backend):

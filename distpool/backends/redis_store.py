@@ -6,9 +6,9 @@
   tasks sent and done), for ``distpool status``; it expires with the liveness key.
 * ``distpool:pool:<id>:results``: the pool's result records; workers push, the client's
   collector thread pops. Every write renews its expiry, so nothing outlives an abandoned pool.
-* ``distpool:lost:<message id>`` (hash: ``attempts``, ``timed_out``): written by the parent of
-  single-process workers when one dies holding the message or is killed for running past its
-  time limit; read by the worker the message is delivered to next.
+* ``distpool:attempts:<message id>`` (hash: ``redeliveries``, ``timed_out``): how often a
+  message that never finished was delivered again, counted by the workers that received it,
+  and whether it was killed for running past its time limit.
 * ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
   ``distpool:slots:<queue>`` (hash: worker name -> processes): who serves a queue.
 """
@@ -84,24 +84,27 @@ class RedisStore:
     def close_pool(self, pool_id: str) -> None:
         self._redis.delete(_live(pool_id), _info(pool_id), _results(pool_id))
 
-    # -- messages whose worker process died ------------------------------------------
+    # -- messages delivered again ------------------------------------------------------
 
-    def mark_lost(self, message_id: str, timed_out: bool) -> int:
-        """Count one more lost attempt at the message; return how many there were."""
-        key = _lost(message_id)
+    def mark_timed_out(self, message_id: str) -> None:
+        """Record that the message ran past its hard time limit (before its process is
+        killed, so that whoever receives it next knows)."""
+        key = _attempts(message_id)
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, "attempts", 1)
-            if timed_out:
-                pipe.hset(key, "timed_out", 1)
+            pipe.hset(key, "timed_out", 1)
             pipe.expire(key, RESULTS_TTL)
-            attempts, *_ = pipe.execute()
-        return int(attempts)
+            pipe.execute()
 
-    def lost_attempts(self, message_id: str) -> tuple[int, bool]:
-        """How many attempts at the message were lost, and whether one ran out of time."""
-        found = self._redis.hmget(_lost(message_id), ["attempts", "timed_out"])
-        attempts, timed_out = found
-        return int(attempts or 0), timed_out is not None
+    def count_redelivery(self, message_id: str) -> tuple[int, bool]:
+        """Count one more delivery of a message delivered before, which never finished;
+        return how many there were, and whether it had run out of time."""
+        key = _attempts(message_id)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "redeliveries", 1)
+            pipe.hexists(key, "timed_out")
+            pipe.expire(key, RESULTS_TTL)
+            redeliveries, timed_out, _ = pipe.execute()
+        return int(redeliveries), bool(timed_out)
 
     # -- workers ----------------------------------------------------------------------
 
@@ -152,8 +155,8 @@ def _results(pool_id: str) -> str:
     return f"distpool:pool:{pool_id}:results"
 
 
-def _lost(message_id: str) -> str:
-    return f"distpool:lost:{message_id}"
+def _attempts(message_id: str) -> str:
+    return f"distpool:attempts:{message_id}"
 
 
 def _workers(queue: str) -> str:

@@ -15,7 +15,13 @@ import pytest
 
 import distpool
 from distpool import envelope
-from distpool.errors import BrokerUnavailableError, IncompatibleEnvelopeError, PoolTerminatedError
+from distpool.errors import (
+    BrokerUnavailableError,
+    IncompatibleEnvelopeError,
+    PoolTerminatedError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 from tests.support import environment_without_distpool
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -192,13 +198,19 @@ def _rabbitmq_reachable() -> bool:
 
 @pytest.mark.skipif(not _rabbitmq_reachable(), reason="no RabbitMQ on 127.0.0.1:5672")
 def test_rabbitmq_as_broker_with_redis_results(redis_server):
-    from tests.support import Cluster
+    from tests.support import Cluster, ignore_the_soft_limit
 
     cluster = Cluster(redis_server, nodes=1, concurrency=2,
                       broker="amqp://guest:guest@127.0.0.1:5672//")
     try:
-        with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        with distpool.Pool(2, task_timeout=1, **cluster.pool_kwargs()) as pool:
             assert pool.map(square, range(10)) == [x * x for x in range(10)]
             assert list(pool.imap_unordered(square, range(5))) != []
+            # RabbitMQ re-queues a dead slot's message itself; the attempts are still counted.
+            with pytest.raises(WorkerLostError, match="died 3 times"):
+                pool.apply(os._exit, (3,))
+            with pytest.raises(TaskTimeoutError, match="task_timeout"):
+                pool.apply(ignore_the_soft_limit, (60,))
+            assert pool.apply(square, (5,)) == 25
     finally:
         cluster.stop()
