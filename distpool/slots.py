@@ -147,7 +147,7 @@ def _tend(slot: _Slot, recovery: Recovery) -> _Outcome:
 def _stop_all(processes: Sequence[BaseProcess]) -> None:
     for process in processes:
         if process.is_alive():
-            process.terminate()  # Celery's warm shutdown: running tasks finish
+            process.terminate()  # SIGTERM, Celery's warm shutdown (on Windows, a kill)
     for process in processes:
         process.join(STOP_TIMEOUT)
         if process.is_alive():
