@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -46,6 +47,8 @@ logger = logging.getLogger("distpool")
 STOP_TIMEOUT = 30.0
 #: How often the parent looks at its slots.
 CHECK_INTERVAL = 0.2
+#: How often a slot looks for its parent (where it cannot wait on it).
+PARENT_CHECK_INTERVAL = 1.0
 
 class Recovery(Protocol):
     """What becomes of the message of a slot that is gone (the broker's business)."""
@@ -103,7 +106,26 @@ def run_slots(target: Callable[[list[str]], int], argv_for: Callable[[int, str],
 def _slot_main(target: Callable[[list[str]], int], argv: list[str]) -> None:
     # A forked slot inherits the parent's SIGTERM handler until Celery installs its own.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=_stop_with_parent, name="distpool-parent-watch",
+                     daemon=True).start()
     sys.exit(target(argv))
+
+
+def _stop_with_parent() -> None:
+    """Shut the slot down warmly (its running task finishes) once its parent is gone, killed
+    outright, say: unsupervised, a slot that died would not be replaced, nor would its
+    message be put back or its time limit enforced."""
+    if sys.platform == "win32":
+        parent = multiprocessing.parent_process()
+        if parent is None:
+            return
+        multiprocessing.connection.wait([parent.sentinel])
+    else:  # the sentinel of a forked slot is held open by its siblings; the parent id is not
+        parent_id = os.getppid()
+        while os.getppid() == parent_id:
+            time.sleep(PARENT_CHECK_INTERVAL)
+    logger.warning("the parent of this slot is gone; shutting down")
+    signal.raise_signal(signal.SIGTERM)
 
 
 class _Outcome(enum.Enum):

@@ -97,3 +97,13 @@ def test_max_tasks_per_child_replaces_a_slot_process_after_that_many_tasks(make_
         pids = [pool.apply(pid_after, (0,)) for _ in range(6)]
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
     assert len(set(pids)) == 3
+
+
+def test_slots_shut_down_when_their_parent_is_killed_outright(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    parent = psutil.Process(cluster.workers[0].process.pid)
+    slots = parent.children()
+    assert len(slots) == 2
+    parent.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(slots, timeout=20)
+    assert alive == [], "slots serve on without their parent"
