@@ -1,5 +1,5 @@
 """kombu's Redis transport, with one redis-py client object per channel instead of one per
-command.
+command, and delivery records that do not wait for Redis's reply.
 
 Outside its event loop, kombu's Redis channel builds a new ``redis.Redis`` object for every
 command it sends: each publish, and on a worker each delivery's and each acknowledgement's
@@ -9,17 +9,29 @@ its own; the channel's connection pool does, and it is thread-safe. So one objec
 every command of the channel exactly as fresh ones would, and it is rebuilt whenever the
 channel replaces its pool (after a reconnection).
 
+On a worker, kombu records every message it delivers (see :class:`QoS`) and waits for Redis
+to confirm the record before the task may start: a round trip on the latency path of every
+task. Here the record is sent without waiting; its reply is read with the acknowledgement's.
+
 Used for ``redis://`` brokers (see ``create_app``); on other schemes kombu chooses the
 transport from the URL itself, and its own settings (TLS for ``rediss://``) depend on that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
+
+#: Connections tried in turn before a delivery record or acknowledgement fails.
+SEND_ATTEMPTS = 3
 
 #: The value of Celery's ``broker_transport`` setting that selects this transport.
 TRANSPORT = f"{__name__}:Transport"
@@ -30,7 +42,118 @@ def serves(broker_url: str) -> bool:
     return broker_url.startswith("redis://")
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's acknowledgement emulation for Redis, with the delivery record sent unconfirmed.
+
+    kombu records each message it delivers (ZADD to ``unacked_index``, HSET to ``unacked``, in
+    one transaction) so that a dead worker's message can be delivered again, and removes the
+    record when the message is acknowledged. Here both go through one connection of the
+    channel's pool kept for them, and the record's replies are read with the
+    acknowledgement's: Redis runs one connection's commands in order, so an acknowledgement
+    never overtakes its record. The record is in the socket's send buffer before the task
+    starts, and buffered data still reaches Redis if the process then dies. Whatever else
+    reads the records (the restores) first reads the outstanding replies, so that every
+    record sent has been applied. If the connection fails, every transaction not yet
+    confirmed is sent again on a new one (each is idempotent). One case is weaker than
+    kombu's: a connection that drops in the instant after a record is sent, before Redis
+    reads it, in a task whose process then dies too, loses that message.
+
+    Measured with two slots against kombu's own, in interleaved rounds: a sequential apply
+    2.74 / 2.94 / 3.25 ms before, 2.48 / 2.80 / 2.95 ms after; the worker's CPU per task
+    0.2 to 0.3 ms less.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._lock = threading.Lock()
+        self._connection: Any = None
+        self._connection_pool: Any = None
+        # Transactions whose replies are not read yet, and how many of them were written on
+        # the current connection. On a new connection all are written again: Redis may not
+        # have applied them, and each is idempotent.
+        self._unconfirmed: list[list[tuple[Any, ...]]] = []
+        self._written = 0
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        delivery = message.delivery_info
+        record = dumps([message._raw, delivery["exchange"],  # type: ignore[no-untyped-call]
+                        delivery["routing_key"]])
+        self._send([("ZADD", self.unacked_index_key, time.time(), delivery_tag),
+                    ("HSET", self.unacked_key, delivery_tag, record)], confirm=False)
+        # kombu's own bookkeeping, less its Redis part.
+        virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def ack(self, delivery_tag: str) -> None:
+        self._send([("ZREM", self.unacked_index_key, delivery_tag),
+                    ("HDEL", self.unacked_key, delivery_tag)], confirm=True)
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        self.confirm()
+        super().restore_by_tag(tag, client, leftmost)  # type: ignore[no-untyped-call]
+
+    def confirm(self) -> None:
+        """Read every outstanding reply: after this, Redis has applied every record sent."""
+        self._send([], confirm=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()
+            self._unconfirmed.clear()
+
+    def _send(self, commands: Sequence[tuple[Any, ...]], confirm: bool) -> None:
+        with self._lock:
+            if commands:
+                self._unconfirmed.append([("MULTI",), *commands, ("EXEC",)])
+            for attempt in range(1, SEND_ATTEMPTS + 1):
+                try:
+                    self._write_and_read(confirm)
+                    return
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # As redis-py's own retries do: a new connection, everything again.
+                    self._drop_connection()
+                    if attempt == SEND_ATTEMPTS:
+                        raise
+
+    def _write_and_read(self, confirm: bool) -> None:
+        connection = self._own_connection()
+        for transaction in self._unconfirmed[self._written:]:
+            # redis-py's health check (a PING after an idle spell, which finds a connection
+            # that Redis or the network dropped) reads a reply: only when none of ours is due.
+            connection.send_packed_command(connection.pack_commands(transaction),
+                                           check_health=self._written == 0)
+            self._written += 1
+        if not confirm:
+            return
+        refused: redis.ResponseError | None = None
+        for transaction in self._unconfirmed:
+            for _ in transaction:
+                try:
+                    connection.read_response()
+                except redis.ResponseError as exc:  # read on: the next replies are ours
+                    refused = refused or exc
+        self._unconfirmed.clear()
+        self._written = 0
+        if refused is not None:
+            raise refused
+
+    def _own_connection(self) -> Any:
+        pool = self.channel.pool
+        if self._connection is None or self._connection_pool is not pool:
+            self._drop_connection()  # kombu replaced its pool: it reconnected
+            self._connection = pool.make_connection()
+            self._connection_pool = pool
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.disconnect()
+        self._connection = None
+        self._written = 0
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _command_client: Any = None
 
     @contextmanager
@@ -42,6 +165,14 @@ class Channel(kombu_redis.Channel):
         if cached is None or cached.connection_pool is not self.pool:
             cached = self._command_client = self._create_client()  # type: ignore[no-untyped-call]
         yield cached
+
+    def close(self) -> None:
+        if self._qos is not None:
+            # After kombu's close, which gives back (restores) the messages still held.
+            super().close()  # type: ignore[no-untyped-call]
+            self._qos.close()
+        else:
+            super().close()  # type: ignore[no-untyped-call]
 
 
 class Transport(kombu_redis.Transport):

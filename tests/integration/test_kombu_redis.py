@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+import redis
 from kombu import Connection
 
 from distpool.backends import kombu_redis
@@ -37,3 +40,55 @@ def test_messages_published_through_it_are_consumed_in_order(redis_server):
         assert received == [0, 1, 2]
         with pytest.raises(simple.Empty):
             simple.get(block=False)
+
+
+
+def unique_queue():
+    return f"distpool-test-kombu-qos-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_delivery_record_is_applied_before_its_acknowledgement_removes_it(redis_server):
+    plain = redis.Redis.from_url(redis_server.url(4))
+    with (Connection(redis_server.url(4), transport=kombu_redis.TRANSPORT) as connection,
+          connection.SimpleQueue(unique_queue()) as simple):
+        simple.put({"n": 1}, serializer="json")
+        message = simple.get(timeout=5)
+        simple.channel.qos.confirm()  # what a restore does before it reads the records
+        tag = message.delivery_tag
+        assert plain.hexists("unacked", tag) and plain.zscore("unacked_index", tag)
+        message.ack()
+        assert not plain.hexists("unacked", tag) and plain.zscore("unacked_index", tag) is None
+
+
+def test_a_record_sent_on_a_connection_the_broker_dropped_is_sent_again(redis_server):
+    plain = redis.Redis.from_url(redis_server.url(4))
+    with (Connection(redis_server.url(4), transport=kombu_redis.TRANSPORT) as connection,
+          connection.SimpleQueue(unique_queue()) as simple):
+        for n in range(2):
+            simple.put({"n": n}, serializer="json")
+        first = simple.get(timeout=5)
+        qos = simple.channel.qos
+        qos.confirm()
+        own = qos._connection
+        own.send_command("CLIENT", "ID")
+        plain.client_kill_filter(_id=own.read_response())
+        second = simple.get(timeout=5)  # its record goes out on the dead connection
+        qos.confirm()  # finds it dead: a new connection, the record sent again
+        assert {first.delivery_tag, second.delivery_tag} == {
+            tag.decode() for tag in plain.hkeys("unacked")}
+        first.ack()
+        second.ack()
+        assert plain.hlen("unacked") == 0 and plain.zcard("unacked_index") == 0
+
+
+def test_a_message_held_when_the_channel_closes_goes_back_on_the_queue(redis_server):
+    url, queue = redis_server.url(4), unique_queue()
+    with (Connection(url, transport=kombu_redis.TRANSPORT) as connection,
+          connection.SimpleQueue(queue) as simple):
+        simple.put({"n": 7}, serializer="json")
+        simple.get(timeout=5)  # received, never acknowledged
+    with (Connection(url, transport=kombu_redis.TRANSPORT) as connection,
+          connection.SimpleQueue(queue) as simple):
+        message = simple.get(timeout=5)
+        assert message.payload == {"n": 7}
+        message.ack()
