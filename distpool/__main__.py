@@ -1,5 +1,5 @@
 from .cli import main
 
-# Guarded: on Windows and macOS the solo slots start by importing this module afresh.
+# Guarded: on Windows and macOS the worker's slots start by importing this module afresh.
 if __name__ == "__main__":
     raise SystemExit(main())

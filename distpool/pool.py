@@ -261,7 +261,7 @@ class Pool:
                 chunksize += 1
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        function = _dumps(func, "the function")
+        function = self._serialise(func)
         # Serialised now, every chunk: if one cannot travel, nothing has been sent.
         chunks = [_dumps_chunk(chunk, index * chunksize)
                   for index, chunk in enumerate(chunked(iter(items), chunksize))]

@@ -119,9 +119,7 @@ def create_app(settings: Settings, slot_state: str | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
-    # Prefork raises the soft time limit in its pool processes; a slot does it itself.
-    runner = _ProcessLocalRunner(result_url, Signer(settings.secret),
-                                 raises_soft_limit=slot_state is not None)
+    runner = _ProcessLocalRunner(result_url, Signer(settings.secret))
     app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
 
     # shared=False: a shared task (Celery's default) is also registered in every app created
@@ -132,9 +130,10 @@ def create_app(settings: Settings, slot_state: str | None = None) -> Celery:
     def run_distpool_tasks(task: Any, *messages: Any) -> None:
         request = task.request
         _, soft_limit = request.timelimit or (None, None)
+        # Prefork raises the soft time limit in its pool processes; a slot does it itself.
         runner.get().run(messages, request.id,
                          redelivered=bool((request.delivery_info or {}).get("redelivered")),
-                         soft_limit=soft_limit)
+                         raise_soft_limit_after=soft_limit if slot_state is not None else None)
 
     if slot_state is not None:
         app.conf.worker_pool = f"{__name__}:SlotPool"
@@ -151,9 +150,9 @@ class SlotPool(ThreadTaskPool):  # type: ignore[misc]
 
     The task runs in that thread, so the worker's event loop stays free to answer remote
     control (inspect, ping, revoke) and send heartbeats while it runs. Celery cannot stop a
-    thread, so terminating the running task (a revoke with
-    ``terminate=True``, which ``Pool.terminate()`` sends) ends the slot's process. Its parent
-    replaces it and puts the message back, where it is skipped: its pool is gone.
+    thread, so terminating the running task (a revoke with ``terminate=True``, which
+    ``Pool.terminate()`` sends) ends the slot's process. Its parent replaces it and puts the
+    message back, where it is skipped: its pool is gone.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -248,16 +247,15 @@ def _urls(settings: Settings) -> tuple[str, str]:
 class _TaskRunner:
     """Runs the task envelopes of one Celery message in a worker process."""
 
-    def __init__(self, store: RedisStore, signer: Signer, raises_soft_limit: bool) -> None:
+    def __init__(self, store: RedisStore, signer: Signer) -> None:
         self._store = store
         self._signer = signer
-        self._raises_soft_limit = raises_soft_limit
         self._live_until: dict[str, float] = {}
         self._running_for: str | None = None  # the pool whose task runs now
         self._watchdog: threading.Thread | None = None
 
     def run(self, messages: Sequence[Any], message_id: str, redelivered: bool,
-            soft_limit: float | None) -> None:
+            raise_soft_limit_after: float | None) -> None:
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="distpool-watchdog",
                                               daemon=True)
@@ -265,8 +263,7 @@ class _TaskRunner:
         if redelivered and self._given_up(messages, message_id):
             return
         records: dict[str, list[ResultRecord]] = {}
-        raise_after = soft_limit if self._raises_soft_limit else None
-        with _SoftTimeLimit(raise_after):
+        with _SoftTimeLimit(raise_soft_limit_after):
             for message in messages:
                 outcome = self._run_one(message)
                 if outcome is not None:
@@ -405,17 +402,15 @@ class _SoftTimeLimit:
 class _ProcessLocalRunner:
     """One task runner, with its own store connection, per worker process."""
 
-    def __init__(self, url: str, signer: Signer, raises_soft_limit: bool) -> None:
+    def __init__(self, url: str, signer: Signer) -> None:
         self._url = url
         self._signer = signer
-        self._raises_soft_limit = raises_soft_limit
         self._pid: int | None = None
         self._runner: _TaskRunner | None = None
 
     def get(self) -> _TaskRunner:
         if self._runner is None or self._pid != os.getpid():
-            self._runner = _TaskRunner(RedisStore(self._url), self._signer,
-                                       self._raises_soft_limit)
+            self._runner = _TaskRunner(RedisStore(self._url), self._signer)
             self._pid = os.getpid()
         return self._runner
 

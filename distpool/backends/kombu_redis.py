@@ -106,6 +106,8 @@ class QoS(kombu_redis.QoS):
         with self._lock:
             if commands:
                 self._unconfirmed.append([("MULTI",), *commands, ("EXEC",)])
+            elif not self._unconfirmed:
+                return  # nothing to confirm: no connection needed
             for attempt in range(1, SEND_ATTEMPTS + 1):
                 try:
                     self._write_and_read(confirm)
@@ -168,12 +170,9 @@ class Channel(kombu_redis.Channel):
         yield cached
 
     def close(self) -> None:
+        super().close()  # type: ignore[no-untyped-call]  # restores the messages still held
         if self._qos is not None:
-            # After kombu's close, which gives back (restores) the messages still held.
-            super().close()  # type: ignore[no-untyped-call]
             self._qos.close()
-        else:
-            super().close()  # type: ignore[no-untyped-call]
 
 
 class Transport(kombu_redis.Transport):
