@@ -90,8 +90,12 @@ def test_shutdown_cancels_pending_futures_and_refuses_new_ones(make_executor, tm
     executor.submit(time.sleep, 0.5)
     pending = [executor.submit(touch_after, str(tmp_path / f"t{i}"), 0) for i in range(5)]
     executor.shutdown(wait=True, cancel_futures=True)
-    assert all(f.cancelled() for f in pending[1:])
-    assert len(list(tmp_path.iterdir())) <= 1
+    # ProcessPoolExecutor moves one call beyond its workers into its call queue ahead of
+    # time (EXTRA_QUEUED_CALLS), where it can no longer be cancelled; distpool hands a task
+    # over only when a worker is free.
+    queued_ahead = 1 if isinstance(executor, concurrent.futures.ProcessPoolExecutor) else 0
+    assert all(f.cancelled() for f in pending[1 + queued_ahead:])
+    assert len(list(tmp_path.iterdir())) <= 1 + queued_ahead
     with pytest.raises(RuntimeError):
         executor.submit(square, 2)
 
