@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from ._version import __version__
 from .cluster import LocalCluster, LocalClusterError
 from .errors import (
     BrokerUnavailableError,
@@ -23,8 +24,6 @@ from .errors import (
 from .executor import Executor
 from .pool import DistributedPool, Pool
 from .results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
-
-__version__ = "0.1.0"
 
 # Silent unless the application configures logging: a library does not print on its own.
 logging.getLogger("distpool").addHandler(logging.NullHandler())

@@ -61,6 +61,7 @@ from ..errors import (
 from ..slot_state import Running, SlotState
 from . import kombu_redis
 from .base import Backend
+from .redis_identity import client_identity
 from .redis_store import RedisStore
 
 logger = logging.getLogger("distpool")
@@ -465,7 +466,7 @@ def _hold_renewal_step(broker_url: str, interval: int) -> type:
         def __init__(self, w: Any, **kwargs: Any) -> None:
             super().__init__(w, **kwargs)
             self._redis = redis.Redis.from_url(broker_url, socket_connect_timeout=5,
-                                               socket_timeout=10)
+                                               socket_timeout=10, **client_identity())
             self._timer: Any = None
 
         def start(self, w: Any) -> None:

@@ -30,6 +30,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
+from .redis_identity import client_identity
+
 #: Connections tried in turn before a delivery record or acknowledgement fails.
 SEND_ATTEMPTS = 3
 
@@ -158,6 +160,10 @@ class QoS(kombu_redis.QoS):
 class Channel(kombu_redis.Channel):
     QoS = QoS
     _command_client: Any = None
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)  # type: ignore[no-untyped-call]
+        return {**params, **client_identity()}
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

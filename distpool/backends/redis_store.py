@@ -21,6 +21,8 @@ from typing import Any
 
 import redis
 
+from .redis_identity import client_identity
+
 #: Unread results of a pool whose client vanished are dropped after this long.
 RESULTS_TTL = 24 * 3600
 #: Largest batch of result records taken in one round trip.
@@ -37,6 +39,7 @@ class RedisStore:
             socket_keepalive=True,
             health_check_interval=30,
             retry_on_timeout=True,
+            **client_identity(),
         )
 
     # -- pools ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 import redis
 from kombu import Connection
 
+import distpool
 from distpool.backends import kombu_redis
 
 pytestmark = pytest.mark.integration
@@ -27,6 +28,15 @@ def test_a_channel_sends_its_commands_through_one_client_until_its_pool_is_repla
             after.ping()
 
 
+def test_its_connections_name_distpool_to_redis(redis_server):
+    with Connection(redis_server.url(3), transport=kombu_redis.TRANSPORT) as connection:
+        channel = connection.default_channel
+        for pool in (channel.pool, channel.async_pool):
+            identity = pool.connection_kwargs["driver_info"]
+            assert identity.formatted_name == f"redis-py(distpool_v{distpool.__version__})"
+            assert identity.lib_version == redis.__version__
+
+
 def test_messages_published_through_it_are_consumed_in_order(redis_server):
     with (Connection(redis_server.url(3), transport=kombu_redis.TRANSPORT) as connection,
           connection.SimpleQueue("distpool-test-kombu-redis") as simple):
@@ -40,7 +50,6 @@ def test_messages_published_through_it_are_consumed_in_order(redis_server):
         assert received == [0, 1, 2]
         with pytest.raises(simple.Empty):
             simple.get(block=False)
-
 
 
 def unique_queue():
