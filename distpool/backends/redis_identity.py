@@ -26,7 +26,7 @@ def client_identity() -> dict[str, Any]:
     """Keyword arguments for ``redis.Redis`` and ``redis.ConnectionPool``."""
     try:
         from redis import DriverInfo
-    except ImportError:  # redis-py before 7.1 has only the parameters DriverInfo replaced
+    except ImportError:  # an older redis-py has only the parameters DriverInfo replaced
         return {"lib_name": f"redis-py({LIBRARY}_v{__version__})",
                 "lib_version": redis.__version__}
     return {"driver_info": DriverInfo(lib_version=redis.__version__)
