@@ -265,6 +265,10 @@ class Engine:
                 continue
             for raw in records:
                 self._handle_record(raw)
+            if records:
+                # Hand the GIL to the callers these results woke. Otherwise each waits until
+                # this thread blocks in its next pop: about 0.1 ms of a sequential apply.
+                time.sleep(0)
 
     def _report(self) -> dict[str, Any]:
         return {**self._identity, "sent": self._sent, "done": self._done,
