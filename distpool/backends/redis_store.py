@@ -41,6 +41,7 @@ class RedisStore:
             retry_on_timeout=True,
             **client_identity(),
         )
+        self._popping: Any = None  # pop_results' connection
 
     # -- pools ------------------------------------------------------------------------
 
@@ -72,12 +73,29 @@ class RedisStore:
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
         """Block for the next record, then take whatever else waits behind it, in one round
-        trip: Redis runs the pipelined LPOP as soon as the BLPOP is served."""
+        trip: Redis runs the pipelined LPOP as soon as the BLPOP is served.
+
+        For one thread at a time (a pool's collector), on a connection of its own: the two
+        commands go out as one packed write, about 50 µs less per call than redis-py's
+        pipeline, on the way of every result to its caller."""
         key = _results(pool_id)
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.blpop([key], timeout=timeout)
-            pipe.lpop(key, FETCH_BATCH - 1)
-            first, rest = pipe.execute()
+        if self._popping is None:
+            self._popping = self._redis.connection_pool.make_connection()
+        connection = self._popping
+        packed = connection.pack_commands(
+            [("BLPOP", key, timeout), ("LPOP", key, FETCH_BATCH - 1)])
+
+        def pop() -> tuple[Any, Any]:
+            connection.send_packed_command(packed)
+            return connection.read_response(), connection.read_response()
+
+        try:
+            # As redis-py retries its own commands: on a new connection, after a backoff.
+            first, rest = connection.retry.call_with_retry(
+                pop, lambda _error: connection.disconnect())
+        except BaseException:
+            connection.disconnect()  # a reply may be left unread; it reconnects on next use
+            raise
         records: list[bytes] = [] if first is None else [first[1], *(rest or [])]
         return [record for record in records if record != WAKE_UP]
 
@@ -143,6 +161,8 @@ class RedisStore:
         self._redis.ping()
 
     def close(self) -> None:
+        if self._popping is not None:
+            self._popping.disconnect()
         self._redis.close()
 
 
