@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -41,7 +42,9 @@ class RedisStore:
             retry_on_timeout=True,
             **client_identity(),
         )
-        self._popping: Any = None  # pop_results' connection
+        # The commands on the way of every result, each on a connection of its own.
+        self._pushing = _OwnConnection(self._redis.connection_pool)
+        self._popping = _OwnConnection(self._redis.connection_pool)
 
     # -- pools ------------------------------------------------------------------------
 
@@ -65,37 +68,16 @@ class RedisStore:
         return bool(self._redis.exists(_live(pool_id)))
 
     def push_results(self, pool_id: str, records: list[bytes]) -> None:
+        # Sent again after a lost reply, a record arrives twice: the client keeps the first.
         key = _results(pool_id)
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, *records)
-            pipe.expire(key, RESULTS_TTL)
-            pipe.execute()
+        self._pushing.run([("RPUSH", key, *records), ("EXPIRE", key, RESULTS_TTL)])
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
         """Block for the next record, then take whatever else waits behind it, in one round
-        trip: Redis runs the pipelined LPOP as soon as the BLPOP is served.
-
-        For one thread at a time (a pool's collector), on a connection of its own: the two
-        commands go out as one packed write, about 50 µs less per call than redis-py's
-        pipeline, on the way of every result to its caller."""
+        trip: Redis runs the pipelined LPOP as soon as the BLPOP is served. For one thread
+        at a time (a pool's collector): its connection is blocked meanwhile."""
         key = _results(pool_id)
-        if self._popping is None:
-            self._popping = self._redis.connection_pool.make_connection()
-        connection = self._popping
-        packed = connection.pack_commands(
-            [("BLPOP", key, timeout), ("LPOP", key, FETCH_BATCH - 1)])
-
-        def pop() -> tuple[Any, Any]:
-            connection.send_packed_command(packed)
-            return connection.read_response(), connection.read_response()
-
-        try:
-            # As redis-py retries its own commands: on a new connection, after a backoff.
-            first, rest = connection.retry.call_with_retry(
-                pop, lambda _error: connection.disconnect())
-        except BaseException:
-            connection.disconnect()  # a reply may be left unread; it reconnects on next use
-            raise
+        first, rest = self._popping.run([("BLPOP", key, timeout), ("LPOP", key, FETCH_BATCH - 1)])
         records: list[bytes] = [] if first is None else [first[1], *(rest or [])]
         return [record for record in records if record != WAKE_UP]
 
@@ -161,9 +143,46 @@ class RedisStore:
         self._redis.ping()
 
     def close(self) -> None:
-        if self._popping is not None:
-            self._popping.disconnect()
+        self._pushing.close()
+        self._popping.close()
         self._redis.close()
+
+
+class _OwnConnection:
+    """A connection of a client's pool, kept out of the pool, that sends its commands as one
+    packed write and reads their replies: about 20 µs less per call than a connection
+    borrowed from the pool, and 40 µs less than redis-py's pipeline."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._connection: Any = None
+
+    def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Each command's reply, in order; a failed command raises its error."""
+        with self._lock:
+            if self._connection is None:
+                self._connection = self._pool.make_connection()
+            connection = self._connection
+            packed = connection.pack_commands(commands)
+
+            def send() -> list[Any]:
+                connection.send_packed_command(packed)
+                return [connection.read_response() for _ in commands]
+
+            try:
+                # As redis-py retries its own commands: on a new connection, after a backoff.
+                return connection.retry.call_with_retry(  # type: ignore[no-any-return]
+                    send, lambda _error: connection.disconnect())
+            except BaseException:
+                connection.disconnect()  # a reply may be left unread; reconnects on next use
+                raise
+
+    def close(self) -> None:
+        # Without the lock: a pop may hold it, blocked, until its timeout.
+        connection = self._connection
+        if connection is not None:
+            connection.disconnect()
 
 
 def _live(pool_id: str) -> str:

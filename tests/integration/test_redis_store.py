@@ -1,4 +1,4 @@
-"""The result store's own connection for popping results, against a real Redis."""
+"""The result store's own connections for pushing and popping results, against a real Redis."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ def test_a_pop_takes_every_waiting_record_in_order(store):
     assert store.pop_results(pool_id, 0.1) == []
 
 
-def test_a_pop_goes_on_after_redis_dropped_its_connection(store, redis_server):
+def test_pushes_and_pops_go_on_after_redis_dropped_their_connections(store, redis_server):
     pool_id = uuid.uuid4().hex
-    assert store.pop_results(pool_id, 0.1) == []  # its connection is open now
+    store.push_results(pool_id, [b"before"])
+    assert store.pop_results(pool_id, 1) == [b"before"]  # both connections are open now
     redis.Redis.from_url(redis_server.url(5)).client_kill_filter(_type="normal", skipme=True)
     store.push_results(pool_id, [b"after"])
     assert store.pop_results(pool_id, 1) == [b"after"]
