@@ -75,6 +75,7 @@ class Engine:
         self._processes = processes
         # Often enough for the liveness key, and for distpool status to show progress.
         self._refresh_interval = min(pool_ttl / 3, REPORT_INTERVAL)
+        self._pool_ttl = pool_ttl
         self._identity = {"host": socket.gethostname(), "pid": os.getpid(),
                           "processes": processes, "started": round(time.time(), 3)}
         self._sent = self._done = 0
@@ -249,6 +250,7 @@ class Engine:
 
     def _collect_loop(self) -> None:
         next_refresh = time.monotonic() + self._refresh_interval
+        unreachable_since: float | None = None
         while True:
             with self._cond:
                 if self._terminated or (self._closing and not self._jobs):
@@ -259,10 +261,21 @@ class Engine:
                     self._backend.refresh_pool(self.pool_id, self._report())
                     next_refresh = time.monotonic() + self._refresh_interval
             except Exception as exc:
+                now = time.monotonic()
+                if unreachable_since is None:
+                    unreachable_since = now
+                elif now - unreachable_since >= self._pool_ttl:
+                    # Unrefreshed that long, the pool's liveness key has lapsed and workers
+                    # drop its tasks: their results may never come.
+                    self._fail_in_flight(BrokerUnavailableError(
+                        f"the result store was unreachable for {now - unreachable_since:.0f} s,"
+                        f" longer than the pool's pool_ttl; last error: {exc}"))
+                    unreachable_since = now
                 logger.warning("pool %s: result store unavailable, retrying: %s",
                                self.pool_id, exc)
                 time.sleep(COLLECT_TIMEOUT)
                 continue
+            unreachable_since = None
             for raw in records:
                 self._handle_record(raw)
             if records:
@@ -322,6 +335,14 @@ class Engine:
                 result._set(index, ok, value)
             except Exception:
                 logger.exception("pool %s: a result callback raised", self.pool_id)
+
+    def _fail_in_flight(self, error: Exception) -> None:
+        """Fail every task sent and not yet reported; a record that arrives for one later is
+        ignored, so each result is still delivered once."""
+        with self._cond:
+            in_flight = list(self._in_flight)
+        for task_id in in_flight:
+            self._complete(task_id, False, error)
 
     def _deliver_failure(self, result: Any, exc: BaseException) -> None:
         try:

@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import distpool
 from distpool.errors import TaskTimeoutError, WorkerLostError
-from tests.support import ignore_the_soft_limit, stop_process_group
+from tests.support import Cluster, RedisServer, ignore_the_soft_limit, stop_process_group
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -216,3 +216,22 @@ def test_a_map_survives_the_broker_dropping_every_connection(make_cluster):
         results = pool.map(sleep_for, [0.1] * 40, chunksize=1)
     killer.join()
     assert len(results) == 40
+
+
+def test_a_task_whose_redis_is_gone_for_good_fails_within_its_pool_ttl():
+    server = RedisServer()  # its own: this test stops it
+    cluster = Cluster(server, concurrency=1)
+    try:
+        pool = distpool.Pool(1, pool_ttl=2, **cluster.pool_kwargs())
+        lost = pool.apply_async(sleep_for, (60,))
+        time.sleep(1.0)  # taken by the worker
+        server.stop()
+        stopped = time.monotonic()
+        with pytest.raises(distpool.BrokerUnavailableError, match="pool_ttl"):
+            lost.get(timeout=60)
+        assert time.monotonic() - stopped < 20
+        pool.terminate()  # and stopping the pool does not hang on the missing Redis either
+        pool.join()
+    finally:
+        cluster.stop()
+        server.stop()

@@ -266,3 +266,29 @@ def test_close_lifts_the_imap_buffer_so_join_finishes_without_a_consumer(manual)
 def test_buffersize_must_be_positive(eager_pool):
     with pytest.raises(ValueError, match="buffersize"):
         eager_pool.imap(square, [1], buffersize=0)
+
+
+def test_tasks_in_flight_fail_once_the_result_store_is_unreachable_for_pool_ttl(manual):
+    down = threading.Event()
+    fetch = manual.fetch_results
+
+    def fetch_unless_down(pool_id, timeout):
+        if down.is_set():
+            raise ConnectionError("the store is down")
+        return fetch(pool_id, timeout)
+
+    manual.fetch_results = fetch_unless_down
+    pool = distpool.Pool(2, pool_ttl=0.5)
+    lost = pool.apply_async(square, (3,))
+    manual.wait_published(1)
+    down.set()
+    with pytest.raises(distpool.BrokerUnavailableError, match="pool_ttl"):
+        lost.get(timeout=10)
+    down.clear()  # the store is back: the late result is ignored, and the pool works on
+    manual.run_one()
+    again = pool.apply_async(square, (4,))
+    manual.run_until_ready(again)
+    assert again.get(timeout=10) == 16
+    with pytest.raises(distpool.BrokerUnavailableError):
+        lost.get(timeout=0)
+    pool.terminate()
