@@ -258,7 +258,13 @@ class Engine:
             try:
                 records = self._backend.fetch_results(self.pool_id, COLLECT_TIMEOUT)
                 if time.monotonic() >= next_refresh:
-                    self._backend.refresh_pool(self.pool_id, self._report())
+                    if not self._backend.refresh_pool(self.pool_id, self._report()):
+                        # Workers skip the tasks of a pool not marked live, and a store that
+                        # restarted has lost the queued ones: these results may never come.
+                        self._fail_in_flight(BrokerUnavailableError(
+                            "the result store lost this pool's liveness key (a restart "
+                            "without persistence, or the pool unheard of for longer than "
+                            "pool_ttl): its tasks in flight may have been dropped"))
                     next_refresh = time.monotonic() + self._refresh_interval
             except Exception as exc:
                 now = time.monotonic()

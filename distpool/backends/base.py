@@ -27,9 +27,12 @@ class Backend(abc.ABC):
         """Worker processes serving this backend's queue now; 0 when none is known."""
 
     @abc.abstractmethod
-    def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> None:
+    def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> bool:
         """Mark the pool live, with what its client reports of it (``distpool status``);
-        workers run its tasks only while it is, so the client repeats this in time."""
+        workers run its tasks only while it is, so the client repeats this in time. Return
+        whether it was still marked live: False for a new pool, and for one whose mark was
+        lost meanwhile, by a store that restarted or a lapse, when workers may have dropped
+        its tasks."""
 
     @abc.abstractmethod
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:

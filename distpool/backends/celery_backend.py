@@ -567,8 +567,8 @@ class CeleryBackend(Backend):
     def worker_slots(self) -> int:
         return self._store.worker_slots(self._settings.queue)
 
-    def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> None:
-        self._store.refresh_pool(pool_id, self._settings.pool_ttl, info)
+    def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> bool:
+        return self._store.refresh_pool(pool_id, self._settings.pool_ttl, info)
 
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
         if self._producer is None:

@@ -29,8 +29,8 @@ class EagerBackend(Backend):
     def worker_slots(self) -> int:
         return 0  # unknown: the pool defaults to the CPU count, as multiprocessing does
 
-    def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> None:
-        pass
+    def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> bool:
+        return True  # nothing here can lose it
 
     @property
     def signer(self) -> Signer:

@@ -48,12 +48,15 @@ class RedisStore:
 
     # -- pools ------------------------------------------------------------------------
 
-    def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any]) -> None:
-        """Mark the pool live for ``ttl`` seconds more, with what its client reports."""
+    def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any]) -> bool:
+        """Mark the pool live for ``ttl`` seconds more, with what its client reports; return
+        whether it was still marked live."""
         with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(_live(pool_id))
             pipe.set(_live(pool_id), b"1", px=int(ttl * 1000))
             pipe.set(_info(pool_id), json.dumps(info), px=int(ttl * 1000))
-            pipe.execute()
+            was_live, _, _ = pipe.execute()
+        return bool(was_live)
 
     def pools(self) -> dict[str, dict[str, Any]]:
         """Pool id -> info, for every pool whose client reports itself alive."""

@@ -235,3 +235,23 @@ def test_a_task_whose_redis_is_gone_for_good_fails_within_its_pool_ttl():
     finally:
         cluster.stop()
         server.stop()
+
+
+def test_tasks_lost_with_redis_s_data_fail_instead_of_waiting_forever():
+    server = RedisServer()  # its own: this test wipes it, as a restart without persistence does
+    cluster = Cluster(server, concurrency=1)
+    try:
+        with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+            running = pool.apply_async(sleep_for, (3,))
+            queued = pool.apply_async(square, (4,))  # waits in the queue for the one slot
+            time.sleep(1.0)
+            server.client.flushall()
+            wiped = time.monotonic()
+            for result in (running, queued):
+                with pytest.raises(distpool.BrokerUnavailableError, match="liveness key"):
+                    result.get(timeout=30)
+            assert time.monotonic() - wiped < 10
+            assert pool.apply(square, (5,)) == 25  # and the pool goes on
+    finally:
+        cluster.stop()
+        server.stop()

@@ -292,3 +292,21 @@ def test_tasks_in_flight_fail_once_the_result_store_is_unreachable_for_pool_ttl(
     with pytest.raises(distpool.BrokerUnavailableError):
         lost.get(timeout=0)
     pool.terminate()
+
+
+def test_tasks_in_flight_fail_when_the_store_lost_the_pools_liveness_key(manual):
+    lost_key = threading.Event()
+    refresh = manual.refresh_pool
+
+    def refresh_and_tell(pool_id, info):
+        refresh(pool_id, info)
+        return not lost_key.is_set()
+
+    manual.refresh_pool = refresh_and_tell
+    pool = distpool.Pool(2, pool_ttl=0.3)  # refreshed every 0.1 s
+    lost = pool.apply_async(square, (3,))
+    manual.wait_published(1)
+    lost_key.set()
+    with pytest.raises(distpool.BrokerUnavailableError, match="liveness key"):
+        lost.get(timeout=10)
+    pool.terminate()
