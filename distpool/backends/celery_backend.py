@@ -401,19 +401,28 @@ class _SoftTimeLimit:
 
 
 class _ProcessLocalRunner:
-    """One task runner, with its own store connection, per worker process."""
+    """One task runner, and one result store, per worker process: the registration step,
+    the runner and its watchdog share the store's connection."""
 
     def __init__(self, url: str, signer: Signer) -> None:
         self._url = url
         self._signer = signer
         self._pid: int | None = None
+        self._store: RedisStore | None = None
         self._runner: _TaskRunner | None = None
 
     def get(self) -> _TaskRunner:
         if self._runner is None or self._pid != os.getpid():
-            self._runner = _TaskRunner(RedisStore(self._url), self._signer)
-            self._pid = os.getpid()
+            self._runner = _TaskRunner(self.store(), self._signer)
         return self._runner
+
+    def store(self) -> RedisStore:
+        if self._store is None or self._pid != os.getpid():
+            # Never one inherited through a fork: its connection is the parent's.
+            self._store = RedisStore(self._url)
+            self._runner = None
+            self._pid = os.getpid()
+        return self._store
 
 
 def _registration_step(settings: Settings) -> type:
@@ -426,7 +435,7 @@ def _registration_step(settings: Settings) -> type:
 
         def __init__(self, w: Any, **kwargs: Any) -> None:
             super().__init__(w, **kwargs)
-            self._store = RedisStore(result_url)
+            self._store = w.app.distpool_runner.store()
             self._timer: Any = None
 
         def start(self, w: Any) -> None:
