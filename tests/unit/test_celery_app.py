@@ -35,3 +35,12 @@ def test_each_app_runs_its_own_task_and_a_second_app_raises_no_warning():
     assert tasks[0] is not tasks[1]
     assert tasks[0].app is first
     assert tasks[1].app is second
+
+
+def test_clients_with_the_same_settings_share_one_app_and_others_get_their_own():
+    app = celery_backend._client_app(settings())
+    assert celery_backend._client_app(settings()) is app  # equal settings, built anew
+    other = resolve(broker="redis://127.0.0.1:6379/0", result_url="redis://127.0.0.1:6379/0",
+                    queue="another", secret="k" * 32, environ={})
+    assert celery_backend._client_app(other) is not app
+    assert celery_backend._client_app(other).conf.task_default_queue == "another"
