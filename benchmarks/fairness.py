@@ -26,7 +26,7 @@ from pathlib import Path
 
 import distpool
 from benchmarks.celery_baseline import stop_worker
-from benchmarks.run import RESULTS, taken
+from benchmarks.run import RESULTS, taken, verdict
 from distpool.cluster import LocalCluster
 
 SLOTS = 4
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| ({row['workload']}) | {row['reference']} | {row['target_s']:.2f} s | "
               f"{row['distpool_s']:.2f} s | {row['multiprocessing_s']:.2f} s | "
               f"{row['distpool_over_target']:.3f} | <= {row['allowed_over_target']:.2f} | "
-              f"{'yes' if met else '**no**'} |")
+              f"{verdict(met, args.quick)} |")
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "fairness.json").write_text(
         json.dumps({"taken": heading, "workloads": rows}, indent=2) + "\n")
