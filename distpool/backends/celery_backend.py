@@ -38,7 +38,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import billiard.exceptions
-import redis
 from celery import Celery, bootsteps, signals, states
 from celery.backends.base import DisabledBackend
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
@@ -62,7 +61,6 @@ from ..errors import (
 from ..slot_state import Running, SlotState
 from . import kombu_redis
 from .base import Backend
-from .redis_identity import client_identity
 from .redis_store import RedisStore
 
 logger = logging.getLogger("distpool")
@@ -71,8 +69,6 @@ TASK_NAME = "distpool.execute"
 #: How often a worker renews its registration, and how long the registration lasts.
 REGISTRATION_INTERVAL = 10.0
 REGISTRATION_TTL = 3 * REGISTRATION_INTERVAL
-#: kombu's Redis transport: delivered, unacknowledged messages and their delivery times.
-UNACKED_INDEX = "unacked_index"
 #: Tries of a task whose worker process keeps dying, before it fails with WorkerLostError.
 MAX_ATTEMPTS = 3
 #: A task past its soft time limit (the pool's task_timeout) gets this long to stop before
@@ -143,7 +139,7 @@ def create_app(settings: Settings, slot_state: str | None = None) -> Celery:
 
     app.steps["worker"].add(_registration_step(settings))
     if broker_url.startswith(("redis://", "rediss://")):
-        app.steps["worker"].add(_hold_renewal_step(broker_url, renew_every))
+        app.steps["worker"].add(_hold_renewal_step(renew_every))
     return app
 
 
@@ -462,40 +458,42 @@ def _registration_step(settings: Settings) -> type:
     return Registration
 
 
-def _hold_renewal_step(broker_url: str, interval: int) -> type:
+def _hold_renewal_step(interval: int) -> type:
     """A worker bootstep that keeps renewing its hold on the messages it has taken."""
 
     class _HoldRenewal(bootsteps.StartStopStep):  # type: ignore[misc]
         """kombu's Redis transport records each delivered, unacknowledged message in the
         ``unacked_index`` sorted set with its delivery time, and gives it to another worker
         once that is older than the visibility timeout. Setting the time to now, for every
-        message this node holds, keeps them while the node lives."""
+        message this node holds, keeps them while the node lives. It goes through the task
+        consumer's own channel: no connection of its own, and the channel's key names and
+        connection settings (TLS, key prefix) whatever they are."""
 
         label = "distpool hold renewal"
 
         def __init__(self, w: Any, **kwargs: Any) -> None:
             super().__init__(w, **kwargs)
-            self._redis = redis.Redis.from_url(broker_url, socket_connect_timeout=5,
-                                               socket_timeout=10, **client_identity())
             self._timer: Any = None
 
         def start(self, w: Any) -> None:
-            self._timer = w.timer.call_repeatedly(interval, self._renew)
+            self._timer = w.timer.call_repeatedly(interval, self._renew, (w,))
 
         def stop(self, w: Any) -> None:
             if self._timer is not None:
                 self._timer.cancel()
-            self._redis.close()
 
-        def _renew(self) -> None:
+        def _renew(self, w: Any) -> None:
             held = list(worker_state.active_requests) + list(worker_state.reserved_requests)
             tags = {request.message.delivery_tag for request in held}
             tags.discard(None)
-            if not tags:
+            consumer = getattr(w.consumer, "task_consumer", None)
+            if not tags or consumer is None:  # nothing held, or reconnecting
                 return
             now = time.time()
+            channel = consumer.channel
             try:
-                self._redis.zadd(UNACKED_INDEX, {tag: now for tag in tags}, xx=True)
+                with channel.conn_or_acquire() as client:
+                    client.zadd(channel.unacked_index_key, {tag: now for tag in tags}, xx=True)
             except Exception as exc:  # the broker is away: Celery reconnects on its own
                 logger.warning("could not renew the hold on %d messages: %s", len(tags), exc)
 
