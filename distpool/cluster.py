@@ -31,6 +31,8 @@ STOP_TIMEOUT = 15.0
 #: The supervisor's first line of output starts with one of these.
 READY = "ready "
 FAILED = "failed "
+#: The supervisor's exit code when it gave up on a worker that keeps exiting.
+EXIT_GAVE_UP = 3
 
 
 class LocalClusterError(DistpoolError):
@@ -86,6 +88,17 @@ class LocalCluster:
             raise LocalClusterError(f"could not start the local cluster: {detail}")
         self._broker_url = line[len(READY):]
         return self
+
+    def failure(self) -> str | None:
+        """Why the cluster stopped on its own (its worker kept exiting, and the supervisor
+        gave up, stopping Redis too); None while it runs, and before it starts."""
+        supervisor = self._supervisor
+        if supervisor is None or supervisor.poll() is None:
+            return None
+        if supervisor.returncode == EXIT_GAVE_UP:
+            return ("the local cluster stopped: its worker kept exiting (the supervisor wrote "
+                    "the end of the worker's log to standard error)")
+        return f"the local cluster stopped: its supervisor exited with code {supervisor.returncode}"
 
     def stop(self) -> None:
         """Stop the workers and Redis, and remove their files; waits until they are gone."""

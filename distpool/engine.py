@@ -23,7 +23,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +68,13 @@ class _Job:
 
 
 class Engine:
-    def __init__(self, backend: Backend, pool_id: str, processes: int, pool_ttl: float) -> None:
+    def __init__(self, backend: Backend, pool_id: str, processes: int, pool_ttl: float,
+                 backend_gone: Callable[[], str | None] = lambda: None) -> None:
+        """``backend_gone`` says why the backend will never answer again, if it knows (a
+        private local cluster that stopped), so that the tasks in flight fail at once."""
         self.pool_id = pool_id
         self._backend = backend
+        self._backend_gone = backend_gone
         self._signer = backend.signer
         self._processes = processes
         # Often enough for the liveness key, and for distpool status to show progress.
@@ -267,18 +271,7 @@ class Engine:
                             "pool_ttl): its tasks in flight may have been dropped"))
                     next_refresh = time.monotonic() + self._refresh_interval
             except Exception as exc:
-                now = time.monotonic()
-                if unreachable_since is None:
-                    unreachable_since = now
-                elif now - unreachable_since >= self._pool_ttl:
-                    # Unrefreshed that long, the pool's liveness key has lapsed and workers
-                    # drop its tasks: their results may never come.
-                    self._fail_in_flight(BrokerUnavailableError(
-                        f"the result store was unreachable for {now - unreachable_since:.0f} s,"
-                        f" longer than the pool's pool_ttl; last error: {exc}"))
-                    unreachable_since = now
-                logger.warning("pool %s: result store unavailable, retrying: %s",
-                               self.pool_id, exc)
+                unreachable_since = self._store_failed(exc, unreachable_since)
                 time.sleep(COLLECT_TIMEOUT)
                 continue
             unreachable_since = None
@@ -288,6 +281,23 @@ class Engine:
                 # Hand the GIL to the callers these results woke. Otherwise each waits until
                 # this thread blocks in its next pop: about 0.1 ms of a sequential apply.
                 time.sleep(0)
+
+    def _store_failed(self, exc: Exception, since: float | None) -> float:
+        """Log a failed pop or refresh, and fail the tasks in flight once their results
+        cannot come any more. Returns when the store's current outage began."""
+        now = time.monotonic()
+        logger.warning("pool %s: result store unavailable, retrying: %s", self.pool_id, exc)
+        gone = self._backend_gone()
+        if gone is not None:
+            self._fail_in_flight(BrokerUnavailableError(f"{gone}; last error: {exc}"))
+        elif since is not None and now - since >= self._pool_ttl:
+            # Unrefreshed that long, the pool's liveness key has lapsed and workers drop
+            # its tasks: their results may never come.
+            self._fail_in_flight(BrokerUnavailableError(
+                f"the result store was unreachable for {now - since:.0f} s, longer than "
+                f"the pool's pool_ttl; last error: {exc}"))
+            return now
+        return now if since is None else since
 
     def _report(self) -> dict[str, Any]:
         return {**self._identity, "sent": self._sent, "done": self._done,

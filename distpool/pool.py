@@ -99,8 +99,9 @@ class Pool:
             try:
                 self._processes = processes or backend.worker_slots() or os.cpu_count() or 1
                 self._pool_id = uuid.uuid4().hex
-                self._engine = Engine(backend, self._pool_id, self._processes,
-                                      settings.pool_ttl)
+                self._engine = Engine(
+                    backend, self._pool_id, self._processes, settings.pool_ttl,
+                    backend_gone=self._cluster.failure if self._cluster else lambda: None)
             except BaseException:
                 backend.close()
                 raise

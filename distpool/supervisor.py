@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Callable
 
-from .cluster import FAILED, READY, LocalClusterError
+from .cluster import EXIT_GAVE_UP, FAILED, READY, LocalClusterError
 from .restarts import RestartBudget
 
 
@@ -123,11 +123,16 @@ class _Supervisor:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def run_until_parent_leaves(self) -> None:
+    def run_until_parent_leaves(self) -> bool:
+        """Keep the worker running until the parent leaves (True), or until it keeps exiting
+        (False)."""
         parent_left = threading.Event()
 
         def wait_for_end_of_file() -> None:
-            sys.stdin.buffer.read()
+            # os.read, not sys.stdin: a daemon thread blocked in a buffered read when the
+            # interpreter exits (after giving up) aborts it, with a fatal error.
+            while os.read(sys.stdin.fileno(), 4096):
+                pass
             parent_left.set()
 
         threading.Thread(target=wait_for_end_of_file, daemon=True).start()
@@ -138,8 +143,9 @@ class _Supervisor:
                 if not restarts.allow():
                     sys.stderr.write("distpool: the local worker keeps exiting; its log:\n"
                                      + self.worker_log_tail())
-                    return
+                    return False
                 self.start_worker()
+        return True
 
     def stop(self) -> None:
         # Nothing in a private cluster outlives it, so there is nothing to shut down gently:
@@ -174,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         supervisor.start_redis()
         print(READY + supervisor.url, flush=True)
         supervisor.start_worker()
-        supervisor.run_until_parent_leaves()
+        if not supervisor.run_until_parent_leaves():
+            return EXIT_GAVE_UP
     except LocalClusterError as exc:
         print(FAILED + str(exc), flush=True)
         return 1

@@ -183,3 +183,19 @@ def test_demo_runs_both_pools_and_their_results_agree(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "results agree: yes" in completed.stdout
     assert "multiprocessing" in completed.stderr and "6/6" in completed.stderr  # progress bars
+
+
+def test_tasks_fail_at_once_when_the_private_clusters_worker_keeps_exiting(tmp_path,
+                                                                           monkeypatch):
+    import distpool.backends.celery_backend  # noqa: F401  (this process's kombu, first)
+
+    broken = tmp_path / "kombu"
+    broken.mkdir()
+    (broken / "__init__.py").write_text('raise ImportError("broken on purpose")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))  # what the cluster's workers import first
+    started = time.monotonic()
+    with distpool.Pool(1, pool_ttl=300) as pool:
+        result = pool.apply_async(abs, (-1,))
+        with pytest.raises(distpool.BrokerUnavailableError, match="worker kept exiting"):
+            result.get(timeout=60)
+        assert time.monotonic() - started < 60  # long before pool_ttl
