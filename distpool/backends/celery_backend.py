@@ -409,8 +409,9 @@ class _ProcessLocalRunner:
         self._runner: _TaskRunner | None = None
 
     def get(self) -> _TaskRunner:
-        if self._runner is None or self._pid != os.getpid():
-            self._runner = _TaskRunner(self.store(), self._signer)
+        store = self.store()  # forgets an inherited runner too
+        if self._runner is None:
+            self._runner = _TaskRunner(store, self._signer)
         return self._runner
 
     def store(self) -> RedisStore:

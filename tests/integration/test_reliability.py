@@ -218,40 +218,44 @@ def test_a_map_survives_the_broker_dropping_every_connection(make_cluster):
     assert len(results) == 40
 
 
-def test_a_task_whose_redis_is_gone_for_good_fails_within_its_pool_ttl():
-    server = RedisServer()  # its own: this test stops it
-    cluster = Cluster(server, concurrency=1)
+@pytest.fixture
+def cluster_on_its_own_redis():
+    """One worker slot on a Redis of its own, for the tests that stop or wipe that Redis."""
+    server = RedisServer()
     try:
-        pool = distpool.Pool(1, pool_ttl=2, **cluster.pool_kwargs())
-        lost = pool.apply_async(sleep_for, (60,))
-        time.sleep(1.0)  # taken by the worker
+        cluster = Cluster(server, concurrency=1)
+    except BaseException:
         server.stop()
-        stopped = time.monotonic()
-        with pytest.raises(distpool.BrokerUnavailableError, match="pool_ttl"):
-            lost.get(timeout=60)
-        assert time.monotonic() - stopped < 20
-        pool.terminate()  # and stopping the pool does not hang on the missing Redis either
-        pool.join()
-    finally:
-        cluster.stop()
-        server.stop()
+        raise
+    yield cluster
+    cluster.stop()
+    server.stop()
 
 
-def test_tasks_lost_with_redis_s_data_fail_instead_of_waiting_forever():
-    server = RedisServer()  # its own: this test wipes it, as a restart without persistence does
-    cluster = Cluster(server, concurrency=1)
-    try:
-        with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
-            running = pool.apply_async(sleep_for, (3,))
-            queued = pool.apply_async(square, (4,))  # waits in the queue for the one slot
-            time.sleep(1.0)
-            server.client.flushall()
-            wiped = time.monotonic()
-            for result in (running, queued):
-                with pytest.raises(distpool.BrokerUnavailableError, match="liveness key"):
-                    result.get(timeout=30)
-            assert time.monotonic() - wiped < 10
-            assert pool.apply(square, (5,)) == 25  # and the pool goes on
-    finally:
-        cluster.stop()
-        server.stop()
+def test_a_task_whose_redis_is_gone_for_good_fails_within_its_pool_ttl(cluster_on_its_own_redis):
+    cluster = cluster_on_its_own_redis
+    pool = distpool.Pool(1, pool_ttl=2, **cluster.pool_kwargs())
+    lost = pool.apply_async(sleep_for, (60,))
+    time.sleep(1.0)  # taken by the worker
+    cluster.redis.stop()
+    stopped = time.monotonic()
+    with pytest.raises(distpool.BrokerUnavailableError, match="pool_ttl"):
+        lost.get(timeout=60)
+    assert time.monotonic() - stopped < 20
+    pool.terminate()  # and stopping the pool does not hang on the missing Redis either
+    pool.join()
+
+
+def test_tasks_lost_with_redis_s_data_fail_instead_of_waiting_forever(cluster_on_its_own_redis):
+    cluster = cluster_on_its_own_redis
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        running = pool.apply_async(sleep_for, (3,))
+        queued = pool.apply_async(square, (4,))  # waits in the queue for the one slot
+        time.sleep(1.0)
+        cluster.redis.client.flushall()  # as a restart without persistence does
+        wiped = time.monotonic()
+        for result in (running, queued):
+            with pytest.raises(distpool.BrokerUnavailableError, match="liveness key"):
+                result.get(timeout=30)
+        assert time.monotonic() - wiped < 10
+        assert pool.apply(square, (5,)) == 25  # and the pool goes on
