@@ -28,34 +28,47 @@ class Running:
 
 
 class SlotState:
-    """The state file at ``path``: written by the slot, read by its parent."""
+    """The state file at ``path``: written by the slot, read by its parent.
 
-    def __init__(self, path: str) -> None:
+    It names the slot's consumer (its ``holder`` id, whose held list the parent restores
+    when the slot dies, see :mod:`distpool.backends.held_messages`) and the message it runs.
+    """
+
+    def __init__(self, path: str, holder: str = "") -> None:
         self.path = path
+        self.holder = holder
         self._file: int | None = None
 
     def running(self, message_id: str, delivery_tag: str, kill_at: float | None) -> None:
-        self._write(f"{message_id} {delivery_tag} {kill_at or 0!r}")
+        self._write(f"{self.holder} {message_id} {delivery_tag} {kill_at or 0!r}")
 
     def idle(self) -> None:
-        self._write("")
+        self._write(self.holder)
 
     def read(self) -> Running | None:
         """The message the slot holds, or None when it holds none (or the file is unreadable
         or garbled: then there is nothing the parent could act on)."""
-        try:
-            with open(self.path, "rb") as file:
-                fields = file.read(RECORD_SIZE).decode("ascii").split()
-        except (OSError, UnicodeDecodeError):
+        fields = self._fields()
+        if len(fields) != 4:
             return None
-        if len(fields) != 3:
-            return None
-        message_id, delivery_tag, kill_at = fields
+        _, message_id, delivery_tag, kill_at = fields
         try:
             deadline = float(kill_at)
         except ValueError:
             return None
         return Running(message_id, delivery_tag, deadline or None)
+
+    def read_holder(self) -> str | None:
+        """The slot's consumer id, once the slot has written it."""
+        fields = self._fields()
+        return fields[0] if fields else None
+
+    def _fields(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as file:
+                return file.read(RECORD_SIZE).decode("ascii").split()
+        except (OSError, UnicodeDecodeError):
+            return []
 
     def _write(self, text: str) -> None:
         record = text.encode("ascii")

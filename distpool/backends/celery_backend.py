@@ -32,8 +32,10 @@ import ctypes
 import functools
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -85,10 +87,12 @@ PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step"
                         "interval_max": 1.0}
 
 
-def create_app(settings: Settings, slot_state: str | None = None) -> Celery:
+def create_app(settings: Settings, slot_state: str | None = None,
+               holder: str | None = None) -> Celery:
     """The Celery app shared by ``distpool worker`` and by clients (to build messages).
     ``slot_state``: this worker is a slot (:mod:`distpool.slots`) that reports what it runs
-    in that file."""
+    in that file. ``holder``: the worker's consumer id on a Redis broker (see
+    :mod:`distpool.backends.held_messages`)."""
     broker_url, result_url = _urls(settings)
     renew_every = max(1, int(settings.worker_lost_timeout / 4))
     app = Celery("distpool", set_as_current=False)
@@ -100,6 +104,7 @@ def create_app(settings: Settings, slot_state: str | None = None) -> Celery:
             "visibility_timeout": settings.worker_lost_timeout,
             "unacked_restore_interval": renew_every,
             "unacked_restore_throttle": 1,
+            "distpool_holder": holder,
         },
         # Stores nothing but failures Celery records itself; see FailureReporter.
         result_backend=f"{__name__}:FailureReporter",
@@ -135,7 +140,7 @@ def create_app(settings: Settings, slot_state: str | None = None) -> Celery:
 
     if slot_state is not None:
         app.conf.worker_pool = f"{__name__}:SlotPool"
-        _report_to_parent(SlotState(slot_state))
+        _report_to_parent(SlotState(slot_state, holder or ""))
 
     app.steps["worker"].add(_registration_step(settings))
     if broker_url.startswith(("redis://", "rediss://")):
@@ -229,6 +234,7 @@ def _report_to_parent(state: SlotState) -> None:
     def done(**_: Any) -> None:
         state.idle()
 
+    state.idle()  # names the holder: the parent restores its held list if it dies
     # A slot reserves one message at a time and its one thread starts it at once:
     # "received" is "running".
     signals.task_received.connect(received, weak=False)
@@ -533,12 +539,25 @@ class SlotRecovery:
         if not self._restores:
             return
         try:
-            if self._connection is None:
-                self._connection = create_app(self._settings).connection_for_write()
-            self._connection.default_channel.qos.restore_by_tag(running.delivery_tag)
+            self._channel().qos.restore_by_tag(running.delivery_tag)
         except Exception as exc:  # the message's hold lapses after worker_lost_timeout
             logger.error("could not put message %s back on the queue: %s",
                          running.message_id, exc)
+
+    def release(self, holder: str) -> None:
+        """Put back what the dead slot ``holder`` had taken from the queue and not yet
+        recorded as delivered (on Redis; AMQP re-queues it when the connection drops)."""
+        if not self._restores:
+            return
+        try:
+            self._channel().restore_held(holder)
+        except Exception as exc:  # its lease lapses after worker_lost_timeout
+            logger.error("could not put back the messages held by %s: %s", holder, exc)
+
+    def _channel(self) -> Any:
+        if self._connection is None:
+            self._connection = create_app(self._settings).connection_for_write()
+        return self._connection.default_channel
 
 
 class CeleryBackend(Backend):
@@ -663,7 +682,8 @@ def cluster_status(settings: Settings, timeout: float = 1.0) -> dict[str, Any]:
 def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
                extra_args: Sequence[str] = (), slot_state: str | None = None) -> int:
     """Run ``celery worker`` for distpool in this process until it is stopped."""
-    app = create_app(settings, slot_state)
+    app = create_app(settings, slot_state,
+                     holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     argv = [
         "worker",
         f"--queues={settings.queue}",
