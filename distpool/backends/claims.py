@@ -4,9 +4,9 @@ A broker may hand a message out again while its first holder still runs it: Rabb
 re-queues the unacknowledged messages of a channel it lost, and on Redis a channel closed by
 a dropped connection, a hold that lapsed while its node was frozen, or a held list given
 back (:mod:`distpool.backends.held_messages`) do the same. Whoever receives a message claims
-it before running it (``distpool:claim:<message id>``, holding the process's id) and renews
-the claim while it runs; the claim says ``done`` once the results are pushed. A receiver
-that finds the message claimed:
+it before running it (in the pool's ``messages`` hash of the result store, see
+:mod:`distpool.backends.redis_store`), renews the claim while it runs, and marks it ``done``
+with its results. A receiver that finds the message claimed:
 
 * ``done``: does not run it again;
 * by a process that is gone (same host, no such process; or its claim lapsed, unrenewed):

@@ -6,11 +6,13 @@
   tasks sent and done), for ``distpool status``; it expires with the liveness key.
 * ``distpool:pool:<id>:results``: the pool's result records; workers push, the client's
   collector thread pops. Every write renews its expiry, so nothing outlives an abandoned pool.
-* ``distpool:attempts:<message id>`` (hash: ``redeliveries``, ``timed_out``): how often a
-  message that never finished was delivered again, counted by the workers that received it,
-  and whether it was killed for running past its time limit.
-* ``distpool:claim:<message id>``: the worker process running the message (renewed while it
-  runs), then ``done`` once its results are pushed; see :mod:`distpool.backends.claims`.
+* ``distpool:pool:<id>:messages`` (hash), what became of the pool's messages (a message's id
+  is that of its first task, ``<pool>:<job>:<index>``): field ``<message id>``, its claim,
+  ``<deadline ms> <worker process>`` while one runs it (see :mod:`distpool.backends.claims`)
+  and ``done`` once its results are pushed; ``<message id>:redeliveries``, how often it was
+  delivered again without having finished, counted by the workers that received it;
+  ``<message id>:timed_out``, set when it was killed for running past its time limit. It
+  goes with the pool, so nothing of it outlives the pool (or a day, if its client died).
 * ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
   ``distpool:slots:<queue>`` (hash: worker name -> processes): who serves a queue.
 """
@@ -32,29 +34,41 @@ RESULTS_TTL = 24 * 3600
 FETCH_BATCH = 512
 #: Record pushed by the client itself to wake its collector; never a valid result record.
 WAKE_UP = b"wake"
-#: The value of a claim once its message's results are pushed.
+#: The claim of a message whose results are pushed.
 DONE = "done"
-#: How long a finished message's claim stays, so that a late second delivery is not run again.
-DONE_TTL = 3600
 
-# Claim the key for ARGV[1] (or renew it) unless someone else holds it; return the holder
-# in the way and the milliseconds its claim has left, nil when the claim is ours.
+# Claim message ARGV[1] for ARGV[2] for ARGV[3] ms (or renew the claim) unless another holder's
+# claim on it has not lapsed; return that holder and the ms its claim has left, or nil when
+# the claim is ours. Claims carry their deadline: fields of a hash cannot expire on their own.
 _CLAIM = """
-local holder = redis.call('GET', KEYS[1])
-if (not holder) or holder == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return false
+local now = redis.call('TIME')
+now = now[1] * 1000 + math.floor(now[2] / 1000)
+local claim = redis.call('HGET', KEYS[1], ARGV[1])
+if claim == 'done' then
+    return {'done', -1}
 end
-return {holder, redis.call('PTTL', KEYS[1])}
+if claim then
+    local deadline, holder = string.match(claim, '^(%d+) (.*)$')
+    if holder ~= ARGV[2] and tonumber(deadline) > now then
+        return {holder, tonumber(deadline) - now}
+    end
+end
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[3])) .. ' ' .. ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return false
 """
 
-# Take over the claim from ARGV[1], a holder known to be gone, unless it changed meanwhile.
+# Give message ARGV[1]'s claim to ARGV[3], for ARGV[4] ms, if ARGV[2] (a holder known to be
+# gone) still holds it.
 _TAKE_OVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    return 1
+local claim = redis.call('HGET', KEYS[1], ARGV[1])
+if not claim or string.match(claim, '^%d+ (.*)$') ~= ARGV[2] then
+    return 0
 end
-return 0
+local now = redis.call('TIME')
+now = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[4])) .. ' ' .. ARGV[3])
+return 1
 """
 
 
@@ -107,7 +121,7 @@ class RedisStore:
         commands: list[tuple[Any, ...]] = [("RPUSH", key, *records),
                                            ("EXPIRE", key, RESULTS_TTL)]
         if finished is not None:
-            commands.append(("SET", _claim(finished), DONE, "EX", DONE_TTL))
+            commands.append(_finish(finished))
         self._commands.run(commands)
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
@@ -123,34 +137,17 @@ class RedisStore:
         self.push_results(pool_id, [WAKE_UP])
 
     def close_pool(self, pool_id: str) -> None:
-        self._commands.run([("DEL", _live(pool_id), _info(pool_id), _results(pool_id))])
+        self._commands.run([("DEL", _live(pool_id), _info(pool_id), _results(pool_id),
+                             _messages(pool_id))])
 
-    # -- messages delivered again ------------------------------------------------------
-
-    def mark_timed_out(self, message_id: str) -> None:
-        """Record that the message ran past its hard time limit (before its process is
-        killed, so that whoever receives it next knows)."""
-        key = _attempts(message_id)
-        self._commands.run([("MULTI",), ("HSET", key, "timed_out", 1),
-                            ("EXPIRE", key, RESULTS_TTL), ("EXEC",)])
-
-    def count_redelivery(self, message_id: str) -> tuple[int, bool]:
-        """Count one more delivery of a message delivered before, which never finished;
-        return how many there were, and whether it had run out of time."""
-        key = _attempts(message_id)
-        *_, (redeliveries, timed_out, _) = self._commands.run([
-            ("MULTI",), ("HINCRBY", key, "redeliveries", 1), ("HEXISTS", key, "timed_out"),
-            ("EXPIRE", key, RESULTS_TTL), ("EXEC",)])
-        return int(redeliveries), bool(timed_out)
-
-    # -- claims -----------------------------------------------------------------------
+    # -- what became of a message --------------------------------------------------------
 
     def claim(self, message_id: str, holder: str, ttl: float) -> tuple[str, int] | None:
         """Claim the message for ``holder`` for ``ttl`` seconds, or renew its claim. Returns
         None when the claim is ours, else who holds it (``DONE`` once it is finished) and
         how many milliseconds that claim has left (-1: for good)."""
-        [other] = self._commands.run([("EVAL", _CLAIM, 1, _claim(message_id), holder,
-                                       int(ttl * 1000))])
+        [other] = self._commands.run([("EVAL", _CLAIM, 1, _messages_of(message_id),
+                                       message_id, holder, int(ttl * 1000), RESULTS_TTL)])
         if other is None:
             return None
         owner, left = other
@@ -159,12 +156,39 @@ class RedisStore:
     def take_over(self, message_id: str, gone: str, holder: str, ttl: float) -> bool:
         """Claim the message from ``gone``, a holder known to be dead; False if its claim
         changed meanwhile."""
-        [taken] = self._commands.run([("EVAL", _TAKE_OVER, 1, _claim(message_id), gone,
-                                       holder, int(ttl * 1000))])
+        [taken] = self._commands.run([("EVAL", _TAKE_OVER, 1, _messages_of(message_id),
+                                       message_id, gone, holder, int(ttl * 1000))])
         return bool(taken)
 
     def finish(self, message_id: str) -> None:
-        self._commands.run([("SET", _claim(message_id), DONE, "EX", DONE_TTL)])
+        """Mark the message done without results to push (its pool was gone)."""
+        self._commands.run([_finish(message_id)])
+
+    def mark_timed_out(self, message_id: str) -> None:
+        """Record that the message ran past its hard time limit (before its process is
+        killed, so that whoever receives it next knows)."""
+        key = _messages_of(message_id)
+        self._commands.run([("MULTI",), ("HSET", key, f"{message_id}:timed_out", 1),
+                            ("EXPIRE", key, RESULTS_TTL), ("EXEC",)])
+
+    def count_redelivery(self, message_id: str) -> tuple[int, bool]:
+        """Count one more delivery of a message delivered before, which never finished;
+        return how many there were, and whether it had run out of time."""
+        key = _messages_of(message_id)
+        *_, (redeliveries, timed_out, _) = self._commands.run([
+            ("MULTI",), ("HINCRBY", key, f"{message_id}:redeliveries", 1),
+            ("HEXISTS", key, f"{message_id}:timed_out"), ("EXPIRE", key, RESULTS_TTL),
+            ("EXEC",)])
+        return int(redeliveries), bool(timed_out)
+
+    def message_states(self, pool_id: str, message_ids: list[str]) -> list[str | None]:
+        """Each message's claim as the workers left it: None when nobody has claimed it
+        (it waits in the queue, or was lost), ``DONE``, or the claim's raw value."""
+        if not message_ids:
+            return []
+        [claims] = self._commands.run([("HMGET", _messages(pool_id), *message_ids)])
+        return [None if claim is None else claim.decode("utf-8", "replace")
+                for claim in claims]
 
     # -- workers ----------------------------------------------------------------------
 
@@ -249,12 +273,17 @@ def _results(pool_id: str) -> str:
     return f"distpool:pool:{pool_id}:results"
 
 
-def _claim(message_id: str) -> str:
-    return f"distpool:claim:{message_id}"
+def _messages(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:messages"
 
 
-def _attempts(message_id: str) -> str:
-    return f"distpool:attempts:{message_id}"
+def _messages_of(message_id: str) -> str:
+    """The messages hash of the pool that sent ``message_id`` (``<pool>:<job>:<index>``)."""
+    return _messages(message_id.partition(":")[0])
+
+
+def _finish(message_id: str) -> tuple[Any, ...]:
+    return ("HSET", _messages_of(message_id), message_id, DONE)
 
 
 def _workers(queue: str) -> str:

@@ -1,13 +1,15 @@
-"""The result store's own connections for pushing and popping results, against a real Redis."""
+"""The result store against a real Redis: its own connections for pushing and popping
+results, and its record of what became of each message."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 import redis
 
-from distpool.backends.redis_store import RedisStore
+from distpool.backends.redis_store import DONE, RedisStore
 
 pytestmark = pytest.mark.integration
 
@@ -34,3 +36,37 @@ def test_pushes_and_pops_go_on_after_redis_dropped_their_connections(store, redi
     redis.Redis.from_url(redis_server.url(5)).client_kill_filter(_type="normal", skipme=True)
     store.push_results(pool_id, [b"after"])
     assert store.pop_results(pool_id, 1) == [b"after"]
+
+
+def test_a_claim_keeps_a_message_from_a_second_holder_until_it_lapses(store):
+    message = f"{uuid.uuid4().hex}:0:0"
+    assert store.claim(message, "host:1:a", ttl=0.5) is None
+    assert store.claim(message, "host:1:a", ttl=0.5) is None  # a renewal
+    holder, left = store.claim(message, "host:2:b", ttl=0.5)
+    assert holder == "host:1:a" and 0 < left <= 500
+    time.sleep(0.6)  # unrenewed, the claim lapses
+    assert store.claim(message, "host:2:b", ttl=5) is None
+    assert not store.take_over(message, "host:1:a", "host:3:c", ttl=5)  # it changed
+    assert store.take_over(message, "host:2:b", "host:3:c", ttl=5)
+    assert store.claim(message, "host:2:b", ttl=5)[0] == "host:3:c"
+
+
+def test_a_finished_message_is_never_claimed_again(store):
+    pool_id = uuid.uuid4().hex
+    message = f"{pool_id}:0:0"
+    assert store.claim(message, "host:1:a", ttl=5) is None
+    store.push_results(pool_id, [b"record"], finished=message)
+    assert store.claim(message, "host:2:b", ttl=5) == (DONE, -1)
+    assert store.message_states(pool_id, [message, f"{pool_id}:0:1"]) == [DONE, None]
+
+
+def test_what_a_pool_s_messages_left_goes_with_the_pool(store, redis_server):
+    pool_id = uuid.uuid4().hex
+    message = f"{pool_id}:3:0"
+    store.claim(message, "host:1:a", ttl=5)
+    store.mark_timed_out(message)
+    assert store.count_redelivery(message) == (1, True)
+    assert store.count_redelivery(message) == (2, True)
+    store.close_pool(pool_id)
+    plain = redis.Redis.from_url(redis_server.url(5))
+    assert plain.keys(f"distpool:*{pool_id}*") == []

@@ -1,0 +1,93 @@
+"""Who runs a message delivered twice: the claims of distpool.backends.claims, against a real
+Redis."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from distpool.backends.claims import Claims
+from distpool.backends.redis_store import RedisStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(redis_server):
+    store = RedisStore(redis_server.url(6))
+    yield store
+    store.close()
+
+
+def a_message():
+    return f"{uuid.uuid4().hex}:0:0"
+
+
+def dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_message_claimed_by_a_process_of_this_host_that_died_is_taken_over_at_once(store):
+    message = a_message()
+    gone = f"{socket.gethostname()}:{dead_pid()}:x"
+    assert store.claim(message, gone, ttl=60) is None
+    claims = Claims(store, ttl=60)
+    started = time.monotonic()
+    assert claims.acquire(message)
+    assert time.monotonic() - started < 1
+
+
+def test_a_message_whose_holder_keeps_renewing_is_left_to_it(store):
+    message = a_message()
+    holder = Claims(store, ttl=1.5)
+    assert holder.acquire(message)
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(holder.renew_interval):
+            assert holder.renew(message)
+
+    renewer = threading.Thread(target=renew)
+    renewer.start()
+    try:
+        started = time.monotonic()
+        assert not Claims(store, ttl=1.5).acquire(message)
+        assert time.monotonic() - started < 2  # decided once it saw a renewal
+    finally:
+        stop.set()
+        renewer.join()
+
+
+def test_a_message_whose_holder_elsewhere_stopped_renewing_is_taken_once_it_lapses(store):
+    message = a_message()
+    assert store.claim(message, "another-host:123:x", ttl=0.8) is None
+    claims = Claims(store, ttl=5)
+    assert claims.acquire(message)
+    assert not Claims(store, ttl=5).renew(message)  # and nobody else's renewal succeeds
+    assert claims.renew(message)
+
+
+def test_a_finished_message_is_not_run_again(store):
+    message = a_message()
+    claims = Claims(store, ttl=5)
+    assert claims.acquire(message)
+    store.finish(message)
+    assert not Claims(store, ttl=5).acquire(message)
+    assert not claims.renew(message)  # its first holder learns it too
+
+
+def test_this_process_counts_as_alive(store):
+    message = a_message()
+    assert store.claim(message, f"{socket.gethostname()}:{os.getpid()}:x", ttl=0.6) is None
+    started = time.monotonic()
+    assert Claims(store, ttl=5).acquire(message)  # only after the claim lapsed
+    assert time.monotonic() - started >= 0.4
