@@ -5,6 +5,14 @@ Every backend (Celery workers, and the in-process eager one) hands an authentica
 happened: user exceptions, unpicklable results and a failing initializer all become failure
 records. The backend signs the record and sends it.
 
+"User exceptions" means any ``BaseException``, as in ``concurrent.futures.ProcessPoolExecutor``
+(whose worker hands ``SystemExit`` and ``KeyboardInterrupt`` back to the caller), not only
+``Exception``, as in ``multiprocessing.Pool`` (whose worker process then ends and whose caller
+waits for ever). Nothing of the worker's own arrives here as one: the slot model runs tasks
+in a thread, which signals do not reach; its soft time limit, like prefork's, is
+``SoftTimeLimitExceeded``, an ``Exception``; hard kills are ``os._exit`` or SIGKILL. All but
+prefork's SIGTERM handler: see :func:`_process_is_ending`.
+
 Each worker process keeps, per pool, a namespace module that stands in for the client's
 ``__main__`` (see :mod:`distpool.serialization`). The pool's initializer runs in it before
 the process's first task of that pool, so the globals it sets are seen by the tasks after it.
@@ -12,6 +20,7 @@ the process's first task of that pool, so the globals it sets are seen by the ta
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 import types
@@ -52,12 +61,32 @@ def execute(envelope: TaskEnvelope) -> ResultRecord:
         state.tasks_run += 1
         try:
             payload = serialization.dumps(value, namespace=state.namespace)
-        except Exception as exc:
+        except BaseException as exc:  # a __reduce__ of the user's may raise anything
+            if _process_is_ending():
+                raise
             # As multiprocessing does: the task failed because its result cannot travel.
             return failure_record(envelope.task_id, MaybeEncodingError(exc, value))
-    except Exception as exc:
+    except BaseException as exc:
+        if _process_is_ending():
+            raise
         return failure_record(envelope.task_id, exc, namespace=_namespace_of(envelope.pool_id))
     return ResultRecord(envelope.task_id, True, payload, elapsed)
+
+
+def _process_is_ending() -> bool:
+    """Whether this process is being ended by a signal handler that raises ``SystemExit``:
+    Celery's prefork pool processes get one from billiard, for the SIGTERM sent at a task's
+    hard time limit or a cold shutdown. That exit belongs to the worker, not to the task, so
+    it must go on rather than become the task's result; billiard tells the two apart by the
+    same flag. Looked up, not imported: only the backends import Celery and its parts."""
+    common = sys.modules.get("billiard.common")
+    if common is None:
+        return False
+    fired = getattr(common, "terminate_handler_fired", None)
+    if callable(fired):
+        return bool(fired())
+    flag = getattr(common, "_should_have_exited", None)  # older billiard: the same flag
+    return bool(flag and flag[0])
 
 
 def failure_record(task_id: str, exc: BaseException,
@@ -68,7 +97,9 @@ def failure_record(task_id: str, exc: BaseException,
     remote_traceback = f'\n"""\n{text}"""'
     try:
         payload = serialization.dumps((exc, remote_traceback), namespace=namespace)
-    except Exception as encoding_error:
+    except BaseException as encoding_error:  # the exception's own __reduce__ may raise anything
+        if _process_is_ending():
+            raise
         substitute = MaybeEncodingError(encoding_error, repr(exc))
         payload = serialization.dumps((substitute, remote_traceback))
     return ResultRecord(task_id, False, payload)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import sys
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 from distpool import serialization, worker
 from distpool.envelope import TaskEnvelope
@@ -104,3 +108,58 @@ def test_namespaces_are_bounded(monkeypatch):
     for _ in range(4):
         worker.execute(envelope(square, ((1,), {})))
     assert len(worker._pools) <= 2
+
+
+def exit_with(code):
+    sys.exit(code)
+
+
+def interrupt():
+    raise KeyboardInterrupt("pressed in the task")
+
+
+class ExitsWhenPickled:
+    def __reduce__(self):
+        sys.exit("cannot travel")
+
+
+def return_unpicklable():
+    return ExitsWhenPickled()
+
+
+def test_sys_exit_and_keyboard_interrupt_are_the_task_s_failure_as_in_process_pool_executor():
+    ok, (exc, remote) = outcome(worker.execute(envelope(exit_with, ((3,), {}))))
+    assert not ok and isinstance(exc, SystemExit) and exc.code == 3
+    assert "in exit_with" in remote
+    ok, (exc, _) = outcome(worker.execute(envelope(interrupt, ((), {}))))
+    assert not ok and isinstance(exc, KeyboardInterrupt)
+    ok, (exc, _) = outcome(worker.execute(envelope(exit_with, (1, 2), kind="map")))
+    assert not ok and isinstance(exc, SystemExit) and exc.code == 1
+
+
+def test_a_result_whose_pickling_exits_becomes_maybe_encoding_error():
+    ok, (exc, _) = outcome(worker.execute(envelope(return_unpicklable, ((), {}))))
+    assert not ok and isinstance(exc, MaybeEncodingError) and "cannot travel" in str(exc)
+
+
+def test_the_soft_time_limit_still_fails_the_task():
+    ok, (exc, _) = outcome(worker.execute(envelope(raise_soft_limit, ((), {}))))
+    assert not ok and isinstance(exc, SoftTimeLimitExceeded)
+
+
+def raise_soft_limit():
+    raise SoftTimeLimitExceeded()
+
+
+def test_the_exit_of_a_prefork_process_being_terminated_is_not_the_task_s(monkeypatch):
+    # billiard's SIGTERM handler in a prefork pool process sets this flag, then raises
+    # SystemExit in the running task (hard time limit, cold shutdown): the process must end.
+    import billiard.common
+
+    monkeypatch.setattr(billiard.common, "terminate_handler_fired", lambda: True,
+                        raising=False)
+    monkeypatch.setattr(billiard.common, "_should_have_exited", [True])
+    with pytest.raises(SystemExit):
+        worker.execute(envelope(exit_with, ((-15,), {})))
+    with pytest.raises(KeyboardInterrupt):  # whatever the job's cleanup raised meanwhile
+        worker.execute(envelope(interrupt, ((), {})))
