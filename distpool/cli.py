@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import runpy
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -65,8 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                              "(default: CPU count)")
     worker.add_argument("--name", "-n", metavar="NAME",
                         help="node name (default: distpool-<pid>@<host>)")
-    worker.add_argument("--loglevel", "-l", default="WARNING", metavar="LEVEL",
-                        help="log level (default: WARNING)")
+    worker.add_argument("--loglevel", "-l", type=_log_level, default="WARNING", metavar="LEVEL",
+                        help="log level of the worker processes and of their parent "
+                             "(default: WARNING)")
     worker.add_argument("--secret-file", metavar="PATH",
                         help="file holding the key shared with the clients (default: "
                              "$DISTPOOL_SECRET, else the file $DISTPOOL_SECRET_FILE)")
@@ -129,7 +132,8 @@ def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
             return ["worker", *child_args, "--concurrency", "1",
                     "--name", f"{node}-{index}@{host or '%h'}", "--slot-state", state_path]
 
-        return run_slots(main, slot_argv, args.concurrency, SlotRecovery(settings))
+        return run_slots(main, slot_argv, args.concurrency, SlotRecovery(settings),
+                         node=_expand_host(name), loglevel=args.loglevel)
     return run_worker(settings, concurrency=args.concurrency, name=name,
                       loglevel=args.loglevel, extra_args=passthrough,
                       slot_state=args.slot_state)
@@ -219,6 +223,23 @@ def _demo(argv: list[str]) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     return 0
+
+
+def _expand_host(name: str) -> str:
+    """A node name with Celery's host placeholders filled in, for the parent's log lines
+    (each slot's Celery fills in its own name)."""
+    host = socket.gethostname()
+    short, _, domain = host.partition(".")
+    return name.replace("%h", host).replace("%n", short).replace("%d", domain)
+
+
+def _log_level(text: str) -> str:
+    """A logging level name, checked here: a bad one would fail every slot, one by one."""
+    name = text.upper()
+    if not isinstance(logging.getLevelName(name), int):
+        raise argparse.ArgumentTypeError(
+            f"not a log level: {text!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+    return name
 
 
 def _positive_int(text: str) -> int:

@@ -9,7 +9,9 @@ when slots start as fresh interpreters, as on Windows.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import time
 
 import psutil
@@ -107,3 +109,15 @@ def test_slots_shut_down_when_their_parent_is_killed_outright(make_cluster):
     parent.send_signal(signal.SIGKILL)
     _, alive = psutil.wait_procs(slots, timeout=20)
     assert alive == [], "slots serve on without their parent"
+
+
+def test_the_parent_logs_at_the_nodes_loglevel_and_a_slot_logs_each_record_once(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=1)  # --loglevel INFO
+    worker = cluster.workers[0]
+    with distpool.Pool(1, **cluster.pool_kwargs()) as pool:
+        pool.apply(pid_after, (0,))
+    log = worker.log()
+    node = worker.name.replace("%h", socket.gethostname())
+    assert f"INFO/{node}] slot 0 started: pid" in log
+    # A forked slot drops the parent's handler: Celery's own alone writes its records.
+    assert len(re.findall(r"task \S+ of pool \S+ started", log)) == 1, log
