@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 
+import psutil
 import pytest
 import redis
 from kombu import Connection
@@ -121,16 +122,9 @@ def test_a_slot_frozen_while_idle_loses_nothing(redis_server):
         wait_for_slots(url, queue, 1, workers)
         with distpool.Pool(1, broker=url, result_url=url, queue=queue, secret=secret) as pool:
             assert pool.apply(square, (2,)) == 4  # consuming
-            for _ in range(10):
-                os.killpg(frozen.process.pid, signal.SIGSTOP)
-                result = pool.apply_async(square, (7,))
-                time.sleep(0.3)
-                if redis_server.client.llen(queue) == 0:
-                    break  # the frozen slot's pending BLMOVE took it
-                os.killpg(frozen.process.pid, signal.SIGCONT)
-                assert result.get(timeout=10) == 49
-            else:
-                pytest.fail("the frozen slot never had a wait pending")
+            [slot] = psutil.Process(frozen.process.pid).children()
+            os.kill(frozen.process.pid, signal.SIGSTOP)  # the parent too: the whole node
+            result = freeze_while_it_waits(slot.pid, pool, queue, redis_server.client)
             rescuer = Worker(url, queue, 1, url, options, secret=secret)
             workers.append(rescuer)
             os.killpg(frozen.process.pid, signal.SIGKILL)
@@ -138,3 +132,32 @@ def test_a_slot_frozen_while_idle_loses_nothing(redis_server):
     finally:
         for worker in workers:
             worker.stop(signal.SIGKILL)
+
+
+def freeze_while_it_waits(pid, pool, queue, client):
+    """SIGSTOP process ``pid`` while its slot waits for a message, and publish one task: the
+    pending wait takes it. Returns the task's result."""
+    for _ in range(10):
+        time.sleep(0.2)  # done acknowledging the last task: waiting for the next
+        os.kill(pid, signal.SIGSTOP)
+        result = pool.apply_async(square, (7,))
+        time.sleep(0.3)
+        if client.llen(queue) == 0:
+            return result
+        os.kill(pid, signal.SIGCONT)
+        assert result.get(timeout=10) == 49
+    pytest.fail("the frozen slot never had a wait pending")
+
+
+def test_the_message_of_a_slot_killed_while_idle_runs_at_once(make_cluster):
+    """The parent of a slot killed between taking a message and recording it puts the
+    message back at once, not after worker_lost_timeout (30 s here)."""
+    cluster = make_cluster(nodes=1, concurrency=1)
+    with distpool.Pool(1, **cluster.pool_kwargs()) as pool:
+        assert pool.apply(square, (2,)) == 4
+        [slot] = psutil.Process(cluster.workers[0].process.pid).children()
+        result = freeze_while_it_waits(slot.pid, pool, cluster.queue, cluster.redis.client)
+        killed = time.monotonic()
+        os.kill(slot.pid, signal.SIGKILL)
+        assert result.get(timeout=20) == 49
+        assert time.monotonic() - killed < 10
