@@ -26,6 +26,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import reprlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,15 @@ from .serialization import DILL_VERSION, PYTHON_VERSION
 ENVELOPE_FORMAT = 1
 #: How long after it is sent a task envelope may still be run.
 ENVELOPE_LIFETIME = 24 * 3600.0
+#: Longest result header read: a real one is a flat object of a few short fields, and
+#: anything larger is not worth parsing (or holding) on the collector thread.
+MAX_HEADER = 64 * 1024
+#: Longest run time a result record may claim, in seconds (about 30 years).
+MAX_ELAPSED = 1e9
+
+# For error messages about unauthenticated values: bounded in depth and length.
+_describe = reprlib.Repr()
+_describe.maxstring = _describe.maxother = 80
 
 
 class Signer:
@@ -118,7 +128,8 @@ class TaskEnvelope:
         if not isinstance(message, Mapping) or "distpool" not in message:
             raise EnvelopeError("not a distpool task envelope")
         pool_id, task_id = message.get("pool"), message.get("task")
-        if not isinstance(pool_id, str) or not isinstance(task_id, str):
+        if (not isinstance(pool_id, str) or not isinstance(task_id, str)
+                or not _signable(pool_id, task_id)):
             raise EnvelopeError("task envelope without pool and task ids")
         mismatch = _version_mismatch(message)
         if mismatch:
@@ -126,10 +137,11 @@ class TaskEnvelope:
         kind, max_tasks, expires = (message.get("kind"), message.get("max_tasks"),
                                     message.get("expires"))
         if kind not in cls.KINDS:
-            raise EnvelopeError(f"unknown task kind {kind!r}", pool_id, task_id)
+            raise EnvelopeError(f"unknown task kind {_describe.repr(kind)}", pool_id, task_id)
         if max_tasks is not None and (
                 type(max_tasks) is not int or max_tasks < 1):
-            raise EnvelopeError(f"invalid max_tasks {max_tasks!r}", pool_id, task_id)
+            raise EnvelopeError(f"invalid max_tasks {_describe.repr(max_tasks)}", pool_id,
+                                task_id)
         if not isinstance(expires, (int, float)) or isinstance(expires, bool):
             raise EnvelopeError("task envelope without an expiry time", pool_id, task_id)
         initializer = message.get("initializer")
@@ -187,26 +199,34 @@ class ResultRecord(NamedTuple):
     @classmethod
     def from_bytes(cls, raw: bytes, signer: Signer, pool_id: str) -> ResultRecord:
         """Parse and authenticate a record of pool ``pool_id``; raise :class:`EnvelopeError`
-        (naming the task when the header does) rather than return an unauthenticated one."""
-        head, sep, payload = raw.partition(b"\n")
-        try:
-            header = json.loads(head) if sep else None
-        except ValueError:
-            header = None
+        (naming the task when the header does) rather than return an unauthenticated one.
+        Whatever ``raw`` holds, nothing else is raised: anyone who can reach the result
+        store can push onto the list this reads."""
+        end = raw.find(b"\n", 0, MAX_HEADER)
+        header = None
+        if end >= 0:
+            try:
+                header = json.loads(raw[:end].decode())  # strict UTF-8
+            except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
+                pass
         if (
             not isinstance(header, dict)
             or not isinstance(header.get("task"), str)
+            or not _signable(header["task"])
             or not isinstance(header.get("ok"), bool)
         ):
             raise EnvelopeError("not a distpool result record")
         task_id = header["task"]
+        payload = raw[end + 1:]
         rejected = header.get("rejected")
         if rejected is not None:
-            if not isinstance(rejected, str) or payload:
+            if not isinstance(rejected, str) or not _signable(rejected) or payload:
                 raise EnvelopeError("malformed rejection record", pool_id, task_id)
             return cls(task_id, False, b"", rejected=rejected)
         elapsed = header.get("elapsed")
-        if elapsed is not None and (type(elapsed) not in (int, float) or elapsed < 0):
+        # Also refuses NaN and infinity, which would poison the engine's run-time means.
+        if elapsed is not None and (type(elapsed) not in (int, float)
+                                    or not 0 <= elapsed < MAX_ELAPSED):
             raise EnvelopeError("result record with an invalid run time", pool_id, task_id)
         record = cls(task_id, header["ok"], payload, elapsed)
         try:
@@ -215,6 +235,17 @@ class ResultRecord(NamedTuple):
             raise AuthenticationError(f"result of task {task_id}: {exc}", pool_id,
                                       task_id) from None
         return record
+
+
+def _signable(*texts: str) -> bool:
+    """Whether the strings encode to UTF-8, as signing needs: JSON may carry lone
+    surrogates ("\\ud800"), which do not."""
+    try:
+        for text in texts:
+            text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _header_line(header: dict[str, Any]) -> bytes:
@@ -229,7 +260,8 @@ def _version_mismatch(message: Mapping[str, Any]) -> str | None:
     return (
         "task sent by envelope format {}, Python {}, dill {} cannot run on this worker "
         "(envelope format {}, Python {}, dill {}): run the client and the workers on the "
-        "same Python minor version and the same dill version".format(*theirs, *ours)
+        "same Python minor version and the same dill version".format(
+            *(v[:80] if isinstance(v, str) else _describe.repr(v) for v in theirs), *ours)
     )
 
 
