@@ -5,9 +5,13 @@
   message carries one task, or several short ones (see :mod:`distpool.batching`). Sources
   are iterators, so ``imap`` reads (and serialises) its input only as slots free up, and
   no further than ``buffersize`` chunks ahead of what its caller has consumed.
-* The **collector** pops result records, frees their slots, loads their payloads and hands
-  them to the jobs' result objects, whose callbacks therefore run on this thread. It also
-  keeps the pool's liveness key fresh, without which workers drop the pool's tasks.
+* The **collector** pops result records, authenticates them and frees their slots. It also
+  keeps the pool's liveness key fresh, without which workers drop the pool's tasks, so it
+  runs no callbacks, and nothing anyone pushes onto the pool's list stops it: a record that
+  cannot be read fails at most the task it names.
+* The **delivery** thread (:mod:`distpool.delivery`) loads the payloads and completes the
+  jobs' result objects, in completion order; their callbacks run there. (A result without
+  callbacks, with nothing queued before it, is completed by the collector at once.)
 
 A task id is ``<pool>:<job>:<index>``; a message's id is that of its first task. A record
 whose task is not in flight (a duplicate delivery, or one arriving after terminate) is
@@ -17,6 +21,7 @@ ignored, so each result is delivered once.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -27,17 +32,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import serialization
 from .backends.base import Backend
 from .batching import TaskTimes, split_evenly
+from .delivery import Delivery, deliver
 from .envelope import ResultRecord, TaskEnvelope
 from .errors import (
     AuthenticationError,
     BrokerUnavailableError,
     EnvelopeError,
     PoolTerminatedError,
-    RemoteTraceback,
-    add_note,
 )
 
 logger = logging.getLogger("distpool")
@@ -97,6 +100,7 @@ class Engine:
         self._terminated = False
         self._released = False
         backend.refresh_pool(pool_id, self._report())
+        self._delivery = Delivery(pool_id)
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name=f"distpool-dispatcher-{pool_id[:8]}", daemon=True)
         self._collector = threading.Thread(
@@ -143,6 +147,8 @@ class Engine:
     def join(self) -> None:
         self._dispatcher.join()
         self._collector.join()
+        self._delivery.stop()
+        self._delivery.join()
         self._release()
 
     def terminate(self) -> None:
@@ -158,6 +164,7 @@ class Engine:
             self._messages.clear()
             jobs = list(self._jobs.values())
             self._cond.notify_all()
+        self._delivery.stop(drop=True)  # their results fail below
         try:
             self._backend.cancel(self.pool_id, in_flight)
         except Exception as exc:
@@ -169,6 +176,7 @@ class Engine:
         for thread in (self._dispatcher, self._collector):
             if thread is not threading.current_thread():
                 thread.join(STOP_TIMEOUT)
+        self._delivery.join(STOP_TIMEOUT)  # as multiprocessing's, ends its current callback
         self._release()
 
     # -- dispatcher thread ---------------------------------------------------------------
@@ -226,13 +234,22 @@ class Engine:
                 job = None if self._terminated else self._sendable_job()
                 if job is None:
                     return None
-            envelope = next(job.envelopes, None)
+            try:
+                envelope = next(job.envelopes, None)
+            except Exception as exc:
+                # As multiprocessing's task handler: the job fails, the pool goes on.
+                self._drop_source(job)
+                self._delivery.put(functools.partial(job.result._source_failed, job.sent, exc))
+                continue
             if envelope is not None:
                 job.sent += 1
                 return envelope
-            with self._cond:
-                if job in self._sources:
-                    self._sources.remove(job)
+            self._drop_source(job)
+
+    def _drop_source(self, job: _Job) -> None:
+        with self._cond:
+            if job in self._sources:
+                self._sources.remove(job)
 
     def _sendable_job(self) -> _Job | None:
         """The first job, in submission order, that may send now (called under the lock)."""
@@ -276,10 +293,14 @@ class Engine:
                 continue
             unreachable_since = None
             for raw in records:
-                self._handle_record(raw)
+                try:
+                    self._handle_record(raw)
+                except Exception:  # a bug, or input no check foresaw: lose it, not the pool
+                    logger.exception("pool %s: dropped a result record", self.pool_id)
             if records:
-                # Hand the GIL to the callers these results woke. Otherwise each waits until
-                # this thread blocks in its next pop: about 0.1 ms of a sequential apply.
+                # Hand the GIL to the threads these results woke (callers, or the delivery
+                # thread). Otherwise they wait until this thread blocks in its next pop:
+                # about 0.1 ms of a sequential apply.
                 time.sleep(0)
 
     def _store_failed(self, exc: Exception, since: float | None) -> float:
@@ -304,6 +325,7 @@ class Engine:
                 "in_flight": len(self._in_flight)}
 
     def _handle_record(self, raw: bytes) -> None:
+        """Account for one record; its payload is loaded when it is delivered."""
         try:
             record = ResultRecord.from_bytes(raw, self._signer, self.pool_id)
         except EnvelopeError as exc:
@@ -317,20 +339,12 @@ class Engine:
                 f"a worker refused task {record.task_id}: {record.rejected}",
                 self.pool_id, record.task_id))
             return
-        try:
-            value = serialization.loads(record.payload)
-            ok = record.ok
-            if not ok:
-                error, remote_traceback = value
-                error.__cause__ = RemoteTraceback(remote_traceback)
-                value = error
-        except Exception as exc:
-            ok, value = False, exc
-            add_note(exc, f"distpool could not load the result of task {record.task_id}")
-        self._complete(record.task_id, ok, value, record.elapsed)
+        self._complete(record.task_id, record.ok, None, record.elapsed, record.payload)
 
-    def _complete(self, task_id: str, ok: bool, value: Any,
-                  elapsed: float | None = None) -> None:
+    def _complete(self, task_id: str, ok: bool, value: Any, elapsed: float | None = None,
+                  payload: bytes | None = None) -> None:
+        """Free the task's slot and queue its outcome for delivery: ``value``, or what
+        ``payload`` holds."""
         with self._cond:
             location = self._in_flight.pop(task_id, None)
             if location is None:
@@ -347,10 +361,8 @@ class Engine:
         if elapsed is not None:
             self._task_times.record(function, elapsed)
         if result is not None:
-            try:
-                result._set(index, ok, value)
-            except Exception:
-                logger.exception("pool %s: a result callback raised", self.pool_id)
+            self._delivery.put(functools.partial(deliver, result, index, ok, value, payload,
+                                                 task_id), result._quiet)
 
     def _fail_in_flight(self, error: Exception) -> None:
         """Fail every task sent and not yet reported; a record that arrives for one later is

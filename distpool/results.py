@@ -1,13 +1,19 @@
 """Result objects handed to the caller: AsyncResult, MapResult and the imap iterators.
 
 They follow ``multiprocessing.pool`` (CPython 3.8+) closely: callbacks run in the pool's
-result-collector thread *before* waiters are woken; a map is ready only once every chunk has
+result-delivery thread *before* waiters are woken; a map is ready only once every chunk has
 reported, and then fails with the first error received; the iterators raise each failed item
 in place.
 
 The pool's engine delivers outcomes through ``_set(index, success, value)`` (``index`` is the
-chunk number) and, for iterators whose input length is not known up front, ``_set_length``.
-``on_done`` tells the engine that a job needs no more deliveries.
+chunk number) and, for iterators whose input length is not known up front, ``_set_length``;
+``_source_failed`` when the job's input raised, and ``_abort`` on terminate. ``on_done``
+tells the engine that a job needs no more deliveries.
+
+Deliveries can come from several threads (the delivery thread; the dispatcher, which reads
+an imap's input; the caller, on terminate), so each object changes its state under its own
+lock, and the one delivery that completes it is the only one to finish it: callbacks run
+exactly once, and never for a result that was already complete.
 """
 
 from __future__ import annotations
@@ -70,10 +76,14 @@ class ApplyResult(Generic[T]):
         self._callback = callback
         self._error_callback = error_callback
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._claimed = False  # completion claimed by a delivery, under the lock
         self._success = True
         self._value: Any = None
         #: Items done out of how many: 0 or 1 of 1 here, the input's items for a map.
         self.progress = Progress(total, display)
+        # Completing it runs no user code: no callback, no display (see distpool.delivery).
+        self._quiet = callback is None and error_callback is None and display is None
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -95,15 +105,28 @@ class ApplyResult(Generic[T]):
         raise self._value
 
     def _set(self, index: int, success: bool, value: Any) -> None:
-        self._success, self._value = success, value
-        self.progress._advance(1)
+        with self._lock:
+            if self._claimed:
+                return
+            self._claimed = True
+            self._success, self._value = success, value
+            self.progress._advance(1)
         self._finish()
 
     def _abort(self, exc: BaseException) -> None:
         """Fail now, whatever is still outstanding (the pool was terminated)."""
-        if not self.ready():
+        with self._lock:
+            if self._claimed:
+                return
+            self._claimed = True
             self._success, self._value = False, exc
-            self._finish()
+        self._finish()
+
+    def _source_failed(self, sent: int, exc: BaseException) -> None:
+        """Preparing the job raised ``exc`` after ``sent`` of its tasks were sent: the job
+        fails with it, as multiprocessing's task handler fails a task it cannot send."""
+        if sent == 0:  # else its one task went out: its own result stands
+            self._set(0, False, exc)
 
     def _finish(self) -> None:
         try:
@@ -112,7 +135,7 @@ class ApplyResult(Generic[T]):
             elif not self._success and self._error_callback is not None:
                 self._error_callback(self._value)
         finally:
-            # A raising callback must not leave waiters hanging; the engine logs it.
+            # A raising callback must not leave waiters hanging; distpool logs it.
             self.progress._close()
             self._event.set()
             self._on_done(self._job)
@@ -131,22 +154,47 @@ class MapResult(ApplyResult[list[T]]):
         self._value = [None] * length
         self._length = length
         self._chunksize = chunksize
-        self._chunks_left = -(-length // chunksize) if chunksize > 0 else 0
+        self._chunks = self._chunks_left = -(-length // chunksize) if chunksize > 0 else 0
         if self._chunks_left == 0:
+            self._claimed = True
             self._finish()
 
     def _set(self, index: int, success: bool, value: Any) -> None:
-        self._chunks_left -= 1
-        start = index * self._chunksize
-        self.progress._advance(min(self._chunksize, self._length - start))
-        if success and self._success:
-            self._value[start:start + self._chunksize] = value
-        elif not success and self._success:
-            # Keep only the first error, but wait for every chunk, as multiprocessing does
-            # since bpo-23992: returning early let workers run on behind the caller's back.
-            self._success, self._value = False, value
-        if self._chunks_left == 0:
-            self._finish()
+        with self._lock:
+            if self._claimed:
+                return
+            self._chunks_left -= 1
+            start = index * self._chunksize
+            self.progress._advance(min(self._chunksize, self._length - start))
+            if success and self._success:
+                self._value[start:start + self._chunksize] = value
+            elif not success:
+                self._keep_first_error(value)
+            if self._chunks_left:
+                return
+            self._claimed = True
+        self._finish()
+
+    def _source_failed(self, sent: int, exc: BaseException) -> None:
+        """Chunks from ``sent`` on will never come: the map fails with ``exc`` once the
+        chunks sent have reported."""
+        with self._lock:
+            if self._claimed:
+                return
+            unsent = max(0, self._chunks - sent)
+            self._chunks_left -= unsent
+            self.progress._advance(max(0, self._length - sent * self._chunksize))
+            self._keep_first_error(exc)
+            if self._chunks_left:
+                return
+            self._claimed = True
+        self._finish()
+
+    def _keep_first_error(self, exc: BaseException) -> None:
+        # Only the first, but wait for every chunk, as multiprocessing does since
+        # bpo-23992: returning early let workers run on behind the caller's back.
+        if self._success:
+            self._success, self._value = False, exc
 
 
 class IMapIterator(Generic[T]):
@@ -167,6 +215,7 @@ class IMapIterator(Generic[T]):
         self._chunksize = chunksize
         #: Items received out of how many (known once the input is exhausted).
         self.progress = Progress(None, display)
+        self._quiet = display is None
         self._cond = threading.Condition(threading.Lock())
         # Chunks ready for the caller: (True, results) or (False, exception).
         self._chunks: collections.deque[tuple[bool, Any]] = collections.deque()
@@ -175,6 +224,7 @@ class IMapIterator(Generic[T]):
         self.chunks_consumed = 0
         self._length: int | None = None
         self._unsorted: dict[int, tuple[bool, Any]] = {}
+        self._claimed = False  # by the delivery that completes the job, or by _abort
 
     def __iter__(self) -> Iterator[T]:
         return self
@@ -211,6 +261,8 @@ class IMapIterator(Generic[T]):
 
     def _set(self, index: int, success: bool, value: Any) -> None:
         with self._cond:
+            if self._claimed:  # complete, or terminated: later deliveries are dropped
+                return
             if index == self._chunks_seen:
                 self._append(success, value)
                 while self._chunks_seen in self._unsorted:
@@ -218,13 +270,20 @@ class IMapIterator(Generic[T]):
                 self._cond.notify()
             else:
                 self._unsorted[index] = (success, value)
-            done = self._exhausted()
-        self._received(success, value, done)
-
-    def _received(self, success: bool, value: Any, done: bool) -> None:
-        self.progress._advance(len(value) if success else self._chunksize)
+            done = self._received(success, value)
         if done:
             self._finish()
+
+    def _received(self, success: bool, value: Any) -> bool:
+        """Count a chunk in (under the lock); whether this delivery finishes the job."""
+        self.progress._advance(len(value) if success else self._chunksize)
+        return self._claim()
+
+    def _claim(self) -> bool:
+        if self._claimed or not self._exhausted():
+            return False
+        self._claimed = True
+        return True
 
     def _finish(self) -> None:
         self.progress._close()
@@ -240,18 +299,32 @@ class IMapIterator(Generic[T]):
     def _abort(self, exc: BaseException) -> None:
         """Raise ``exc`` after the results already in, then stop (the pool was terminated)."""
         with self._cond:
+            if self._claimed:
+                return
+            self._claimed = True
             self._unsorted.clear()
             self._chunks.append((False, exc))
             self._length = self._chunks_seen
             self._cond.notify()
         self._finish()
 
+    def _source_failed(self, sent: int, exc: BaseException) -> None:
+        """Reading the input raised ``exc`` after ``sent`` chunks: it is raised in place of
+        chunk ``sent``, the last, as in multiprocessing."""
+        with self._cond:
+            if self._claimed or self._length is not None:
+                return
+            self._length = sent + 1
+        self._set(sent, False, exc)
+
     def _set_length(self, length: int, items: int) -> None:
         """The input is exhausted: ``length`` chunks holding ``items`` items in all."""
-        self.progress._set_total(items)
         with self._cond:
+            if self._claimed:
+                return
+            self.progress._set_total(items)
             self._length = length
-            done = self._exhausted()
+            done = self._claim()
             if done:
                 self._cond.notify()
         if done:
@@ -263,7 +336,10 @@ class IMapUnorderedIterator(IMapIterator[T]):
 
     def _set(self, index: int, success: bool, value: Any) -> None:
         with self._cond:
+            if self._claimed:
+                return
             self._append(success, value)
             self._cond.notify()
-            done = self._exhausted()
-        self._received(success, value, done)
+            done = self._received(success, value)
+        if done:
+            self._finish()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -126,3 +127,137 @@ def test_abort_fails_what_is_outstanding():
         next(it)
     with pytest.raises(StopIteration):
         next(it)
+
+
+# -- deliveries from several threads (the delivery thread, the dispatcher, terminate) --------
+
+
+class YieldingDisplay:
+    """A progress display that lets other threads run while it draws, as tqdm may."""
+
+    def __init__(self):
+        self.closed = 0
+
+    def update(self, n):
+        time.sleep(0.0005)
+
+    def set_total(self, total):
+        pass
+
+    def close(self):
+        self.closed += 1
+
+
+def deliver_concurrently(deliveries, threads=8):
+    """Run the callables on ``threads`` threads at once, released together."""
+    start = threading.Barrier(threads)
+
+    def run(part):
+        start.wait()
+        for deliver in part:
+            deliver()
+
+    workers = [threading.Thread(target=run, args=(deliveries[i::threads],))
+               for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+        assert not worker.is_alive()
+
+
+def test_a_map_fed_from_many_threads_completes_once():
+    for attempt in range(5):
+        done, calls, display = Done(), [], YieldingDisplay()
+        result = MapResult(attempt, done, length=64, chunksize=1, callback=calls.append,
+                           display=display)
+        deliver_concurrently([lambda i=i: result._set(i, True, [i]) for i in range(64)])
+        assert result.get(timeout=1) == list(range(64))
+        assert len(calls) == 1 and done.jobs == [attempt] and display.closed == 1
+        assert result.progress.completed == 64
+
+
+def test_an_abort_racing_a_delivery_runs_one_callback_and_keeps_the_result():
+    entered, release = threading.Event(), threading.Event()
+    seen = []
+
+    def slow_callback(value):
+        seen.append(("callback", value))
+        entered.set()
+        release.wait(5)
+
+    result = ApplyResult(1, Done(), callback=slow_callback, error_callback=seen.append)
+    delivery = threading.Thread(target=result._set, args=(0, True, 42))
+    delivery.start()
+    assert entered.wait(5)
+    result._abort(PoolTerminatedError("terminated"))  # the pool is terminated meanwhile
+    release.set()
+    delivery.join(5)
+    assert result.get(timeout=1) == 42 and seen == [("callback", 42)]
+
+
+def test_an_abort_after_an_iterator_completed_changes_nothing():
+    done = Done()
+    it = IMapIterator(1, done)
+    it._set(0, True, ["a", "b"])
+    it._set_length(1, 2)
+    it._abort(PoolTerminatedError("terminated"))  # terminate raced the last delivery
+    assert list(it) == ["a", "b"] and done.jobs == [1]
+
+
+def test_a_delivery_after_an_abort_is_dropped():
+    it = IMapIterator(1, Done())
+    it._set(0, True, ["kept"])
+    it._abort(PoolTerminatedError("terminated"))
+    it._set(1, True, ["late"])
+    assert next(it) == "kept"
+    with pytest.raises(PoolTerminatedError):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+# -- a job whose input fails while it is being sent ------------------------------------------
+
+
+def test_a_map_whose_input_fails_waits_for_the_chunks_sent_then_fails_with_the_error():
+    errors = []
+    result = MapResult(1, Done(), length=10, chunksize=2, error_callback=errors.append)
+    result._set(0, True, [0, 1])
+    result._source_failed(2, KeyError("input"))  # chunks 2..4 will never come
+    assert not result.ready()  # chunk 1 was sent: it reports first, as in multiprocessing
+    result._set(1, True, [2, 3])
+    with pytest.raises(KeyError):
+        result.get(timeout=1)
+    assert len(errors) == 1 and result.progress.completed == 10
+
+
+def test_an_apply_whose_task_could_not_be_prepared_fails_with_the_error():
+    errors = []
+    result = ApplyResult(1, Done(), error_callback=errors.append)
+    result._source_failed(0, KeyError("input"))
+    with pytest.raises(KeyError):
+        result.get(timeout=1)
+    assert len(errors) == 1
+
+
+@pytest.mark.parametrize("kind", [IMapIterator, IMapUnorderedIterator])
+def test_an_imap_whose_input_fails_raises_the_error_in_place_of_the_next_chunk(kind):
+    done = Done()
+    it = kind(1, done)
+    it._source_failed(2, KeyError("input"))  # after two chunks were sent
+    it._set(1, True, ["b"])
+    it._set(0, True, ["a"])
+    outcomes = []
+    while True:
+        try:
+            outcomes.append(it.next(timeout=1))
+        except KeyError:
+            outcomes.append("KeyError")
+        except StopIteration:
+            break
+    if kind is IMapUnorderedIterator:  # in arrival order: the error came first
+        assert outcomes == ["KeyError", "b", "a"]
+    else:
+        assert outcomes == ["a", "b", "KeyError"]
+    assert done.jobs == [1]

@@ -1,0 +1,75 @@
+"""The client against a real Redis and real workers: what lands on its result list, and what
+its user's callbacks do, never stops a pool."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import redis
+
+import distpool
+from distpool.errors import AuthenticationError
+
+pytestmark = pytest.mark.integration
+
+#: Anyone who can reach Redis can push these onto a pool's result list.
+HOSTILE = [
+    b"[" * 100_000 + b"\n",
+    b'{"a":' * 100_000 + b"\n",
+    b'{"task":"\\ud800","ok":true}\n',
+    b'{"task":"x","ok":true,"elapsed":' + b"9" * 5000 + b"}\n",
+    b"\xff\xfe\xed\xa0\x80\n\x80",
+    os.urandom(4 << 20),
+    b"wake",
+]
+
+
+def square(x):
+    return x * x
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_hostile_records_on_the_result_list_stop_neither_results_nor_liveness(shared_cluster):
+    store = redis.Redis.from_url(shared_cluster.result_url)
+    with distpool.Pool(2, **shared_cluster.pool_kwargs(), pool_ttl=2) as pool:
+        results_key = f"distpool:pool:{pool._pool_id}:results"
+        in_flight = pool.apply_async(nap, (1.0,))
+        # A record for a task in flight, not signed with the key: it fails that task only.
+        task_id = f"{pool._pool_id}:{in_flight._job}:0"
+        deadline = time.monotonic() + 10
+        while task_id not in pool._engine._in_flight:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        store.rpush(results_key, *HOSTILE,
+                    b'{"task":"%s","ok":true,"signature":"00"}\n' % task_id.encode())
+        with pytest.raises(AuthenticationError):
+            in_flight.get(timeout=20)
+        time.sleep(3)  # longer than pool_ttl: the key lapses unless the collector lives
+        assert store.exists(f"distpool:pool:{pool._pool_id}:live")
+        assert pool.map_async(square, range(20), chunksize=1).get(timeout=20) == [
+            x * x for x in range(20)]
+    store.close()
+
+
+def test_a_callback_longer_than_pool_ttl_fails_nothing(shared_cluster):
+    # The report: an 8 s callback with pool_ttl=5 failed the tasks in flight.
+    with distpool.Pool(2, **shared_cluster.pool_kwargs(), pool_ttl=2) as pool:
+        started, seen = threading.Event(), []
+
+        def slow_callback(value):
+            started.set()
+            time.sleep(4)
+            seen.append(value)
+
+        slow = pool.apply_async(square, (3,), callback=slow_callback)
+        assert started.wait(20)
+        in_flight = pool.apply_async(nap, (5.0,))  # runs on a worker while the callback does
+        assert in_flight.get(timeout=30) == 5.0
+        assert slow.get(timeout=30) == 9 and seen == [9]
