@@ -8,6 +8,9 @@ from typing import Any
 
 from ..envelope import Signer, TaskEnvelope
 
+#: What :meth:`Backend.message_states` says of a message whose results are on their way.
+MESSAGE_DONE = "done"
+
 
 class Backend(abc.ABC):
     """Moves task envelopes to workers and result records back, for any number of pools.
@@ -43,6 +46,12 @@ class Backend(abc.ABC):
     def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
         """Result records of the pool: block up to ``timeout`` for the first, take what else
         is waiting, and return early (possibly empty) after :meth:`wake`."""
+
+    @abc.abstractmethod
+    def message_states(self, pool_id: str, message_ids: Sequence[str]) -> list[str | None]:
+        """What the workers say of each message: None while nobody has claimed it,
+        ``MESSAGE_DONE`` once its results are on their way, else a claim that changes each
+        time its running holder renews it (see :mod:`distpool.watch`)."""
 
     @abc.abstractmethod
     def wake(self, pool_id: str) -> None:

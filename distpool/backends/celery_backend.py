@@ -43,7 +43,7 @@ import billiard.exceptions
 from celery import Celery, bootsteps, signals, states
 from celery.backends.base import DisabledBackend
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker import state as worker_state
 from kombu.connection import Connection
 from kombu.messaging import Producer
@@ -64,7 +64,7 @@ from ..slot_state import Running, SlotState
 from . import kombu_redis
 from .base import Backend
 from .claims import Claims
-from .redis_store import RedisStore
+from .redis_store import RedisStore, pool_of
 
 logger = logging.getLogger("distpool")
 
@@ -128,6 +128,7 @@ def create_app(settings: Settings, slot_state: str | None = None,
     runner = _ProcessLocalRunner(result_url, Signer(settings.secret),
                                  claim_ttl=settings.worker_lost_timeout)
     app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
+    app.distpool_retiring = False  # set by a SlotPool that has run its last task
 
     # shared=False: a shared task (Celery's default) is also registered in every app created
     # after it, so a second pool's app would keep the first app's task and warn.
@@ -135,11 +136,12 @@ def create_app(settings: Settings, slot_state: str | None = None,
               shared=False, retry_on_worker_lost=True, max_retries=MAX_ATTEMPTS - 1,
               default_retry_delay=0)
     def run_distpool_tasks(task: Any, *messages: Any) -> None:
+        if app.distpool_retiring:  # a slot past --max-tasks-per-child, shutting down
+            raise Reject("this slot is being replaced", requeue=True)
         request = task.request
         _, soft_limit = request.timelimit or (None, None)
         # Prefork raises the soft time limit in its pool processes; a slot does it itself.
         runner.get().run(messages, request.id,
-                         redelivered=bool((request.delivery_info or {}).get("redelivered")),
                          raise_soft_limit_after=soft_limit if slot_state is not None else None)
 
     if slot_state is not None:
@@ -170,13 +172,16 @@ class SlotPool(ThreadTaskPool):  # type: ignore[misc]
     def on_apply(self, target: Any, args: Any = None, kwargs: Any = None,
                  callback: Any = None, accept_callback: Any = None, **options: Any) -> Any:
         def finished(result: Any) -> None:
-            if callback is not None:
-                callback(result)  # acknowledges the message
             if self._tasks_left is not None:
                 self._tasks_left -= 1
                 if self._tasks_left <= 0:
                     # Celery's warm shutdown; the parent starts a fresh slot in its place.
+                    # Before the acknowledgement, which lets the consumer take another
+                    # message: one it takes all the same goes back (see the task).
+                    self.app.distpool_retiring = True
                     worker_state.should_stop = 0
+            if callback is not None:
+                callback(result)  # acknowledges the message
 
         return super().on_apply(target, args, kwargs, finished, accept_callback, **options)
 
@@ -270,17 +275,23 @@ class _TaskRunner:
         self._claimed: str | None = None  # the message whose claim the watchdog renews
         self._watchdog: threading.Thread | None = None
 
-    def run(self, messages: Sequence[Any], message_id: str, redelivered: bool,
+    def run(self, messages: Sequence[Any], message_id: str,
             raise_soft_limit_after: float | None) -> None:
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="distpool-watchdog",
                                               daemon=True)
             self._watchdog.start()
-        if not self._claims.acquire(message_id):
+        if not self._pool_is_live(pool_of(message_id)):
+            # Before its claim, which would bring back the pool's keys once it has ended.
+            logger.info("skipped message %s: its pool was terminated or its client is gone",
+                        message_id)
+            return
+        claim = self._claims.acquire(message_id)
+        if claim is None:
             return  # run, or running, elsewhere: acknowledged here and left to its holder
         self._claimed = message_id
         try:
-            if redelivered and self._given_up(messages, message_id):
+            if claim.interrupted is not None and self._given_up(messages, message_id):
                 return
             records: dict[str, list[ResultRecord]] = {}
             with _SoftTimeLimit(raise_soft_limit_after):
@@ -305,11 +316,13 @@ class _TaskRunner:
             self._store.finish(message_id)
 
     def _given_up(self, messages: Sequence[Any], message_id: str) -> bool:
-        """Fail the tasks of a message delivered again instead of running them again, when
-        it was killed for its time limit, or when this is its ``MAX_ATTEMPTS + 1``-th
-        delivery: each earlier one ended without finishing (its process died, on a slot or
-        in a prefork pool, or its node did). Counted here, by the receiver, because a broker
-        can deliver the message again before anyone else has noticed the death."""
+        """Fail the tasks of a message whose earlier run was interrupted, instead of running
+        them again, when it was killed for its time limit, or when this is its
+        ``MAX_ATTEMPTS + 1``-th run: each earlier one claimed it and ended without finishing
+        (its process died, on a slot or in a prefork pool, or its node did). Counted here,
+        by the receiver, because a broker can deliver the message again before anyone else
+        has noticed the death; deliveries that never began a run (a slot that put back a
+        message it took while shutting down, say) do not count."""
         redeliveries, timed_out = self._store.count_redelivery(message_id)
         if timed_out:
             self.report_failure(messages, message_id, _ran_out_of_time("hard time limit"))
@@ -649,6 +662,9 @@ class CeleryBackend(Backend):
 
     def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
         return self._store.pop_results(pool_id, timeout)
+
+    def message_states(self, pool_id: str, message_ids: Sequence[str]) -> list[str | None]:
+        return self._store.message_states(pool_id, list(message_ids))
 
     def wake(self, pool_id: str) -> None:
         self._store.wake(pool_id)

@@ -27,13 +27,23 @@ import socket
 import sys
 import time
 import uuid
+from typing import NamedTuple
 
-from .redis_store import DONE, RedisStore
+from .base import MESSAGE_DONE
+from .redis_store import RedisStore
 
 logger = logging.getLogger("distpool")
 
 #: How often a receiver looks again at a claim held by another process.
 POLL_INTERVAL = 0.25
+
+
+class Acquired(NamedTuple):
+    """A claim this process holds now. ``interrupted``: the process that held it before and
+    never finished (it died, or froze past its claim's life), if any: this run is another
+    attempt."""
+
+    interrupted: str | None
 
 
 class Claims:
@@ -47,31 +57,32 @@ class Claims:
         self._host = socket.gethostname()
         self.holder = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    def acquire(self, message_id: str) -> bool:
-        """Claim the message; False when another process runs it, or ran it to the end."""
+    def acquire(self, message_id: str) -> Acquired | None:
+        """Claim the message; None when another process runs it, or ran it to the end."""
         seen_left: int | None = None
         while True:
-            other = self._store.claim(message_id, self.holder, self.ttl)
-            if other is None:
-                return True
-            owner, left = other
-            if owner == DONE:
+            found = self._store.claim(message_id, self.holder, self.ttl)
+            if found.outcome == "claimed":
+                return Acquired(found.other)
+            if found.outcome == MESSAGE_DONE:
                 logger.info("message %s was run to the end already; not running it again",
                             message_id)
-                return False
+                return None
+            owner = found.other or ""
             if self._is_gone(owner) and self._store.take_over(message_id, owner, self.holder,
                                                               self.ttl):
-                return True
-            if seen_left is not None and left > seen_left:  # renewed: its holder lives
+                return Acquired(owner)
+            if seen_left is not None and found.left_ms > seen_left:  # renewed: it lives
                 logger.warning("message %s is being run by %s; not running it twice",
                                message_id, owner)
-                return False
-            seen_left = left
+                return None
+            seen_left = found.left_ms
             time.sleep(POLL_INTERVAL)
 
     def renew(self, message_id: str) -> bool:
         """Renew the claim of a running message; False if another process has it now."""
-        return self._store.claim(message_id, self.holder, self.ttl) is None
+        found = self._store.claim(message_id, self.holder, self.ttl)
+        return found.outcome == "claimed" and found.other is None
 
     def _is_gone(self, owner: str) -> bool:
         """Whether ``owner`` is a process of this host that no longer exists. Elsewhere,

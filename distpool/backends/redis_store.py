@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
+from .base import MESSAGE_DONE
 from .redis_identity import client_identity
 
 #: Unread results of a pool whose client vanished are dropped after this long.
@@ -34,28 +35,31 @@ RESULTS_TTL = 24 * 3600
 FETCH_BATCH = 512
 #: Record pushed by the client itself to wake its collector; never a valid result record.
 WAKE_UP = b"wake"
-#: The claim of a message whose results are pushed.
-DONE = "done"
 
 # Claim message ARGV[1] for ARGV[2] for ARGV[3] ms (or renew the claim) unless another holder's
-# claim on it has not lapsed; return that holder and the ms its claim has left, or nil when
-# the claim is ours. Claims carry their deadline: fields of a hash cannot expire on their own.
+# claim on it has not lapsed. Returns {'claimed', the previous holder, if another, or ''},
+# {'held', holder, ms its claim has left} or {'done', '', -1}. Claims carry their deadline:
+# fields of a hash cannot expire on their own.
 _CLAIM = """
 local now = redis.call('TIME')
 now = now[1] * 1000 + math.floor(now[2] / 1000)
 local claim = redis.call('HGET', KEYS[1], ARGV[1])
 if claim == 'done' then
-    return {'done', -1}
+    return {'done', '', -1}
 end
+local previous = ''
 if claim then
     local deadline, holder = string.match(claim, '^(%d+) (.*)$')
-    if holder ~= ARGV[2] and tonumber(deadline) > now then
-        return {holder, tonumber(deadline) - now}
+    if holder ~= ARGV[2] then
+        if tonumber(deadline) > now then
+            return {'held', holder, tonumber(deadline) - now}
+        end
+        previous = holder
     end
 end
 redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[3])) .. ' ' .. ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return false
+return {'claimed', previous, 0}
 """
 
 # Give message ARGV[1]'s claim to ARGV[3], for ARGV[4] ms, if ARGV[2] (a holder known to be
@@ -70,6 +74,15 @@ now = now[1] * 1000 + math.floor(now[2] / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[4])) .. ' ' .. ARGV[3])
 return 1
 """
+
+
+class ClaimOutcome(NamedTuple):
+    """What a claim found: ``outcome`` is ``claimed`` (``other``: the previous holder, whose
+    claim lapsed, if any), ``held`` (by ``other``, for ``left_ms`` more), or ``done``."""
+
+    outcome: str
+    other: str | None
+    left_ms: int
 
 
 class RedisStore:
@@ -142,16 +155,13 @@ class RedisStore:
 
     # -- what became of a message --------------------------------------------------------
 
-    def claim(self, message_id: str, holder: str, ttl: float) -> tuple[str, int] | None:
-        """Claim the message for ``holder`` for ``ttl`` seconds, or renew its claim. Returns
-        None when the claim is ours, else who holds it (``DONE`` once it is finished) and
-        how many milliseconds that claim has left (-1: for good)."""
-        [other] = self._commands.run([("EVAL", _CLAIM, 1, _messages_of(message_id),
-                                       message_id, holder, int(ttl * 1000), RESULTS_TTL)])
-        if other is None:
-            return None
-        owner, left = other
-        return owner.decode("utf-8", "replace"), int(left)
+    def claim(self, message_id: str, holder: str, ttl: float) -> ClaimOutcome:
+        """Claim the message for ``holder`` for ``ttl`` seconds, or renew its claim."""
+        [(outcome, other, left)] = self._commands.run([
+            ("EVAL", _CLAIM, 1, _messages_of(message_id), message_id, holder,
+             int(ttl * 1000), RESULTS_TTL)])
+        return ClaimOutcome(outcome.decode(), other.decode("utf-8", "replace") or None,
+                            int(left))
 
     def take_over(self, message_id: str, gone: str, holder: str, ttl: float) -> bool:
         """Claim the message from ``gone``, a holder known to be dead; False if its claim
@@ -183,7 +193,7 @@ class RedisStore:
 
     def message_states(self, pool_id: str, message_ids: list[str]) -> list[str | None]:
         """Each message's claim as the workers left it: None when nobody has claimed it
-        (it waits in the queue, or was lost), ``DONE``, or the claim's raw value."""
+        (it waits in the queue, or was lost), ``MESSAGE_DONE``, or the claim's raw value."""
         if not message_ids:
             return []
         [claims] = self._commands.run([("HMGET", _messages(pool_id), *message_ids)])
@@ -277,13 +287,17 @@ def _messages(pool_id: str) -> str:
     return f"distpool:pool:{pool_id}:messages"
 
 
+def pool_of(message_id: str) -> str:
+    """The pool that sent ``message_id`` (``<pool>:<job>:<index>``)."""
+    return message_id.partition(":")[0]
+
+
 def _messages_of(message_id: str) -> str:
-    """The messages hash of the pool that sent ``message_id`` (``<pool>:<job>:<index>``)."""
-    return _messages(message_id.partition(":")[0])
+    return _messages(pool_of(message_id))
 
 
 def _finish(message_id: str) -> tuple[Any, ...]:
-    return ("HSET", _messages_of(message_id), message_id, DONE)
+    return ("HSET", _messages_of(message_id), message_id, MESSAGE_DONE)
 
 
 def _workers(queue: str) -> str:

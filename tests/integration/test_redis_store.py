@@ -9,7 +9,8 @@ import uuid
 import pytest
 import redis
 
-from distpool.backends.redis_store import DONE, RedisStore
+from distpool.backends.base import MESSAGE_DONE as DONE
+from distpool.backends.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
 
@@ -40,23 +41,23 @@ def test_pushes_and_pops_go_on_after_redis_dropped_their_connections(store, redi
 
 def test_a_claim_keeps_a_message_from_a_second_holder_until_it_lapses(store):
     message = f"{uuid.uuid4().hex}:0:0"
-    assert store.claim(message, "host:1:a", ttl=0.5) is None
-    assert store.claim(message, "host:1:a", ttl=0.5) is None  # a renewal
-    holder, left = store.claim(message, "host:2:b", ttl=0.5)
-    assert holder == "host:1:a" and 0 < left <= 500
-    time.sleep(0.6)  # unrenewed, the claim lapses
-    assert store.claim(message, "host:2:b", ttl=5) is None
+    assert store.claim(message, "host:1:a", ttl=0.5) == ("claimed", None, 0)
+    assert store.claim(message, "host:1:a", ttl=0.5) == ("claimed", None, 0)  # a renewal
+    outcome, holder, left = store.claim(message, "host:2:b", ttl=0.5)
+    assert (outcome, holder) == ("held", "host:1:a") and 0 < left <= 500
+    time.sleep(0.6)  # unrenewed, the claim lapses: the new holder learns whose run it ends
+    assert store.claim(message, "host:2:b", ttl=5) == ("claimed", "host:1:a", 0)
     assert not store.take_over(message, "host:1:a", "host:3:c", ttl=5)  # it changed
     assert store.take_over(message, "host:2:b", "host:3:c", ttl=5)
-    assert store.claim(message, "host:2:b", ttl=5)[0] == "host:3:c"
+    assert store.claim(message, "host:2:b", ttl=5)[:2] == ("held", "host:3:c")
 
 
 def test_a_finished_message_is_never_claimed_again(store):
     pool_id = uuid.uuid4().hex
     message = f"{pool_id}:0:0"
-    assert store.claim(message, "host:1:a", ttl=5) is None
+    assert store.claim(message, "host:1:a", ttl=5).outcome == "claimed"
     store.push_results(pool_id, [b"record"], finished=message)
-    assert store.claim(message, "host:2:b", ttl=5) == (DONE, -1)
+    assert store.claim(message, "host:2:b", ttl=5) == (DONE, None, -1)
     assert store.message_states(pool_id, [message, f"{pool_id}:0:1"]) == [DONE, None]
 
 
