@@ -8,7 +8,9 @@
 * The **collector** pops result records, authenticates them and frees their slots. It also
   keeps the pool's liveness key fresh, without which workers drop the pool's tasks, so it
   runs no callbacks, and nothing anyone pushes onto the pool's list stops it: a record that
-  cannot be read fails at most the task it names.
+  cannot be read fails at most the task it names. And it watches the messages in flight
+  that no worker holds (:mod:`distpool.watch`): the dispatcher sends them again, or their
+  tasks fail once no worker is left to take them.
 * The **delivery** thread (:mod:`distpool.delivery`) loads the payloads and completes the
   jobs' result objects, in completion order; their callbacks run there. (A result without
   callbacks, with nothing queued before it, is completed by the collector at once.)
@@ -42,6 +44,7 @@ from .errors import (
     EnvelopeError,
     PoolTerminatedError,
 )
+from .watch import MessageWatch
 
 logger = logging.getLogger("distpool")
 
@@ -72,6 +75,7 @@ class _Job:
 
 class Engine:
     def __init__(self, backend: Backend, pool_id: str, processes: int, pool_ttl: float,
+                 worker_lost_timeout: float,
                  backend_gone: Callable[[], str | None] = lambda: None) -> None:
         """``backend_gone`` says why the backend will never answer again, if it knows (a
         private local cluster that stopped), so that the tasks in flight fail at once."""
@@ -93,6 +97,11 @@ class Engine:
         # task id -> (job, index, message id, function); message id -> tasks not reported.
         self._in_flight: dict[str, tuple[int, int, str, bytes]] = {}
         self._messages: dict[str, int] = {}
+        # Orphaned messages are sent again once the broker's own recovery (which takes about
+        # worker_lost_timeout) has had its chance; they fail when no worker is left.
+        self._watch = MessageWatch(resend_after=2 * worker_lost_timeout,
+                                   no_worker_timeout=pool_ttl)
+        self._resend: collections.deque[list[TaskEnvelope]] = collections.deque()
         self._task_times = TaskTimes()
         self._jobs: dict[int, Any] = {}
         self._job_ids = itertools.count()
@@ -162,6 +171,8 @@ class Engine:
             in_flight = list(self._messages)
             self._in_flight.clear()
             self._messages.clear()
+            self._watch.clear()
+            self._resend.clear()
             jobs = list(self._jobs.values())
             self._cond.notify_all()
         self._delivery.stop(drop=True)  # their results fail below
@@ -184,15 +195,21 @@ class Engine:
     def _dispatch_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._terminated and not (
+                while not self._terminated and not self._resend and not (
                         (self._lookahead or self._sendable_job() is not None)
                         and len(self._messages) < self._processes):
-                    if self._closing and not (self._sources or self._lookahead):
+                    if self._closing and not (self._sources or self._lookahead
+                                              or self._messages):
                         return
                     self._cond.wait()
                 if self._terminated:
                     return
+                again = list(self._resend)
+                self._resend.clear()
                 free = self._processes - len(self._messages)
+            if again:  # already counted in flight
+                self._publish(again)
+                continue
             # Pulled outside the lock: a lazy source serialises user input as it goes.
             messages = self._next_messages(free)
             with self._cond:
@@ -201,6 +218,7 @@ class Engine:
                 for message in messages:
                     message_id = message[0].task_id
                     self._messages[message_id] = len(message)
+                    self._watch.sent(message_id, message)
                     self._sent += len(message)
                     for envelope in message:
                         job, index = _job_and_index(envelope.task_id)
@@ -286,6 +304,7 @@ class Engine:
                             "the result store lost this pool's liveness key (a restart "
                             "without persistence, or the pool unheard of for longer than "
                             "pool_ttl): its tasks in flight may have been dropped"))
+                    self._watch_messages()
                     next_refresh = time.monotonic() + self._refresh_interval
             except Exception as exc:
                 unreachable_since = self._store_failed(exc, unreachable_since)
@@ -319,6 +338,29 @@ class Engine:
                 f"the pool's pool_ttl; last error: {exc}"))
             return now
         return now if since is None else since
+
+    def _watch_messages(self) -> None:
+        """Send orphaned messages again; fail them when no worker is left to take them."""
+        with self._cond:
+            due = self._watch.due()
+        if not due:
+            return
+        claims = dict(zip(due, self._backend.message_states(self.pool_id, due)))
+        workers = self._backend.worker_slots()
+        with self._cond:
+            verdict = self._watch.judge(claims, workers)
+            if verdict.resend:
+                logger.warning("pool %s: sending %d message(s) again that no worker holds",
+                               self.pool_id, len(verdict.resend))
+                self._resend.extend(list(message) for message in verdict.resend)
+                self._cond.notify_all()
+        error = BrokerUnavailableError(
+            f"no worker has served this pool's queue for {self._pool_ttl:.0f} s (pool_ttl) "
+            "and nobody holds these tasks: the workers are gone, or cannot reach the broker "
+            "(a Redis at maxclients refuses their connections)")
+        for message in verdict.fail:
+            for envelope in message:
+                self._complete(envelope.task_id, False, error)
 
     def _report(self) -> dict[str, Any]:
         return {**self._identity, "sent": self._sent, "done": self._done,
@@ -356,6 +398,7 @@ class Engine:
                 self._messages[message_id] = left
             else:
                 self._messages.pop(message_id, None)
+                self._watch.finished(message_id)
                 self._cond.notify_all()  # a slot is free
             result = self._jobs.get(job)
         if elapsed is not None:

@@ -101,6 +101,7 @@ class Pool:
                 self._pool_id = uuid.uuid4().hex
                 self._engine = Engine(
                     backend, self._pool_id, self._processes, settings.pool_ttl,
+                    settings.worker_lost_timeout,
                     backend_gone=self._cluster.failure if self._cluster else lambda: None)
             except BaseException:
                 backend.close()
