@@ -116,8 +116,26 @@ class QoS(kombu_redis.QoS):
                 held_messages.restore_lapsed(client, self.channel.queue_of)
 
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        """kombu's, but a record that is not one (anyone who can write to the broker can put
+        it there) is dropped with a log line: kombu's raised in every sweep, in the event
+        loop of every worker."""
         self.confirm()
-        super().restore_by_tag(tag, client, leftmost)  # type: ignore[no-untyped-call]
+
+        def restore_transaction(pipe: Any) -> None:
+            raw = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)  # type: ignore[no-untyped-call]
+            if not raw:
+                return
+            try:
+                message, exchange, routing_key = loads(raw)  # type: ignore[no-untyped-call]
+            except (ValueError, TypeError, RecursionError):
+                logger.error("dropped delivery record %s: not a record: %r", tag, raw[:200])
+                return
+            self.channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as connection:
+            connection.transaction(restore_transaction, self.unacked_key)
 
     def confirm(self) -> None:
         """Read every outstanding reply: after this, Redis has applied every record sent."""

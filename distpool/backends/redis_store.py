@@ -50,7 +50,7 @@ end
 local previous = ''
 if claim then
     local deadline, holder = string.match(claim, '^(%d+) (.*)$')
-    if holder ~= ARGV[2] then
+    if holder and holder ~= ARGV[2] then  -- (what is not a claim is overwritten)
         if tonumber(deadline) > now then
             return {'held', holder, tonumber(deadline) - now}
         end
@@ -74,6 +74,10 @@ now = now[1] * 1000 + math.floor(now[2] / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[4])) .. ' ' .. ARGV[3])
 return 1
 """
+
+
+#: What every pool's info holds (see ``Engine._report``), as ``distpool status`` shows it.
+_POOL_INFO = ("host", "pid", "processes", "sent", "done", "in_flight")
 
 
 class ClaimOutcome(NamedTuple):
@@ -117,8 +121,12 @@ class RedisStore:
         keys = list(self._redis.scan_iter(match=_info("*"), count=1000))
         found: dict[str, dict[str, Any]] = {}
         for key, raw in zip(keys, self._redis.mget(keys) if keys else []):
-            if raw is not None:
-                found[key.decode().split(":")[2]] = json.loads(raw)
+            try:
+                info = json.loads(raw) if raw is not None else None
+            except (ValueError, RecursionError):  # not what a client wrote
+                continue
+            if isinstance(info, dict) and set(_POOL_INFO) <= info.keys():
+                found[key.decode("utf-8", "replace").split(":")[2]] = info
         return found
 
     def pool_is_live(self, pool_id: str) -> bool:
@@ -221,7 +229,9 @@ class RedisStore:
         if not names:
             return {}
         [slots] = self._commands.run([("HMGET", _slots(queue), *names)])
-        return {name.decode(): int(n) for name, n in zip(names, slots) if n is not None}
+        # Skipping what is not a count: anyone who can write to the store could put it there.
+        return {name.decode("utf-8", "replace"): int(n) for name, n in zip(names, slots)
+                if n is not None and n.isdigit()}
 
     def ping(self) -> None:
         self._commands.run([("PING",)])
