@@ -1,10 +1,9 @@
 """One pool's traffic with its backend, on two threads, as ``multiprocessing.Pool`` has.
 
-* The **dispatcher** takes task envelopes from the jobs' sources, in submission order, and
-  publishes them while fewer than ``processes`` of the pool's messages are in flight. A
-  message carries one task, or several short ones (see :mod:`distpool.batching`). Sources
-  are iterators, so ``imap`` reads (and serialises) its input only as slots free up, and
-  no further than ``buffersize`` chunks ahead of what its caller has consumed.
+* The **dispatcher** takes task envelopes from the jobs' sources, in submission order (see
+  :mod:`distpool.sources`), and publishes them while fewer than ``processes`` of the pool's
+  messages are in flight. A message carries one task, or several short ones (see
+  :mod:`distpool.batching`).
 * The **collector** pops result records, authenticates them and frees their slots. It also
   keeps the pool's liveness key fresh, without which workers drop the pool's tasks, so it
   runs no callbacks, and nothing anyone pushes onto the pool's list stops it: a record that
@@ -30,12 +29,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from .backends.base import Backend
-from .batching import TaskTimes, split_evenly
 from .delivery import Delivery, deliver
 from .envelope import ResultRecord, TaskEnvelope
 from .errors import (
@@ -44,6 +41,7 @@ from .errors import (
     EnvelopeError,
     PoolTerminatedError,
 )
+from .sources import Job, Source, Sources
 from .watch import MessageWatch
 
 logger = logging.getLogger("distpool")
@@ -54,24 +52,6 @@ COLLECT_TIMEOUT = 1.0
 REPORT_INTERVAL = 2.0
 #: How long terminate() waits for the engine's threads to stop.
 STOP_TIMEOUT = 10.0
-
-Source = Iterator[TaskEnvelope]
-
-
-@dataclass(eq=False)
-class _Job:
-    """A job's envelopes waiting to be sent, and how far ahead of its consumer they may go."""
-
-    envelopes: Source
-    result: Any
-    buffersize: int | None
-    sent: int = 0
-
-    def may_send(self, closing: bool) -> bool:
-        # Once the pool is closed, join() must be able to finish without a consumer.
-        return (self.buffersize is None or closing
-                or self.sent - self.result.chunks_consumed < self.buffersize)
-
 
 class Engine:
     def __init__(self, backend: Backend, pool_id: str, processes: int, pool_ttl: float,
@@ -91,9 +71,7 @@ class Engine:
                           "processes": processes, "started": round(time.time(), 3)}
         self._sent = self._done = 0
         self._cond = threading.Condition(threading.Lock())
-        self._sources: collections.deque[_Job] = collections.deque()
-        # Pulled from a source but not sent yet; touched by the dispatcher thread only.
-        self._lookahead: collections.deque[TaskEnvelope] = collections.deque()
+        self._sources = Sources(self._cond, lambda: self._closing, self._source_failed)
         # task id -> (job, index, message id, function); message id -> tasks not reported.
         self._in_flight: dict[str, tuple[int, int, str, bytes]] = {}
         self._messages: dict[str, int] = {}
@@ -102,7 +80,6 @@ class Engine:
         self._watch = MessageWatch(resend_after=2 * worker_lost_timeout,
                                    no_worker_timeout=pool_ttl)
         self._resend: collections.deque[list[TaskEnvelope]] = collections.deque()
-        self._task_times = TaskTimes()
         self._jobs: dict[int, Any] = {}
         self._job_ids = itertools.count()
         self._closing = False
@@ -133,7 +110,7 @@ class Engine:
             if self._closing:
                 raise ValueError("Pool not running")
             self._jobs[job] = result
-            self._sources.append(_Job(source, result, buffersize))
+            self._sources.add(Job(source, result, buffersize))
             self._cond.notify_all()
 
     def wake_dispatcher(self) -> None:
@@ -167,7 +144,7 @@ class Engine:
             if self._terminated or self._released:  # already stopped, or joined and cleaned
                 return
             self._closing = self._terminated = True
-            self._sources.clear()
+            self._sources.stop()
             in_flight = list(self._messages)
             self._in_flight.clear()
             self._messages.clear()
@@ -196,10 +173,8 @@ class Engine:
         while True:
             with self._cond:
                 while not self._terminated and not self._resend and not (
-                        (self._lookahead or self._sendable_job() is not None)
-                        and len(self._messages) < self._processes):
-                    if self._closing and not (self._sources or self._lookahead
-                                              or self._messages):
+                        self._sources.ready() and len(self._messages) < self._processes):
+                    if self._closing and self._sources.exhausted() and not self._messages:
                         return
                     self._cond.wait()
                 if self._terminated:
@@ -210,8 +185,7 @@ class Engine:
             if again:  # already counted in flight
                 self._publish(again)
                 continue
-            # Pulled outside the lock: a lazy source serialises user input as it goes.
-            messages = self._next_messages(free)
+            messages = self._sources.next_messages(free)
             with self._cond:
                 if self._terminated:
                     return
@@ -227,54 +201,8 @@ class Engine:
             if messages:
                 self._publish(messages)
 
-    def _next_messages(self, free: int) -> list[list[TaskEnvelope]]:
-        """Up to ``free`` messages' worth of envelopes, batched where tasks are short."""
-        first = self._pull()
-        if first is None:
-            return []
-        per_message = self._task_times.batch_size(first.function)
-        envelopes = [first]
-        while len(envelopes) < free * per_message:
-            envelope = self._pull()
-            if envelope is None:
-                break
-            if per_message > 1 and envelope.function != first.function:
-                self._lookahead.appendleft(envelope)  # batches hold one function
-                break
-            envelopes.append(envelope)
-        return split_evenly(envelopes, free)
-
-    def _pull(self) -> TaskEnvelope | None:
-        if self._lookahead:
-            return self._lookahead.popleft()
-        while True:
-            with self._cond:
-                job = None if self._terminated else self._sendable_job()
-                if job is None:
-                    return None
-            try:
-                envelope = next(job.envelopes, None)
-            except Exception as exc:
-                # As multiprocessing's task handler: the job fails, the pool goes on.
-                self._drop_source(job)
-                self._delivery.put(functools.partial(job.result._source_failed, job.sent, exc))
-                continue
-            if envelope is not None:
-                job.sent += 1
-                return envelope
-            self._drop_source(job)
-
-    def _drop_source(self, job: _Job) -> None:
-        with self._cond:
-            if job in self._sources:
-                self._sources.remove(job)
-
-    def _sendable_job(self) -> _Job | None:
-        """The first job, in submission order, that may send now (called under the lock)."""
-        for job in self._sources:
-            if job.may_send(self._closing):
-                return job
-        return None
+    def _source_failed(self, job: Job, exc: Exception) -> None:
+        self._delivery.put(functools.partial(job.result._source_failed, job.sent, exc))
 
     def _publish(self, messages: list[list[TaskEnvelope]]) -> None:
         try:
@@ -402,7 +330,7 @@ class Engine:
                 self._cond.notify_all()  # a slot is free
             result = self._jobs.get(job)
         if elapsed is not None:
-            self._task_times.record(function, elapsed)
+            self._sources.task_times.record(function, elapsed)
         if result is not None:
             self._delivery.put(functools.partial(deliver, result, index, ok, value, payload,
                                                  task_id), result._quiet)

@@ -1,0 +1,122 @@
+"""What a pool sends next: its jobs' task envelopes, in submission order, batched where short.
+
+Sources are iterators, so ``imap`` reads (and serialises) its input only as slots free up,
+and no further than ``buffersize`` chunks ahead of what its caller has consumed. Only the
+engine's dispatcher thread pulls envelopes; other threads add and drop jobs, under the
+engine's lock, which :class:`Sources` shares.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .batching import TaskTimes, split_evenly
+from .envelope import TaskEnvelope
+
+Source = Iterator[TaskEnvelope]
+
+
+@dataclass(eq=False)
+class Job:
+    """A job's envelopes waiting to be sent, and how far ahead of its consumer they may go."""
+
+    envelopes: Source
+    result: Any
+    buffersize: int | None
+    sent: int = 0
+
+    def may_send(self, closing: bool) -> bool:
+        # Once the pool is closed, join() must be able to finish without a consumer.
+        return (self.buffersize is None or closing
+                or self.sent - self.result.chunks_consumed < self.buffersize)
+
+
+class Sources:
+    """The jobs whose envelopes wait to be sent. ``closing`` says whether the pool is closed
+    (read under ``lock``); ``failed`` is told of a job whose source raised, which is dropped,
+    as multiprocessing's task handler fails such a job and goes on."""
+
+    def __init__(self, lock: threading.Condition, closing: Callable[[], bool],
+                 failed: Callable[[Job, Exception], None]) -> None:
+        self._lock = lock
+        self._closing = closing
+        self._failed = failed
+        self._jobs: collections.deque[Job] = collections.deque()
+        # Pulled from a source but not sent yet; touched by the dispatcher thread only.
+        self._lookahead: collections.deque[TaskEnvelope] = collections.deque()
+        self._stopped = False
+        #: How long tasks of each function run, which sets how many share a message.
+        self.task_times = TaskTimes()
+
+    # -- under the lock ------------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        self._jobs.append(job)
+
+    def stop(self) -> None:
+        """Drop every job: the pool was terminated."""
+        self._jobs.clear()
+        self._stopped = True
+
+    def ready(self) -> bool:
+        """Whether an envelope may be sent now."""
+        return bool(self._lookahead) or self._sendable() is not None
+
+    def exhausted(self) -> bool:
+        return not (self._jobs or self._lookahead)
+
+    # -- the dispatcher thread, without the lock -------------------------------------------
+
+    def next_messages(self, free: int) -> list[list[TaskEnvelope]]:
+        """Up to ``free`` messages' worth of envelopes, batched where tasks are short."""
+        first = self._pull()
+        if first is None:
+            return []
+        per_message = self.task_times.batch_size(first.function)
+        envelopes = [first]
+        while len(envelopes) < free * per_message:
+            envelope = self._pull()
+            if envelope is None:
+                break
+            if per_message > 1 and envelope.function != first.function:
+                self._lookahead.appendleft(envelope)  # batches hold one function
+                break
+            envelopes.append(envelope)
+        return split_evenly(envelopes, free)
+
+    def _pull(self) -> TaskEnvelope | None:
+        if self._lookahead:
+            return self._lookahead.popleft()
+        while True:
+            with self._lock:
+                job = None if self._stopped else self._sendable()
+                if job is None:
+                    return None
+            try:
+                # Outside the lock: a lazy source serialises user input as it goes.
+                envelope = next(job.envelopes, None)
+            except Exception as exc:
+                self._drop(job)
+                self._failed(job, exc)
+                continue
+            if envelope is not None:
+                job.sent += 1
+                return envelope
+            self._drop(job)
+
+    def _drop(self, job: Job) -> None:
+        with self._lock:
+            if job in self._jobs:
+                self._jobs.remove(job)
+
+    def _sendable(self) -> Job | None:
+        """The first job, in submission order, that may send now (called under the lock)."""
+        closing = self._closing()
+        for job in self._jobs:
+            if job.may_send(closing):
+                return job
+        return None
