@@ -142,6 +142,7 @@ def create_app(settings: Settings, slot_state: str | None = None,
         _, soft_limit = request.timelimit or (None, None)
         # Prefork raises the soft time limit in its pool processes; a slot does it itself.
         runner.get().run(messages, request.id,
+                         redelivered=bool((request.delivery_info or {}).get("redelivered")),
                          raise_soft_limit_after=soft_limit if slot_state is not None else None)
 
     if slot_state is not None:
@@ -275,7 +276,7 @@ class _TaskRunner:
         self._claimed: str | None = None  # the message whose claim the watchdog renews
         self._watchdog: threading.Thread | None = None
 
-    def run(self, messages: Sequence[Any], message_id: str,
+    def run(self, messages: Sequence[Any], message_id: str, redelivered: bool,
             raise_soft_limit_after: float | None) -> None:
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="distpool-watchdog",
@@ -286,12 +287,16 @@ class _TaskRunner:
             logger.info("skipped message %s: its pool was terminated or its client is gone",
                         message_id)
             return
-        claim = self._claims.acquire(message_id)
-        if claim is None:
-            return  # run, or running, elsewhere: acknowledged here and left to its holder
+        if redelivered:  # someone may run it, or have run it: ask before running
+            claim = self._claims.acquire(message_id)
+            if claim is None:
+                return  # run, or running, elsewhere: acknowledged here, left to its holder
+            interrupted, ours = claim.interrupted, _certainly
+        else:
+            interrupted, ours = None, self._claims.acquire_soon(message_id)
         self._claimed = message_id
         try:
-            if claim.interrupted is not None and self._given_up(messages, message_id):
+            if interrupted is not None and self._given_up(messages, message_id):
                 return
             records: dict[str, list[ResultRecord]] = {}
             with _SoftTimeLimit(raise_soft_limit_after):
@@ -299,6 +304,10 @@ class _TaskRunner:
                     outcome = self._run_one(message)
                     if outcome is not None:
                         records.setdefault(outcome[0], []).append(outcome[1])
+            if not ours():
+                logger.warning("message %s was also run by another process; its results "
+                               "are left to that one", message_id)
+                return
             # After the whole batch: if this process dies first, the message is re-queued
             # and no result of it has been delivered twice.
             self._push(records, message_id)
@@ -410,6 +419,10 @@ class _TaskRunner:
                 self._live_until.clear()
             self._live_until[pool_id] = now + LIVENESS_CACHE
         return live
+
+
+def _certainly() -> bool:
+    return True
 
 
 class _SoftTimeLimit:

@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .base import MESSAGE_DONE
@@ -78,6 +79,22 @@ class Claims:
                 return None
             seen_left = found.left_ms
             time.sleep(POLL_INTERVAL)
+
+    def acquire_soon(self, message_id: str) -> Callable[[], bool]:
+        """Claim a message delivered for the first time, without waiting for Redis: the
+        returned callable says, after the run, whether the claim was ours. Nobody can have
+        claimed such a message unless the broker gave it to two consumers (a frozen one's
+        held list put back, see held_messages), so the run does not wait on the claim's
+        round trip; a run that finds it was not ours drops its results."""
+        outcome = self._store.claim_soon(message_id, self.holder, self.ttl)
+
+        def ours() -> bool:
+            try:
+                return outcome().outcome == "claimed"
+            except Exception:  # unknown: the renewals claim it again meanwhile
+                return True
+
+        return ours
 
     def renew(self, message_id: str) -> bool:
         """Renew the claim of a running message; False if another process has it now."""

@@ -71,3 +71,21 @@ def test_what_a_pool_s_messages_left_goes_with_the_pool(store, redis_server):
     store.close_pool(pool_id)
     plain = redis.Redis.from_url(redis_server.url(5))
     assert plain.keys(f"distpool:*{pool_id}*") == []
+
+
+def test_a_claim_sent_without_waiting_is_read_later_in_order(store):
+    message = f"{uuid.uuid4().hex}:0:0"
+    outcome = store.claim_soon(message, "host:1:a", ttl=5)
+    assert store.claim(message, "host:2:b", ttl=5)[:2] == ("held", "host:1:a")
+    assert outcome() == ("claimed", None, 0)  # read with the call after it
+
+
+def test_a_reply_lost_with_its_connection_raises_when_asked_for(store, redis_server):
+    message = f"{uuid.uuid4().hex}:0:0"
+    store.ping()
+    redis.Redis.from_url(redis_server.url(5)).client_kill_filter(_type="normal", skipme=True)
+    outcome = store.claim_soon(message, "host:1:a", ttl=5)  # written to a dead socket
+    store.ping()  # finds it dead, reconnects
+    with pytest.raises(redis.ConnectionError):
+        outcome()
+    assert store.claim(message, "host:1:a", ttl=5).outcome == "claimed"
