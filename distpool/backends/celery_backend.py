@@ -126,7 +126,8 @@ def create_app(settings: Settings, slot_state: str | None = None,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     runner = _ProcessLocalRunner(result_url, Signer(settings.secret),
-                                 claim_ttl=settings.worker_lost_timeout)
+                                 claim_ttl=settings.worker_lost_timeout,
+                                 flags_redeliveries=_flags_redeliveries(broker_url))
     app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
     app.distpool_retiring = False  # set by a SlotPool that has run its last task
 
@@ -258,6 +259,13 @@ def _report_to_parent(state: SlotState) -> None:
     signals.task_revoked.connect(done, weak=False)
 
 
+def _flags_redeliveries(broker_url: str) -> bool:
+    """Whether every second delivery of a message through this broker says it is one.
+    kombu's Redis transports set the flag on whatever they put back; RabbitMQ can lose it
+    when it recovers a message across its own restart (seen: a task run twice by one slot)."""
+    return broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
+
+
 def _urls(settings: Settings) -> tuple[str, str]:
     if settings.broker_url is None or settings.result_url is None:
         raise ValueError("the Celery backend needs a broker URL and a result URL")
@@ -267,10 +275,12 @@ def _urls(settings: Settings) -> tuple[str, str]:
 class _TaskRunner:
     """Runs the task envelopes of one Celery message in a worker process."""
 
-    def __init__(self, store: RedisStore, signer: Signer, claim_ttl: float) -> None:
+    def __init__(self, store: RedisStore, signer: Signer, claim_ttl: float,
+                 flags_redeliveries: bool) -> None:
         self._store = store
         self._signer = signer
         self._claims = Claims(store, claim_ttl)
+        self._flags_redeliveries = flags_redeliveries
         self._live_until: dict[str, float] = {}
         self._running_for: str | None = None  # the pool whose task runs now
         self._claimed: str | None = None  # the message whose claim the watchdog renews
@@ -287,7 +297,8 @@ class _TaskRunner:
             logger.info("skipped message %s: its pool was terminated or its client is gone",
                         message_id)
             return
-        if redelivered:  # someone may run it, or have run it: ask before running
+        if redelivered or not self._flags_redeliveries:
+            # Someone may run it, or have run it: ask before running.
             claim = self._claims.acquire(message_id)
             if claim is None:
                 return  # run, or running, elsewhere: acknowledged here, left to its holder
@@ -463,10 +474,12 @@ class _ProcessLocalRunner:
     """One task runner, and one result store, per worker process: the registration step,
     the runner and its watchdog share the store's connection."""
 
-    def __init__(self, url: str, signer: Signer, claim_ttl: float) -> None:
+    def __init__(self, url: str, signer: Signer, claim_ttl: float,
+                 flags_redeliveries: bool) -> None:
         self._url = url
         self._signer = signer
         self._claim_ttl = claim_ttl
+        self._flags_redeliveries = flags_redeliveries
         self._pid: int | None = None
         self._store: RedisStore | None = None
         self._runner: _TaskRunner | None = None
@@ -474,7 +487,8 @@ class _ProcessLocalRunner:
     def get(self) -> _TaskRunner:
         store = self.store()  # forgets an inherited runner too
         if self._runner is None:
-            self._runner = _TaskRunner(store, self._signer, self._claim_ttl)
+            self._runner = _TaskRunner(store, self._signer, self._claim_ttl,
+                                       self._flags_redeliveries)
         return self._runner
 
     def store(self) -> RedisStore:

@@ -81,11 +81,12 @@ class Claims:
             time.sleep(POLL_INTERVAL)
 
     def acquire_soon(self, message_id: str) -> Callable[[], bool]:
-        """Claim a message delivered for the first time, without waiting for Redis: the
-        returned callable says, after the run, whether the claim was ours. Nobody can have
-        claimed such a message unless the broker gave it to two consumers (a frozen one's
-        held list put back, see held_messages), so the run does not wait on the claim's
-        round trip; a run that finds it was not ours drops its results."""
+        """Claim a message delivered for the first time (by a broker that flags second
+        deliveries), without waiting for Redis: the returned callable says, after the run,
+        whether the claim was ours. Nobody can have claimed such a message unless the broker
+        gave it to two consumers (a frozen one's held list put back, see held_messages), so
+        the run does not wait on the claim's round trip; a run that finds it was not ours
+        drops its results."""
         outcome = self._store.claim_soon(message_id, self.holder, self.ttl)
 
         def ours() -> bool:
