@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from distpool.backends.redis_store import RedisStore
 from tests.support import Cluster, RedisServer
 
 
@@ -25,6 +26,14 @@ def shared_cluster(redis_server: RedisServer) -> Iterator[Cluster]:
 
 
 @pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[RedisStore]:
+    """A result store on the session's Redis."""
+    store = RedisStore(redis_server.url(5))
+    yield store
+    store.close()
+
+
+@pytest.fixture
 def make_cluster(redis_server: RedisServer) -> Iterator[type]:
     """Start clusters with their own queue for one test; all are stopped after it."""
     started = []
@@ -37,3 +46,25 @@ def make_cluster(redis_server: RedisServer) -> Iterator[type]:
     yield start  # type: ignore[misc]
     for cluster in started:
         cluster.stop()
+
+
+@pytest.fixture
+def make_cluster_on_own_redis() -> Iterator[type]:
+    """Start clusters each on a Redis of its own, for the tests that stop, restart or wipe
+    it (``persistent=True``: one that keeps an append-only file); all are stopped after."""
+    started = []
+
+    def start(persistent: bool = False, **kwargs: object) -> Cluster:
+        server = RedisServer(persistent=persistent)
+        try:
+            cluster = Cluster(server, **kwargs)  # type: ignore[arg-type]
+        except BaseException:
+            server.stop()
+            raise
+        started.append((cluster, server))
+        return cluster
+
+    yield start  # type: ignore[misc]
+    for cluster, server in started:
+        cluster.stop()
+        server.stop()

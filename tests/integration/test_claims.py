@@ -14,16 +14,8 @@ import uuid
 import pytest
 
 from distpool.backends.claims import Claims
-from distpool.backends.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(redis_server):
-    store = RedisStore(redis_server.url(6))
-    yield store
-    store.close()
 
 
 def a_message():

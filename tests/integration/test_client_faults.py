@@ -3,7 +3,6 @@ its user's callbacks do, never stops a pool."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -12,20 +11,9 @@ import redis
 
 import distpool
 from distpool.errors import AuthenticationError
+from tests.hostile import HOSTILE_RECORDS
 
 pytestmark = pytest.mark.integration
-
-#: Anyone who can reach Redis can push these onto a pool's result list.
-HOSTILE = [
-    b"[" * 100_000 + b"\n",
-    b'{"a":' * 100_000 + b"\n",
-    b'{"task":"\\ud800","ok":true}\n',
-    b'{"task":"x","ok":true,"elapsed":' + b"9" * 5000 + b"}\n",
-    b"\xff\xfe\xed\xa0\x80\n\x80",
-    os.urandom(4 << 20),
-    b"wake",
-]
-
 
 def square(x):
     return x * x
@@ -47,7 +35,7 @@ def test_hostile_records_on_the_result_list_stop_neither_results_nor_liveness(sh
         while task_id not in pool._engine._in_flight:
             assert time.monotonic() < deadline
             time.sleep(0.005)
-        store.rpush(results_key, *HOSTILE,
+        store.rpush(results_key, *HOSTILE_RECORDS.values(),
                     b'{"task":"%s","ok":true,"signature":"00"}\n' % task_id.encode())
         with pytest.raises(AuthenticationError):
             in_flight.get(timeout=20)

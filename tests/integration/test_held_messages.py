@@ -3,7 +3,6 @@ lists of distpool.backends.held_messages, against a real Redis and real worker n
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -16,23 +15,10 @@ from kombu import Connection
 
 import distpool
 from distpool.backends import held_messages, kombu_redis
+from tests.hostile import HOSTILE_MESSAGES
 from tests.support import Worker, wait_for_slots
 
 pytestmark = pytest.mark.integration
-
-HOSTILE_ITEMS = [
-    b"[" * 100_000 + b"\n",                     # deep nesting
-    b"\xff\xfe\xfd not utf-8",
-    b"{}",
-    b"[]",
-    b"null",
-    json.dumps({"properties": {"delivery_tag": "x"}}).encode(),  # no delivery_info
-    json.dumps({"body": "!!! not base64", "properties": {
-        "delivery_tag": "x", "body_encoding": "base64",
-        "delivery_info": {"exchange": "", "routing_key": "q"}}}).encode(),
-    b'{"a": "' + b"x" * 3_000_000 + b'"}',       # megabytes of garbage
-]
-
 
 def unique_queue():
     return f"distpool-test-held-{uuid.uuid4().hex[:8]}"
@@ -99,7 +85,7 @@ def test_what_is_not_a_message_is_dropped_and_the_consumer_goes_on(redis_server)
     with (Connection(url, transport=kombu_redis.TRANSPORT,
                      transport_options={"distpool_holder": "me"}) as connection,
           connection.SimpleQueue(queue) as simple):
-        for item in HOSTILE_ITEMS:
+        for item in HOSTILE_MESSAGES:
             plain.lpush(queue, item)
         simple.put({"n": 4}, serializer="json")
         message = simple.get(timeout=10)

@@ -12,7 +12,7 @@ import distpool
 from distpool.backends import held_messages
 from distpool.backends.celery_backend import cluster_status
 from distpool.config import resolve
-from tests.integration.test_held_messages import HOSTILE_ITEMS
+from tests.hostile import HOSTILE_MESSAGES
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def test_a_cluster_serves_on_whatever_is_written_into_its_redis(make_cluster):
     slots = {slot.pid for slot in psutil.Process(cluster.workers[0].process.pid).children()}
     with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
         assert pool.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
-        for item in HOSTILE_ITEMS:
+        for item in HOSTILE_MESSAGES:
             client.lpush(cluster.queue, item)
             client.hset("unacked", f"tag-{len(item)}", item)  # swept as lapsed records
             client.zadd("unacked_index", {f"tag-{len(item)}": time.time() - 3600})

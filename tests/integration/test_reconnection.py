@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import distpool
-from tests.support import Cluster, RedisServer
+from tests.support import Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -41,17 +41,9 @@ def wait_for_start(log: Path, timeout: float = 30) -> None:
 
 
 @pytest.fixture
-def cluster_on_persistent_redis():
+def cluster_on_persistent_redis(make_cluster_on_own_redis):
     """Two slots on a Redis of its own that keeps an append-only file."""
-    server = RedisServer(persistent=True)
-    try:
-        cluster = Cluster(server, concurrency=2, extra_args=OPTIONS)
-    except BaseException:
-        server.stop()
-        raise
-    yield cluster
-    cluster.stop()
-    server.stop()
+    return make_cluster_on_own_redis(persistent=True, concurrency=2, extra_args=OPTIONS)
 
 
 def test_a_running_task_survives_restarts_of_a_persistent_redis(cluster_on_persistent_redis,

@@ -10,16 +10,8 @@ import pytest
 import redis
 
 from distpool.backends.base import MESSAGE_DONE as DONE
-from distpool.backends.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(redis_server):
-    store = RedisStore(redis_server.url(5))
-    yield store
-    store.close()
 
 
 def test_a_pop_takes_every_waiting_record_in_order(store):

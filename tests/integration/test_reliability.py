@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import distpool
 from distpool.errors import TaskTimeoutError, WorkerLostError
-from tests.support import Cluster, RedisServer, ignore_the_soft_limit, stop_process_group
+from tests.support import ignore_the_soft_limit, stop_process_group
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -221,17 +221,9 @@ def test_a_map_survives_the_broker_dropping_every_connection(make_cluster):
 
 
 @pytest.fixture
-def cluster_on_its_own_redis():
+def cluster_on_its_own_redis(make_cluster_on_own_redis):
     """One worker slot on a Redis of its own, for the tests that stop or wipe that Redis."""
-    server = RedisServer()
-    try:
-        cluster = Cluster(server, concurrency=1)
-    except BaseException:
-        server.stop()
-        raise
-    yield cluster
-    cluster.stop()
-    server.stop()
+    return make_cluster_on_own_redis(concurrency=1)
 
 
 def test_a_task_whose_redis_is_gone_for_good_fails_within_its_pool_ttl(cluster_on_its_own_redis):

@@ -7,7 +7,6 @@ within ``pool_ttl``.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -19,20 +18,7 @@ from distpool.backends.eager import EagerBackend
 from distpool.envelope import ResultRecord, Signer
 from distpool.errors import AuthenticationError
 from distpool.results import MapResult
-
-#: Records no worker sends: each once stopped a pool, or comes close to what did.
-HOSTILE = [
-    b"[" * 100_000 + b"\n",                                  # nested past the recursion limit
-    b'{"a":' * 100_000 + b"\n",
-    b'{"task":"\\ud800","ok":true}\n',                      # a task id that cannot be signed
-    b'{"task":"x","ok":false,"rejected":"\\udfff"}\n',
-    b'{"task":"x","ok":true,"elapsed":NaN}\n',
-    b'{"task":"x","ok":true,"elapsed":' + b"9" * 5000 + b"}\n",
-    b"\xff\xfe\xed\xa0\x80\n\x80",                          # not UTF-8
-    b'{"task":"' + b"a" * (1 << 20) + b'","ok":true}\n',   # a megabyte of header
-    os.urandom(4 << 20),                                     # megabytes of garbage
-    b"",
-]
+from tests.hostile import HOSTILE_RECORDS
 
 
 def square(x):
@@ -83,7 +69,7 @@ def test_nothing_pushed_onto_the_result_list_stops_the_pool(store):
         wait_until(lambda: task_id in pool._engine._in_flight)
         forged = ResultRecord(task_id, True, serialization.dumps(666)).to_bytes(
             Signer(b"not the key"), pool._pool_id)
-        for raw in [*HOSTILE, forged]:
+        for raw in [*HOSTILE_RECORDS.values(), forged]:
             store.push(pool._pool_id, raw)
         assert pool.apply_async(square, (3,)).get(timeout=5) == 9
         assert pool.map_async(square, range(10), chunksize=3).get(timeout=5) == [

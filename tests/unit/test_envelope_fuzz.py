@@ -4,7 +4,6 @@ but distpool's own error, and never reaches an unpickler."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 
 import dill
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from distpool import serialization
 from distpool.envelope import ResultRecord, Signer, TaskEnvelope
 from distpool.errors import EnvelopeError
+from tests.hostile import HOSTILE_RECORDS, nested
 
 KEY = Signer(b"fuzzing key")
 VALID = TaskEnvelope("pool", "pool:0:0", "apply", serialization.dumps(len),
@@ -120,10 +120,6 @@ hostile_headers = st.fixed_dictionaries(
               "signature": any_text | hostile_values, "": hostile_values})
 
 
-def nested(depth: int, kind: str = "[") -> bytes:
-    return (b"[" if kind == "[" else b'{"a":') * depth
-
-
 def deep(depth: int) -> object:
     value: object = 0
     for _ in range(depth):
@@ -135,25 +131,6 @@ def at_stack_depth(depth: int, function):
     """Call ``function`` with ``depth`` more frames on the stack, as a worker's decoder runs
     deep inside Celery."""
     return function() if depth <= 0 else at_stack_depth(depth - 1, function)
-
-
-HOSTILE_RECORDS = {
-    "nested arrays": nested(100_000) + b"\n",
-    "nested objects": nested(100_000, "{") + b"\n",
-    "nested just under the limit": nested(900) + b"0" + b"]" * 900 + b"\n",
-    "nested in a field": b'{"task":"x","ok":true,"elapsed":' + nested(50_000) + b"\n",
-    "surrogate task id": b'{"task":"\\ud800","ok":true}\n',
-    "surrogate rejection": b'{"task":"x","ok":false,"rejected":"\\udfff"}\n',
-    "surrogate encoded as UTF-8": b'{"task":"\xed\xa0\x80","ok":true}\n',
-    "not UTF-8": b"\xff\xfe\x00\n\x80",
-    "UTF-16": '{"task":"x","ok":true}\n'.encode("utf-16"),
-    "a run time of 5000 digits": b'{"task":"x","ok":true,"elapsed":' + b"9" * 5000 + b"}\n",
-    "a megabyte of header": b'{"task":"' + b"a" * (1 << 20) + b'","ok":true}\n',
-    "a megabyte of numbers": b"[" + b"0," * (1 << 20) + b"0]\n",
-    "megabytes of garbage": os.urandom(4 << 20),
-    "megabytes of newlines": b"\n" * (4 << 20),
-    "nothing": b"",
-}
 
 
 @pytest.mark.parametrize("raw", HOSTILE_RECORDS.values(), ids=HOSTILE_RECORDS.keys())
