@@ -102,6 +102,7 @@ def test_a_running_task_survives_a_rabbitmq_restart(redis_server, tmp_path):
                 subprocess.run(["rabbitmqctl", "start_app"], check=True,
                                capture_output=True, timeout=60)
             assert result.get(timeout=90) == int(runs(log)[0])
-        assert len(runs(log)) == 1, "the task ran more than once"
+        assert len(runs(log)) == 1, ("the task ran more than once:\n"
+                                     + cluster.workers[0].log()[-5000:])
     finally:
         cluster.stop()
