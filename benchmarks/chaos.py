@@ -32,7 +32,7 @@ import psutil
 import redis
 
 import distpool
-from distpool.supervisor import find_redis_server, free_port
+from distpool.local.supervisor import find_redis_server, free_port
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent

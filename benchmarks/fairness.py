@@ -27,7 +27,7 @@ from pathlib import Path
 import distpool
 from benchmarks.celery_baseline import stop_worker
 from benchmarks.run import RESULTS, taken, verdict
-from distpool.cluster import LocalCluster
+from distpool.local.cluster import LocalCluster
 
 SLOTS = 4
 

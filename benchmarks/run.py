@@ -29,7 +29,7 @@ from typing import Any
 import distpool
 from benchmarks import celery_baseline, ray_baseline
 from benchmarks.workloads import WORKLOADS, Pools, Workload
-from distpool.cluster import LocalCluster
+from distpool.local.cluster import LocalCluster
 
 PROCESSES = 2
 #: The alternatives measured beside distpool, when present: kind -> column title.

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 
 from ._version import __version__
-from .cluster import LocalCluster, LocalClusterError
+from .client.executor import Executor
+from .client.pool import DistributedPool, Pool
+from .client.results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
 from .errors import (
     BrokerUnavailableError,
     DistpoolError,
@@ -21,9 +23,7 @@ from .errors import (
     TimeoutError,
     WorkerLostError,
 )
-from .executor import Executor
-from .pool import DistributedPool, Pool
-from .results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
+from .local.cluster import LocalCluster, LocalClusterError
 
 # Silent unless the application configures logging: a library does not print on its own.
 logging.getLogger("distpool").addHandler(logging.NullHandler())

@@ -116,14 +116,14 @@ def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     except (ValueError, DistpoolError) as exc:
         print(f"distpool worker: {exc}", file=sys.stderr)
         return 2
-    from .backends.celery_backend import run_worker
+    from .worker.app import run_worker
 
     name = args.name or f"distpool-{os.getpid()}@%h"
     pool, rest = _pool_option(passthrough)
     # "solo" too: it was this process model's name before it became the default.
     if pool in (None, "solo") and args.slot_state is None:
-        from .backends.celery_backend import SlotRecovery
-        from .slots import run_slots
+        from .worker.slots.parent import run_slots
+        from .worker.slots.recovery import SlotRecovery
 
         node, _, host = name.partition("@")
         child_args = _child_args(args, rest)
@@ -164,7 +164,7 @@ def _child_args(args: argparse.Namespace, rest: list[str]) -> list[str]:
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from .cluster import LocalCluster
+    from .local.cluster import LocalCluster
 
     with LocalCluster(args.workers) as cluster, tempfile.TemporaryDirectory() as directory:
         secret_file = Path(directory) / "secret"
@@ -188,7 +188,7 @@ def _cluster(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     settings = config.resolve_for_cluster(broker=args.broker, result_url=args.result_url,
                                           queue=args.queue)
-    from .backends.celery_backend import cluster_status
+    from .backends.celery import cluster_status
 
     try:
         status = cluster_status(settings, args.timeout)

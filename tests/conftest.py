@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from distpool.backends.redis_store import RedisStore
+from distpool.store.redis_store import RedisStore
 from tests.support import Cluster, RedisServer
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from distpool.supervisor import find_redis_server, free_port
+from distpool.local.supervisor import find_redis_server, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -158,7 +158,7 @@ class Worker:
 def wait_for_slots(result_url: str, queue: str, slots: int,
                    workers: list[Worker], timeout: float = START_TIMEOUT) -> None:
     """Wait until workers serving ``queue`` have registered ``slots`` processes."""
-    from distpool.backends.redis_store import RedisStore
+    from distpool.store.redis_store import RedisStore
 
     store = RedisStore(result_url)
     deadline = time.monotonic() + timeout

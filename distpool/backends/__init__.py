@@ -2,7 +2,7 @@
 
 :class:`~distpool.backends.base.Backend` is what the pool's engine talks to. Two implement it:
 the Celery/Redis backend for real clusters, and the in-process eager backend for tests.
-Both hand tasks to :func:`distpool.worker.execute`.
+Both hand tasks to :func:`distpool.worker.execute.execute`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def connect(settings: Settings) -> Backend:
 
         return EagerBackend(settings.secret)
     settings.require_secret()
-    from .celery_backend import CeleryBackend
+    from .celery import CeleryBackend
 
     return CeleryBackend(settings)
 

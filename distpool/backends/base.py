@@ -6,10 +6,7 @@ import abc
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..envelope import Signer, TaskEnvelope
-
-#: What :meth:`Backend.message_states` says of a message whose results are on their way.
-MESSAGE_DONE = "done"
+from ..wire.envelope import Signer, TaskEnvelope
 
 
 class Backend(abc.ABC):
@@ -50,8 +47,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def message_states(self, pool_id: str, message_ids: Sequence[str]) -> list[str | None]:
         """What the workers say of each message: None while nobody has claimed it,
-        ``MESSAGE_DONE`` once its results are on their way, else a claim that changes each
-        time its running holder renews it (see :mod:`distpool.watch`)."""
+        :data:`~distpool.wire.envelope.MESSAGE_DONE` once its results are on their way,
+        else a claim that changes each time its running holder renews it (see
+        :mod:`distpool.client.watch`)."""
 
     @abc.abstractmethod
     def wake(self, pool_id: str) -> None:

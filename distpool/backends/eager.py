@@ -1,7 +1,7 @@
 """The in-process backend: tasks run at publish time, in the engine's dispatcher thread.
 
 For users' unit tests: no broker, no worker processes, but the same serialisation and the
-same :func:`distpool.worker.execute` as a real worker, so what cannot travel fails here too.
+same :func:`distpool.worker.execute.execute` as a real worker, so what cannot travel fails here too.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .. import worker
-from ..envelope import Signer, TaskEnvelope
-from .base import MESSAGE_DONE, Backend
+from ..wire.envelope import MESSAGE_DONE, Signer, TaskEnvelope
+from ..worker import execute
+from .base import Backend
 
 
 class EagerBackend(Backend):
@@ -42,7 +42,7 @@ class EagerBackend(Backend):
                 if sent.pool_id in self._cancelled:
                     continue
                 envelope = TaskEnvelope.from_wire(sent.to_wire(self._signer), self._signer)
-                record = worker.execute(envelope).to_bytes(self._signer, envelope.pool_id)
+                record = execute.execute(envelope).to_bytes(self._signer, envelope.pool_id)
                 with self._cond:
                     self._results[envelope.pool_id].append(record)
                     self._cond.notify_all()

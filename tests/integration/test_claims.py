@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from distpool.backends.claims import Claims
+from distpool.worker.claims import Claims
 
 pytestmark = pytest.mark.integration
 

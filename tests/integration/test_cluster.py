@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import distpool
-from distpool import envelope
 from distpool.errors import (
     BrokerUnavailableError,
     IncompatibleEnvelopeError,
@@ -22,6 +21,7 @@ from distpool.errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
+from distpool.wire import envelope
 from tests.support import environment_without_distpool
 
 SCRIPTS = Path(__file__).parent / "scripts"

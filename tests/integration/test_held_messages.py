@@ -14,7 +14,8 @@ import redis
 from kombu import Connection
 
 import distpool
-from distpool.backends import held_messages, kombu_redis
+from distpool.brokers import held_messages
+from distpool.brokers import redis_transport as kombu_redis
 from tests.hostile import HOSTILE_MESSAGES
 from tests.support import Worker, wait_for_slots
 

@@ -9,8 +9,8 @@ import psutil
 import pytest
 
 import distpool
-from distpool.backends import held_messages
-from distpool.backends.celery_backend import cluster_status
+from distpool.backends.celery import cluster_status
+from distpool.brokers import held_messages
 from distpool.config import resolve
 from tests.hostile import HOSTILE_MESSAGES
 

@@ -9,7 +9,7 @@ import redis
 from kombu import Connection
 
 import distpool
-from distpool.backends import kombu_redis
+from distpool.brokers import redis_transport as kombu_redis
 
 pytestmark = pytest.mark.integration
 

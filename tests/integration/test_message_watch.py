@@ -38,8 +38,10 @@ def test_a_message_the_broker_lost_is_sent_again(make_cluster, monkeypatch):
         assert result.get(timeout=20) == 9
 
 
-def test_tasks_fail_clearly_when_redis_at_maxclients_keeps_every_worker_out(make_cluster):
-    cluster = make_cluster(nodes=1, concurrency=2)
+def test_tasks_fail_clearly_when_redis_at_maxclients_keeps_every_worker_out(
+        make_cluster_on_own_redis):
+    # A Redis of its own: any other client that disconnects would make room for a slot.
+    cluster = make_cluster_on_own_redis(concurrency=2)
     client = cluster.redis.client
     limit = client.config_get("maxclients")["maxclients"]
     with distpool.Pool(2, pool_ttl=3, **cluster.pool_kwargs()) as pool:

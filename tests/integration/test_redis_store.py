@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from distpool.backends.base import MESSAGE_DONE as DONE
+from distpool.wire.envelope import MESSAGE_DONE as DONE
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 
 import distpool
 from distpool import backends
-from distpool.batching import MAX_BATCH, SHORT_TASK, TaskTimes, split_evenly
+from distpool.client.batching import MAX_BATCH, SHORT_TASK, TaskTimes, split_evenly
 from tests.unit.test_pool import ManualBackend
 
 

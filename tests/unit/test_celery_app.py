@@ -1,4 +1,4 @@
-"""The Celery app that distpool's clients and workers build: settings only, no services."""
+"""The Celery apps that distpool's clients and workers build: settings only, no services."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import warnings
 
 import pytest
 
-from distpool.backends import celery_backend, kombu_redis
+from distpool.backends.celery import _client_app
+from distpool.brokers import redis_transport
+from distpool.brokers.celery_app import TASK_NAME, new_app
 from distpool.config import resolve
+from distpool.worker.app import create_app
 
 
 def settings(broker: str = "redis://127.0.0.1:6379/0"):
@@ -16,31 +19,37 @@ def settings(broker: str = "redis://127.0.0.1:6379/0"):
 
 
 @pytest.mark.parametrize(("broker", "transport"), [
-    ("redis://127.0.0.1:6379/0", kombu_redis.TRANSPORT),
+    ("redis://127.0.0.1:6379/0", redis_transport.TRANSPORT),
     # kombu derives TLS and AMQP settings from the URL's scheme: left to it.
     ("rediss://127.0.0.1:6380/0", None),
     ("amqp://guest:guest@127.0.0.1:5672//", None),
 ])
 def test_plain_redis_brokers_get_the_transport_that_reuses_its_client(broker, transport):
-    assert celery_backend.create_app(settings(broker)).conf.broker_transport == transport
+    assert new_app(settings(broker)).conf.broker_transport == transport
 
 
 def test_each_app_runs_its_own_task_and_a_second_app_raises_no_warning():
     # Two pools in one process build two apps; each must keep its own task (and runner).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        first = celery_backend.create_app(settings())
-        second = celery_backend.create_app(settings())
-        tasks = [app.tasks[celery_backend.TASK_NAME] for app in (first, second)]
+        first = create_app(settings())
+        second = create_app(settings())
+        tasks = [app.tasks[TASK_NAME] for app in (first, second)]
     assert tasks[0] is not tasks[1]
     assert tasks[0].app is first
     assert tasks[1].app is second
 
 
 def test_clients_with_the_same_settings_share_one_app_and_others_get_their_own():
-    app = celery_backend._client_app(settings())
-    assert celery_backend._client_app(settings()) is app  # equal settings, built anew
+    app = _client_app(settings())
+    assert _client_app(settings()) is app  # equal settings, built anew
     other = resolve(broker="redis://127.0.0.1:6379/0", result_url="redis://127.0.0.1:6379/0",
                     queue="another", secret="k" * 32, environ={})
-    assert celery_backend._client_app(other) is not app
-    assert celery_backend._client_app(other).conf.task_default_queue == "another"
+    assert _client_app(other) is not app
+    assert _client_app(other).conf.task_default_queue == "another"
+
+
+def test_a_client_s_app_carries_no_worker_bootsteps_or_task():
+    app = _client_app(settings())
+    assert TASK_NAME not in app.tasks
+    assert not any(step.__module__.startswith("distpool") for step in app.steps["worker"])

@@ -13,11 +13,13 @@ import time
 import pytest
 
 import distpool
-from distpool import backends, engine, serialization
+from distpool import backends
 from distpool.backends.eager import EagerBackend
-from distpool.envelope import ResultRecord, Signer
+from distpool.client import engine
+from distpool.client.results import MapResult
 from distpool.errors import AuthenticationError
-from distpool.results import MapResult
+from distpool.wire import serialization
+from distpool.wire.envelope import ResultRecord, Signer
 from tests.hostile import HOSTILE_RECORDS
 
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from distpool.envelope import ENVELOPE_LIFETIME, ResultRecord, Signer, TaskEnvelope
 from distpool.errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
+from distpool.wire.envelope import ENVELOPE_LIFETIME, ResultRecord, Signer, TaskEnvelope
 
 KEY = Signer(b"the cluster's key")
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpool import serialization
-from distpool.envelope import ResultRecord, Signer, TaskEnvelope
 from distpool.errors import EnvelopeError
+from distpool.wire import serialization
+from distpool.wire.envelope import ResultRecord, Signer, TaskEnvelope
 from tests.hostile import HOSTILE_RECORDS, nested
 
 KEY = Signer(b"fuzzing key")

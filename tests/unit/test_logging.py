@@ -22,7 +22,7 @@ def test_warnings_do_not_reach_stderr_without_logging_configured():
 
 
 def test_the_slot_parent_logs_to_stderr_in_lines_that_name_its_node(capsys):
-    from distpool import slots
+    from distpool.worker.slots import parent as slots
 
     logger = logging.getLogger("distpool")
     handler = slots._log_to_stderr("distpool-7@host", "info")
@@ -37,7 +37,7 @@ def test_the_slot_parent_logs_to_stderr_in_lines_that_name_its_node(capsys):
 
 
 def test_a_forked_slot_drops_the_parent_s_handler_before_celery_configures_its_own(capsys):
-    from distpool import slots
+    from distpool.worker.slots import parent as slots
 
     logger = logging.getLogger("distpool")
     before = list(logger.handlers)

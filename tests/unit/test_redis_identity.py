@@ -5,8 +5,8 @@ from __future__ import annotations
 import redis
 
 import distpool
-from distpool.backends.redis_identity import client_identity
-from distpool.backends.redis_store import RedisStore
+from distpool.store.redis_identity import client_identity
+from distpool.store.redis_store import RedisStore
 
 
 def test_the_identity_names_distpool_and_redis_py_with_their_versions():

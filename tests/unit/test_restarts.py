@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from distpool.restarts import Backoff
+from distpool.worker.slots.restarts import Backoff
 
 
 class Clock:

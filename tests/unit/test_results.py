@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from distpool.client.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 from distpool.errors import PoolTerminatedError, TimeoutError
-from distpool.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 
 
 class Done:

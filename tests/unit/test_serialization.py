@@ -12,8 +12,8 @@ import types
 
 import pytest
 
-from distpool import serialization
 from distpool.errors import EnvelopeError
+from distpool.wire import serialization
 
 SCRIPT = textwrap.dedent("""
     import math

@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from distpool import slots
+from distpool.worker.slots import parent as slots
 
 #: Makes a state directory in the temporary directory given, prints it, and holds it until
 #: its stdin closes: a live node's.
-HOLD = ("import sys, tempfile; tempfile.tempdir = sys.argv[1]; from distpool import slots; "
+HOLD = ("import sys, tempfile; tempfile.tempdir = sys.argv[1]; "
+        "from distpool.worker.slots import parent as slots; "
         "d = slots._StateDirectory(); print(d.path, flush=True); sys.stdin.read()")
 
 

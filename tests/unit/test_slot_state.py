@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distpool.slot_state import RECORD_SIZE, Running, SlotState
+from distpool.worker.slots.state import RECORD_SIZE, Running, SlotState
 
 
 def test_the_parent_reads_what_the_slot_wrote_last(tmp_path):

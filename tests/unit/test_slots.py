@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import time
 
-from distpool.restarts import Backoff
-from distpool.slot_state import Running, SlotState
-from distpool.slots import GIVE_UP_FAILURES, _Slot, _tend, _tend_all
+from distpool.worker.slots.parent import GIVE_UP_FAILURES, _Slot, _tend, _tend_all
+from distpool.worker.slots.restarts import Backoff
+from distpool.worker.slots.state import Running, SlotState
 
 
 class StandInProcess:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from distpool.envelope import TaskEnvelope
-from distpool.watch import DONE, MAX_RESEND_INTERVAL, MessageWatch
+from distpool.client.watch import DONE, MAX_RESEND_INTERVAL, MessageWatch
+from distpool.wire.envelope import TaskEnvelope
 
 
 class Clock:

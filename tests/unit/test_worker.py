@@ -8,9 +8,10 @@ import sys
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from distpool import serialization, worker
-from distpool.envelope import TaskEnvelope
 from distpool.errors import MaybeEncodingError, RemoteTraceback
+from distpool.wire import serialization
+from distpool.wire.envelope import TaskEnvelope
+from distpool.worker import execute as worker
 
 _ids = itertools.count()
 _calls = {"init": 0}

@@ -23,11 +23,12 @@ from typing import (
     TypeVar,
 )
 
-from . import backends, config, serialization
-from .cluster import LocalCluster
+from .. import backends, config
+from ..errors import add_note
+from ..local.cluster import LocalCluster
+from ..wire import serialization
+from ..wire.envelope import TaskEnvelope
 from .engine import Engine
-from .envelope import TaskEnvelope
-from .errors import add_note
 from .progress import TqdmDisplay
 from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
 

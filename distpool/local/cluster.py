@@ -1,6 +1,6 @@
 """LocalCluster: a private Redis server and local workers, so ``Pool()`` works out of the box.
 
-The cluster runs under a small supervisor process (:mod:`distpool.supervisor`) that starts
+The cluster runs under a small supervisor process (:mod:`distpool.local.supervisor`) that starts
 ``redis-server`` on a free loopback port with a temporary directory of its own, then
 ``distpool worker`` for it: the same worker as on a real cluster.
 
@@ -21,8 +21,8 @@ import sys
 import threading
 from typing import Any
 
-from .config import DEFAULT_QUEUE
-from .errors import DistpoolError
+from ..config import DEFAULT_QUEUE
+from ..errors import DistpoolError
 
 #: Longest wait for the supervisor to report its Redis server ready.
 START_TIMEOUT = 30.0
@@ -67,8 +67,8 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         if self._supervisor is not None:
             return self
-        command = [sys.executable, "-m", "distpool.supervisor", "--workers", str(self.workers),
-                   "--queue", self.queue]
+        command = [sys.executable, "-m", "distpool.local.supervisor",
+                   "--workers", str(self.workers), "--queue", self.queue]
         # Like multiprocessing's processes, the workers get this process's import path and
         # working directory (inherited), so they import what the client can.
         path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)

@@ -1,16 +1,16 @@
 """One pool's traffic with its backend, on two threads, as ``multiprocessing.Pool`` has.
 
 * The **dispatcher** takes task envelopes from the jobs' sources, in submission order (see
-  :mod:`distpool.sources`), and publishes them while fewer than ``processes`` of the pool's
+  :mod:`distpool.client.sources`), and publishes them while fewer than ``processes`` of the pool's
   messages are in flight. A message carries one task, or several short ones (see
-  :mod:`distpool.batching`).
+  :mod:`distpool.client.batching`).
 * The **collector** pops result records, authenticates them and frees their slots. It also
   keeps the pool's liveness key fresh, without which workers drop the pool's tasks, so it
   runs no callbacks, and nothing anyone pushes onto the pool's list stops it: a record that
   cannot be read fails at most the task it names. And it watches the messages in flight
-  that no worker holds (:mod:`distpool.watch`): the dispatcher sends them again, or their
+  that no worker holds (:mod:`distpool.client.watch`): the dispatcher sends them again, or their
   tasks fail once no worker is left to take them.
-* The **delivery** thread (:mod:`distpool.delivery`) loads the payloads and completes the
+* The **delivery** thread (:mod:`distpool.client.delivery`) loads the payloads and completes the
   jobs' result objects, in completion order; their callbacks run there. (A result without
   callbacks, with nothing queued before it, is completed by the collector at once.)
 
@@ -32,15 +32,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .backends.base import Backend
-from .delivery import Delivery, deliver
-from .envelope import ResultRecord, TaskEnvelope
-from .errors import (
+from ..backends.base import Backend
+from ..errors import (
     AuthenticationError,
     BrokerUnavailableError,
     EnvelopeError,
     PoolTerminatedError,
 )
+from ..wire.envelope import ResultRecord, TaskEnvelope
+from .delivery import Delivery, deliver
 from .sources import Job, Source, Sources
 from .watch import MessageWatch
 

@@ -8,7 +8,7 @@
   collector thread pops. Every write renews its expiry, so nothing outlives an abandoned pool.
 * ``distpool:pool:<id>:messages`` (hash), what became of the pool's messages (a message's id
   is that of its first task, ``<pool>:<job>:<index>``): field ``<message id>``, its claim,
-  ``<deadline ms> <worker process>`` while one runs it (see :mod:`distpool.backends.claims`)
+  ``<deadline ms> <worker process>`` while one runs it (see :mod:`distpool.worker.claims`)
   and ``done`` once its results are pushed; ``<message id>:redeliveries``, how often it was
   delivered again without having finished, counted by the workers that received it;
   ``<message id>:timed_out``, set when it was killed for running past its time limit. It
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from .base import MESSAGE_DONE
+from ..wire.envelope import MESSAGE_DONE
 from .redis_identity import client_identity
 
 #: Unread results of a pool whose client vanished are dropped after this long.

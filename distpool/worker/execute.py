@@ -14,7 +14,7 @@ in a thread, which signals do not reach; its soft time limit, like prefork's, is
 prefork's SIGTERM handler: see :func:`_process_is_ending`.
 
 Each worker process keeps, per pool, a namespace module that stands in for the client's
-``__main__`` (see :mod:`distpool.serialization`). The pool's initializer runs in it before
+``__main__`` (see :mod:`distpool.wire.serialization`). The pool's initializer runs in it before
 the process's first task of that pool, so the globals it sets are seen by the tasks after it.
 """
 
@@ -27,9 +27,9 @@ import types
 from collections import OrderedDict
 from typing import Any, Callable
 
-from . import serialization
-from .envelope import ResultRecord, TaskEnvelope
-from .errors import MaybeEncodingError
+from ..errors import MaybeEncodingError
+from ..wire import serialization
+from ..wire.envelope import ResultRecord, TaskEnvelope
 
 #: How many pools' namespaces one worker process keeps; the least recently used goes first.
 MAX_NAMESPACES = 16

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
 
-from .errors import TimeoutError
+from ..errors import TimeoutError
 
 T = TypeVar("T")
 Callback = Optional[Callable[[Any], object]]

@@ -18,8 +18,8 @@ import queue
 import threading
 from typing import Any, Callable
 
-from . import serialization
-from .errors import RemoteTraceback, add_note
+from ..errors import RemoteTraceback, add_note
+from ..wire import serialization
 
 logger = logging.getLogger("distpool")
 

@@ -8,7 +8,7 @@ loop stays free to answer remote control and send heartbeats while the task runs
 works on Windows, where prefork is not supported.
 
 What prefork's main process does for its pool processes, the parent does for the slots. It
-reads what each slot runs from the slot's state file (:mod:`distpool.slot_state`), and:
+reads what each slot runs from the slot's state file (:mod:`distpool.worker.slots.state`), and:
 
 * replaces a slot that exits;
 * puts the message a dead slot ran back on the queue at once (``recovery.requeue``), with
@@ -69,7 +69,7 @@ from multiprocessing.process import BaseProcess
 from typing import Protocol
 
 from .restarts import Backoff
-from .slot_state import Running, SlotState
+from .state import Running, SlotState
 
 logger = logging.getLogger("distpool")
 

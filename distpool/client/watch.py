@@ -1,7 +1,7 @@
 """The client's watch on its messages in flight: the second line of defence against loss.
 
 Workers keep a claim on each message they run, renewed while it runs and marked done with
-its results (:mod:`distpool.backends.claims`). A message is *orphaned* while nobody's claim
+its results (:mod:`distpool.worker.claims`). A message is *orphaned* while nobody's claim
 on it moves: not claimed at all (it waits in the queue, or the broker lost it), or claimed
 by a holder that stopped renewing (it died after another delivery of the message had been
 dropped in its favour). The brokers' own recovery (held lists, holds that lapse, RabbitMQ's
@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .backends.base import MESSAGE_DONE as DONE
-from .envelope import TaskEnvelope
+from ..wire.envelope import MESSAGE_DONE as DONE
+from ..wire.envelope import TaskEnvelope
 
 #: The longest wait between two sends of an orphaned message.
 MAX_RESEND_INTERVAL = 3600.0

@@ -31,7 +31,7 @@ class SlotState:
     """The state file at ``path``: written by the slot, read by its parent.
 
     It names the slot's consumer (its ``holder`` id, whose held list the parent restores
-    when the slot dies, see :mod:`distpool.backends.held_messages`) and the message it runs.
+    when the slot dies, see :mod:`distpool.brokers.held_messages`) and the message it runs.
     """
 
     def __init__(self, path: str, holder: str = "") -> None:

@@ -14,7 +14,7 @@ to confirm the record before the task may start: a round trip on the latency pat
 task. Here the record is sent without waiting; its reply is read with the acknowledgement's.
 
 A consumer takes a message with an atomic move into a held list of its own, which the delivery
-record empties (see :mod:`distpool.backends.held_messages`): no instant exists at which the
+record empties (see :mod:`distpool.brokers.held_messages`): no instant exists at which the
 death of a consumer loses the message it has just taken. What is not a message (hostile or
 garbled bytes on the queue) is logged and dropped, never delivered.
 
@@ -39,8 +39,8 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
+from ..store.redis_identity import client_identity
 from . import held_messages
-from .redis_identity import client_identity
 
 logger = logging.getLogger("distpool")
 

@@ -8,7 +8,7 @@ the pool's own namespace module, and the globals they use are shipped beside the
 into that namespace. So an initializer's ``global`` assignments are seen by the tasks that
 follow it, exactly as in a ``multiprocessing`` worker process.
 
-Payloads travel inside envelopes (:mod:`distpool.envelope`), which are authenticated before
+Payloads travel inside envelopes (:mod:`distpool.wire.envelope`), which are authenticated before
 any payload is loaded. This is the only module that imports dill.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import dill
 
-from .errors import EnvelopeError
+from ..errors import EnvelopeError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 PYTHON_VERSION = "{}.{}".format(*sys.version_info[:2])

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..wire.envelope import TaskEnvelope
 from .batching import TaskTimes, split_evenly
-from .envelope import TaskEnvelope
 
 Source = Iterator[TaskEnvelope]
 

@@ -1,4 +1,4 @@
-"""The local cluster's supervisor process: ``python -m distpool.supervisor --workers N``.
+"""The local cluster's supervisor process: ``python -m distpool.local.supervisor --workers N``.
 
 Started by :class:`distpool.cluster.LocalCluster`. It starts ``redis-server`` on a free
 loopback port in a temporary directory, prints ``ready <url>``, starts ``distpool worker``
@@ -22,8 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import Callable
 
+from ..worker.slots.restarts import RestartBudget
 from .cluster import EXIT_GAVE_UP, FAILED, READY, LocalClusterError
-from .restarts import RestartBudget
 
 
 def find_redis_server() -> str | None:
@@ -170,7 +170,7 @@ def _kill(process: subprocess.Popen[bytes] | None, group: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distpool.supervisor")
+    parser = argparse.ArgumentParser(prog="python -m distpool.local.supervisor")
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--queue", required=True)
     args = parser.parse_args(argv)

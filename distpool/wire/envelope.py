@@ -32,10 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
+from ..errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
 from .serialization import DILL_VERSION, PYTHON_VERSION
 
 ENVELOPE_FORMAT = 1
+#: A message's claim once its results are pushed (see :mod:`distpool.worker.claims`): what
+#: the workers say of a message whose results are on their way.
+MESSAGE_DONE = "done"
 #: How long after it is sent a task envelope may still be run.
 ENVELOPE_LIFETIME = 24 * 3600.0
 #: Longest result header read: a real one is a flat object of a few short fields, and

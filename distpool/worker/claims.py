@@ -3,9 +3,9 @@
 A broker may hand a message out again while its first holder still runs it: RabbitMQ
 re-queues the unacknowledged messages of a channel it lost, and on Redis a channel closed by
 a dropped connection, a hold that lapsed while its node was frozen, or a held list given
-back (:mod:`distpool.backends.held_messages`) do the same. Whoever receives a message claims
+back (:mod:`distpool.brokers.held_messages`) do the same. Whoever receives a message claims
 it before running it (in the pool's ``messages`` hash of the result store, see
-:mod:`distpool.backends.redis_store`), renews the claim while it runs, and marks it ``done``
+:mod:`distpool.store.redis_store`), renews the claim while it runs, and marks it ``done``
 with its results. A receiver that finds the message claimed:
 
 * ``done``: does not run it again;
@@ -30,8 +30,8 @@ import uuid
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .base import MESSAGE_DONE
-from .redis_store import RedisStore
+from ..store.redis_store import RedisStore
+from ..wire.envelope import MESSAGE_DONE
 
 logger = logging.getLogger("distpool")
 

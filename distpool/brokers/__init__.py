@@ -1,0 +1,6 @@
+"""What distpool needs of the broker, one place per kind of broker.
+
+* :mod:`.celery_app`: the Celery app configuration that clients and workers share.
+* :mod:`.redis_transport` and :mod:`.held_messages`: kombu's Redis transport as distpool
+  uses it, taking messages by an atomic move into a held list of the consumer's own.
+"""

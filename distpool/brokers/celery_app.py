@@ -1,0 +1,78 @@
+"""The Celery app that clients (to build messages) and workers (to run them) both start from.
+
+It serves one generic task, whose arguments are JSON task envelopes; the settings suit long
+tasks: one task reserved per process, acknowledged when done, another try when a process
+dies. On a ``redis://`` broker the transport is distpool's (:mod:`.redis_transport`); on
+other schemes kombu chooses it from the URL, and its own settings (TLS for ``rediss://``)
+depend on that.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from ..config import Settings
+from . import redis_transport
+
+#: The one task name of every distpool message.
+TASK_NAME = "distpool.execute"
+
+
+def urls(settings: Settings) -> tuple[str, str]:
+    """The broker and result store URLs; both must be set by now."""
+    if settings.broker_url is None or settings.result_url is None:
+        raise ValueError("the Celery backend needs a broker URL and a result URL")
+    return settings.broker_url, settings.result_url
+
+
+def renews_holds(broker_url: str) -> bool:
+    """Whether a worker must renew its hold on the messages it has taken: kombu's Redis
+    transport hands a message out again once its hold is older than the visibility
+    timeout, and never renews it on its own."""
+    return broker_url.startswith(("redis://", "rediss://"))
+
+
+def flags_redeliveries(broker_url: str) -> bool:
+    """Whether every second delivery of a message through this broker says it is one.
+    kombu's Redis transports set the flag on whatever they put back; RabbitMQ can lose it
+    when it recovers a message across its own restart (seen: a task run twice by one slot)."""
+    return broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
+
+
+def new_app(settings: Settings, holder: str | None = None) -> Celery:
+    """A Celery app for ``settings``. ``holder``: a worker's consumer id on a Redis broker
+    (see :mod:`.held_messages`)."""
+    broker_url, _ = urls(settings)
+    app = Celery("distpool", set_as_current=False)
+    app.conf.update(
+        broker_url=broker_url,
+        broker_transport=(redis_transport.TRANSPORT if redis_transport.serves(broker_url)
+                          else None),
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.worker_lost_timeout,
+            "unacked_restore_interval": hold_renewal_interval(settings),
+            "unacked_restore_throttle": 1,
+            "distpool_holder": holder,
+        },
+        # Celery's own messages stay JSON: nothing on the broker is unpickled by Celery.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_default_queue=settings.queue,
+        # One task per process at a time, acknowledged when done: no worker hoards tasks,
+        # and a task whose process dies goes back to the queue.
+        worker_prefetch_multiplier=1,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # A running task survives a broker reconnection: its claim (see worker/claims.py),
+        # not a kill, keeps a second delivery of its message from running it twice.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app
+
+
+def hold_renewal_interval(settings: Settings) -> int:
+    """How often holds are renewed, and lapsed ones swept: four times per timeout."""
+    return max(1, int(settings.worker_lost_timeout / 4))

@@ -1,0 +1,2 @@
+"""The embedded local cluster: a private Redis server and workers for ``Pool()`` with
+nothing configured."""

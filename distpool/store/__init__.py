@@ -1,0 +1,1 @@
+"""The result store: every key distpool keeps in the result Redis."""

@@ -1,0 +1,1 @@
+"""What travels between clients and workers, and how each side checks it is genuine."""

@@ -1,0 +1,92 @@
+"""The Celery app that ``distpool worker`` runs: the shared app (:mod:`distpool.brokers.
+celery_app`), with distpool's one task, its failure reporting and its bootsteps."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import Reject
+
+from ..brokers.celery_app import (
+    TASK_NAME,
+    flags_redeliveries,
+    hold_renewal_interval,
+    new_app,
+    renews_holds,
+    urls,
+)
+from ..config import Settings
+from ..wire.envelope import Signer
+from .runner import MAX_ATTEMPTS, ProcessLocalRunner
+from .slots.child import report_to_parent
+from .slots.state import SlotState
+from .steps import hold_renewal_step, registration_step
+
+
+def create_app(settings: Settings, slot_state: str | None = None,
+               holder: str | None = None) -> Celery:
+    """The worker's app. ``slot_state``: this worker is a slot (:mod:`.slots.parent`) that
+    reports what it runs in that file. ``holder``: its consumer id on a Redis broker (see
+    :mod:`distpool.brokers.held_messages`)."""
+    broker_url, result_url = urls(settings)
+    app = new_app(settings, holder)
+    app.conf.update(
+        # Stores nothing but failures Celery records itself; see FailureReporter.
+        result_backend="distpool.worker.failures:FailureReporter",
+        task_store_errors_even_if_ignored=True,
+    )
+    runner = ProcessLocalRunner(result_url, Signer(settings.secret),
+                                claim_ttl=settings.worker_lost_timeout,
+                                flags_redeliveries=flags_redeliveries(broker_url))
+    app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
+    app.distpool_retiring = False  # set by a SlotPool that has run its last task
+
+    # shared=False: a shared task (Celery's default) is also registered in every app created
+    # after it, so a second pool's app would keep the first app's task and warn.
+    @app.task(name=TASK_NAME, bind=True, ignore_result=True,  # type: ignore[untyped-decorator]
+              shared=False, retry_on_worker_lost=True, max_retries=MAX_ATTEMPTS - 1,
+              default_retry_delay=0)
+    def run_distpool_tasks(task: Any, *messages: Any) -> None:
+        if app.distpool_retiring:  # a slot past --max-tasks-per-child, shutting down
+            raise Reject("this slot is being replaced", requeue=True)
+        request = task.request
+        _, soft_limit = request.timelimit or (None, None)
+        # Prefork raises the soft time limit in its pool processes; a slot does it itself.
+        runner.get().run(messages, request.id,
+                         redelivered=bool((request.delivery_info or {}).get("redelivered")),
+                         raise_soft_limit_after=soft_limit if slot_state is not None else None)
+
+    if slot_state is not None:
+        app.conf.worker_pool = "distpool.worker.slots.child:SlotPool"
+        report_to_parent(SlotState(slot_state, holder or ""))
+
+    app.steps["consumer"].add(registration_step(settings))
+    if renews_holds(broker_url):
+        app.steps["worker"].add(hold_renewal_step(hold_renewal_interval(settings)))
+    return app
+
+
+def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
+               extra_args: Sequence[str] = (), slot_state: str | None = None) -> int:
+    """Run ``celery worker`` for distpool in this process until it is stopped."""
+    app = create_app(settings, slot_state,
+                     holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    argv = [
+        "worker",
+        f"--queues={settings.queue}",
+        f"--concurrency={concurrency}",
+        f"--hostname={name}",
+        f"--loglevel={loglevel}",
+        # Gossip and mingle are for features distpool does not use; they cost a second at
+        # start. Remote control (inspect, revoke) and events (-E, Flower) still work.
+        "--without-gossip",
+        "--without-mingle",
+        *extra_args,
+    ]
+    app.worker_main(argv=argv)
+    return 0
