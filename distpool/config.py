@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .brokers.profiles import profile_for
 from .errors import SecretKeyMissingError
 
 #: Where ``distpool worker`` connects when no broker is configured. A pool with no broker
@@ -47,7 +48,7 @@ class Settings:
         """These settings with ``broker_url`` as the broker, and as the result store too
         unless one is configured; with ``secret`` as the key, if given."""
         return replace(self, broker_url=broker_url,
-                       result_url=self.result_url or _default_result_url(broker_url),
+                       result_url=_result_url(broker_url, self.result_url),
                        secret=self.secret if secret is None else secret)
 
     def require_secret(self) -> None:
@@ -90,8 +91,8 @@ def resolve(
     env = os.environ if environ is None else environ
     broker_url = broker or env.get("DISTPOOL_BROKER_URL") or None
     result_url = result_url or env.get("DISTPOOL_RESULT_URL") or None
-    if broker_url is not None and result_url is None:
-        result_url = _default_result_url(broker_url)
+    if broker_url is not None:
+        result_url = _result_url(broker_url, result_url)
     return Settings(
         broker_url=broker_url,
         result_url=result_url,
@@ -151,11 +152,20 @@ def _secret(explicit: str | bytes | None, path: str | None,
     return key
 
 
-def _default_result_url(broker_url: str) -> str:
-    # Results need Redis even when RabbitMQ is the broker; a Redis broker doubles as the store.
-    if broker_url.split("://", 1)[0] in ("redis", "rediss", "redis+socket"):
-        return broker_url
-    return DEFAULT_BROKER_URL
+def _result_url(broker_url: str, configured: str | None) -> str:
+    """The result store's URL: the one configured, else the broker's if it can hold results
+    (Redis). Raises ValueError for a broker distpool does not support, or one that cannot
+    hold results with none configured: each worker would look for the pool's keys in a
+    Redis of its own guessing."""
+    profile = profile_for(broker_url)
+    if configured is not None:
+        return configured
+    if not profile.stores_results:
+        raise ValueError(
+            f"an {profile.name} broker ({mask_url(broker_url)}) holds no results: set the "
+            "result store too, a Redis URL that the clients and every worker reach "
+            "(result_url=..., DISTPOOL_RESULT_URL, or --result-url for workers)")
+    return broker_url
 
 
 def _masked(url: str | None) -> str | None:

@@ -20,8 +20,8 @@ from celery import Celery
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
-from ..brokers import redis_transport
 from ..brokers.celery_app import TASK_NAME, new_app, urls
+from ..brokers.profiles import profile_for
 from ..config import Settings, mask_url
 from ..errors import BrokerUnavailableError
 from ..store.redis_store import RedisStore
@@ -49,7 +49,8 @@ class CeleryBackend(Backend):
         self._producer: Producer | None = None
         # A Redis queue needs no declaring before messages are pushed onto it, and kombu's
         # check that it was declared copies and binds the queue object on every publish.
-        self._declare: list[Any] | None = [] if redis_transport.serves(broker_url) else None
+        self._declare: list[Any] | None = (
+            None if profile_for(broker_url).declares_queues else [])
         try:
             self._store.ping()
         except Exception as exc:

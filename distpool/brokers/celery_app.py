@@ -2,9 +2,7 @@
 
 It serves one generic task, whose arguments are JSON task envelopes; the settings suit long
 tasks: one task reserved per process, acknowledged when done, another try when a process
-dies. On a ``redis://`` broker the transport is distpool's (:mod:`.redis_transport`); on
-other schemes kombu chooses it from the URL, and its own settings (TLS for ``rediss://``)
-depend on that.
+dies. What differs between brokers comes from their profile (:mod:`.profiles`).
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from ..config import Settings
-from . import redis_transport
+from .profiles import profile_for
 
 #: The one task name of every distpool message.
 TASK_NAME = "distpool.execute"
@@ -29,14 +27,12 @@ def renews_holds(broker_url: str) -> bool:
     """Whether a worker must renew its hold on the messages it has taken: kombu's Redis
     transport hands a message out again once its hold is older than the visibility
     timeout, and never renews it on its own."""
-    return broker_url.startswith(("redis://", "rediss://"))
+    return profile_for(broker_url).holds_messages
 
 
 def flags_redeliveries(broker_url: str) -> bool:
-    """Whether every second delivery of a message through this broker says it is one.
-    kombu's Redis transports set the flag on whatever they put back; RabbitMQ can lose it
-    when it recovers a message across its own restart (seen: a task run twice by one slot)."""
-    return broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
+    """Whether every second delivery of a message through this broker says it is one."""
+    return profile_for(broker_url).flags_redeliveries
 
 
 def new_app(settings: Settings, holder: str | None = None) -> Celery:
@@ -46,8 +42,7 @@ def new_app(settings: Settings, holder: str | None = None) -> Celery:
     app = Celery("distpool", set_as_current=False)
     app.conf.update(
         broker_url=broker_url,
-        broker_transport=(redis_transport.TRANSPORT if redis_transport.serves(broker_url)
-                          else None),
+        broker_transport=profile_for(broker_url).transport,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.worker_lost_timeout,

@@ -18,8 +18,7 @@ record empties (see :mod:`distpool.brokers.held_messages`): no instant exists at
 death of a consumer loses the message it has just taken. What is not a message (hostile or
 garbled bytes on the queue) is logged and dropped, never delivered.
 
-Used for ``redis://`` brokers (see ``create_app``); on other schemes kombu chooses the
-transport from the URL itself, and its own settings (TLS for ``rediss://``) depend on that.
+Used for ``redis://`` brokers (see :mod:`.profiles`).
 """
 
 from __future__ import annotations
@@ -49,11 +48,6 @@ SEND_ATTEMPTS = 3
 
 #: The value of Celery's ``broker_transport`` setting that selects this transport.
 TRANSPORT = f"{__name__}:Transport"
-
-
-def serves(broker_url: str) -> bool:
-    """Whether this transport carries the broker at ``broker_url``."""
-    return broker_url.startswith("redis://")
 
 
 class QoS(kombu_redis.QoS):

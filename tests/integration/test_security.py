@@ -9,8 +9,10 @@ import sys
 import time
 
 import pytest
+import redis
 
 import distpool
+from distpool.brokers import held_messages
 from distpool.errors import AuthenticationError, SecretKeyMissingError
 from tests.support import Cluster, Worker, environment_without_distpool, wait_for_slots
 
@@ -171,5 +173,7 @@ def test_tls_broker_and_result_store(tls_redis):
         wait_for_slots(tls_redis, queue, 1, [worker])
         with distpool.Pool(1, broker=tls_redis, queue=queue, secret="tls key") as pool:
             assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        # Carried by distpool's transport, whose consumers hold leases on their held lists.
+        assert redis.Redis.from_url(tls_redis).zcard(held_messages.HOLDERS) == 1
     finally:
         worker.stop()

@@ -20,11 +20,11 @@ def settings(broker: str = "redis://127.0.0.1:6379/0"):
 
 @pytest.mark.parametrize(("broker", "transport"), [
     ("redis://127.0.0.1:6379/0", redis_transport.TRANSPORT),
-    # kombu derives TLS and AMQP settings from the URL's scheme: left to it.
-    ("rediss://127.0.0.1:6380/0", None),
+    ("rediss://127.0.0.1:6380/0", redis_transport.TRANSPORT),  # TLS: kombu's, underneath
+    # kombu derives AMQP settings from the URL's scheme: left to it.
     ("amqp://guest:guest@127.0.0.1:5672//", None),
 ])
-def test_plain_redis_brokers_get_the_transport_that_reuses_its_client(broker, transport):
+def test_redis_brokers_get_distpool_s_transport(broker, transport):
     assert new_app(settings(broker)).conf.broker_transport == transport
 
 

@@ -36,8 +36,14 @@ def test_with_broker_fills_in_the_result_store_unless_configured():
 
 def test_redis_broker_doubles_as_result_store_but_amqp_does_not():
     assert config.resolve(broker="rediss://h:6380/3", environ={}).result_url == "rediss://h:6380/3"
-    amqp = config.resolve(broker="amqp://guest:guest@localhost:5672//", environ={})
-    assert amqp.result_url == config.DEFAULT_BROKER_URL
+    # Not a Redis of each worker's guessing: every host must reach the same store.
+    with pytest.raises(ValueError, match=r"AMQP broker \(amqp://guest:\*\*\*@.*result_url"):
+        config.resolve(broker="amqp://guest:guest@localhost:5672//", environ={})
+    amqp = config.resolve(broker="amqp://guest:guest@localhost:5672//",
+                          result_url="redis://r:1/0", environ={})
+    assert amqp.result_url == "redis://r:1/0"
+    with pytest.raises(ValueError, match="result_url"):
+        config.resolve(environ={"DISTPOOL_BROKER_URL": "amqps://rabbit//"})
 
 
 @pytest.mark.parametrize("env", [{"DISTPOOL_EAGER": "maybe"}, {"DISTPOOL_POOL_TTL": "soon"},

@@ -8,8 +8,8 @@ from typing import Any
 
 from kombu.connection import Connection
 
-from ...brokers import redis_transport
 from ...brokers.celery_app import new_app, urls
+from ...brokers.profiles import profile_for
 from ...config import Settings
 from ...store.redis_store import RedisStore
 from .state import Running
@@ -32,7 +32,7 @@ class SlotRecovery:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         broker_url, self._result_url = urls(settings)
-        self._restores = redis_transport.serves(broker_url)
+        self._restores = profile_for(broker_url).requeues_dead_slots
         # Made on first use, not before the slots are forked.
         self._store: RedisStore | None = None
         self._connection: Connection | None = None
