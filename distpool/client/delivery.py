@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from ..errors import RemoteTraceback, add_note
 from ..wire import serialization
+from .results import JobResult
 
 logger = logging.getLogger("distpool")
 
@@ -78,12 +79,12 @@ class Delivery:
                 self._pending -= 1
 
 
-def deliver(result: Any, index: int, ok: bool, value: Any, payload: bytes | None,
+def deliver(result: JobResult, index: int, ok: bool, value: Any, payload: bytes | None,
             task_id: str) -> None:
-    """Hand a task's outcome to its result object: ``value``, or what the authenticated
-    ``payload`` holds."""
+    """Hand the outcome of chunk ``index`` to its result object: ``value``, or what the
+    authenticated ``payload`` holds. ``task_id``, its wire name, is for error messages."""
     if payload is None:
-        result._set(index, ok, value)
+        result.set_outcome(index, ok, value)
         return
     try:
         value = serialization.loads(payload)
@@ -94,4 +95,4 @@ def deliver(result: Any, index: int, ok: bool, value: Any, payload: bytes | None
     except Exception as exc:
         ok, value = False, exc
         add_note(exc, f"distpool could not load the result of task {task_id}")
-    result._set(index, ok, value)
+    result.set_outcome(index, ok, value)

@@ -1,6 +1,6 @@
 """One pool's traffic with its backend, on two threads, as ``multiprocessing.Pool`` has.
 
-* The **dispatcher** takes task envelopes from the jobs' sources, in submission order (see
+* The **dispatcher** takes tasks from the jobs' sources, in submission order (see
   :mod:`distpool.client.sources`), and publishes them while fewer than ``processes`` of the pool's
   messages are in flight. A message carries one task, or several short ones (see
   :mod:`distpool.client.batching`).
@@ -14,9 +14,10 @@
   jobs' result objects, in completion order; their callbacks run there. (A result without
   callbacks, with nothing queued before it, is completed by the collector at once.)
 
-A task id is ``<pool>:<job>:<index>``; a message's id is that of its first task. A record
-whose task is not in flight (a duplicate delivery, or one arriving after terminate) is
-ignored, so each result is delivered once.
+A task is ``(job, index)`` (:mod:`distpool.client.tasks`); the engine keeps each task it sends
+under its envelope's wire name, which records come back with, and a message's id is that of
+its first task. A record whose task is not in flight (a duplicate delivery, or one arriving
+after terminate) is ignored, so each result is delivered once.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from ..errors import (
 )
 from ..wire.envelope import ResultRecord, TaskEnvelope
 from .delivery import Delivery, deliver
-from .sources import Job, Source, Sources
+from .results import JobResult
+from .sources import Job, ReadAhead, Source, Sources
+from .tasks import Task
 from .watch import MessageWatch
 
 logger = logging.getLogger("distpool")
@@ -72,15 +75,15 @@ class Engine:
         self._sent = self._done = 0
         self._cond = threading.Condition(threading.Lock())
         self._sources = Sources(self._cond, lambda: self._closing, self._source_failed)
-        # task id -> (job, index, message id, function); message id -> tasks not reported.
-        self._in_flight: dict[str, tuple[int, int, str, bytes]] = {}
+        # wire task id -> (the task, its message's id); message id -> tasks not reported.
+        self._in_flight: dict[str, tuple[Task, str]] = {}
         self._messages: dict[str, int] = {}
         # Orphaned messages are sent again once the broker's own recovery (which takes about
         # worker_lost_timeout) has had its chance; they fail when no worker is left.
         self._watch = MessageWatch(resend_after=2 * worker_lost_timeout,
                                    no_worker_timeout=pool_ttl)
         self._resend: collections.deque[list[TaskEnvelope]] = collections.deque()
-        self._jobs: dict[int, Any] = {}
+        self._jobs: dict[int, JobResult] = {}
         self._job_ids = itertools.count()
         self._closing = False
         self._terminated = False
@@ -99,18 +102,15 @@ class Engine:
     def new_job(self) -> int:
         return next(self._job_ids)
 
-    def task_id(self, job: int, index: int) -> str:
-        return f"{self.pool_id}:{job}:{index}"
-
-    def submit(self, job: int, result: Any, source: Source,
-               buffersize: int | None = None) -> None:
-        """Register ``result`` as job ``job`` and queue its envelopes for dispatch; with a
-        ``buffersize``, at most that many are sent ahead of ``result.chunks_consumed``."""
+    def submit(self, job: int, result: JobResult, source: Source,
+               read_ahead: ReadAhead | None = None) -> None:
+        """Register ``result`` as job ``job`` and queue its tasks for dispatch, no further
+        ahead of their consumer than ``read_ahead`` allows."""
         with self._cond:
             if self._closing:
                 raise ValueError("Pool not running")
             self._jobs[job] = result
-            self._sources.add(Job(source, result, buffersize))
+            self._sources.add(Job(source, result, read_ahead))
             self._cond.notify_all()
 
     def wake_dispatcher(self) -> None:
@@ -185,24 +185,23 @@ class Engine:
             if again:  # already counted in flight
                 self._publish(again)
                 continue
-            messages = self._sources.next_messages(free)
+            batches = self._sources.next_messages(free)
+            messages = [[task.envelope for task in batch] for batch in batches]
             with self._cond:
                 if self._terminated:
                     return
-                for message in messages:
+                for batch, message in zip(batches, messages):
                     message_id = message[0].task_id
                     self._messages[message_id] = len(message)
                     self._watch.sent(message_id, message)
                     self._sent += len(message)
-                    for envelope in message:
-                        job, index = _job_and_index(envelope.task_id)
-                        self._in_flight[envelope.task_id] = (job, index, message_id,
-                                                             envelope.function)
+                    for task in batch:
+                        self._in_flight[task.envelope.task_id] = (task, message_id)
             if messages:
                 self._publish(messages)
 
     def _source_failed(self, job: Job, exc: Exception) -> None:
-        self._delivery.put(functools.partial(job.result._source_failed, job.sent, exc))
+        self._delivery.put(functools.partial(job.result.input_failed, job.sent, exc))
 
     def _publish(self, messages: list[list[TaskEnvelope]]) -> None:
         try:
@@ -311,15 +310,15 @@ class Engine:
             return
         self._complete(record.task_id, record.ok, None, record.elapsed, record.payload)
 
-    def _complete(self, task_id: str, ok: bool, value: Any, elapsed: float | None = None,
-                  payload: bytes | None = None) -> None:
-        """Free the task's slot and queue its outcome for delivery: ``value``, or what
-        ``payload`` holds."""
+    def _complete(self, task_id: str, ok: bool, error: BaseException | None,
+                  elapsed: float | None = None, payload: bytes | None = None) -> None:
+        """Free the slot of the task named ``task_id`` and queue its outcome for delivery:
+        ``error``, or what ``payload`` holds."""
         with self._cond:
             location = self._in_flight.pop(task_id, None)
             if location is None:
                 return
-            job, index, message_id, function = location
+            task, message_id = location
             self._done += 1
             left = self._messages.get(message_id, 1) - 1
             if left:
@@ -328,12 +327,12 @@ class Engine:
                 self._messages.pop(message_id, None)
                 self._watch.finished(message_id)
                 self._cond.notify_all()  # a slot is free
-            result = self._jobs.get(job)
+            result = self._jobs.get(task.job)
         if elapsed is not None:
-            self._sources.task_times.record(function, elapsed)
+            self._sources.task_times.record(task.envelope.function, elapsed)
         if result is not None:
-            self._delivery.put(functools.partial(deliver, result, index, ok, value, payload,
-                                                 task_id), result._quiet)
+            self._delivery.put(functools.partial(deliver, result, task.index, ok, error,
+                                                 payload, task_id), result.quiet)
 
     def _fail_in_flight(self, error: Exception) -> None:
         """Fail every task sent and not yet reported; a record that arrives for one later is
@@ -343,9 +342,9 @@ class Engine:
         for task_id in in_flight:
             self._complete(task_id, False, error)
 
-    def _deliver_failure(self, result: Any, exc: BaseException) -> None:
+    def _deliver_failure(self, result: JobResult, exc: BaseException) -> None:
         try:
-            result._abort(exc)
+            result.abort(exc)
         except Exception:
             logger.exception("pool %s: an error callback raised", self.pool_id)
 
@@ -367,9 +366,4 @@ class Engine:
         except Exception as exc:
             logger.warning("pool %s: could not remove its keys: %s", self.pool_id, exc)
         self._backend.close()
-
-
-def _job_and_index(task_id: str) -> tuple[int, int]:
-    _, job, index = task_id.rsplit(":", 2)
-    return int(job), int(index)
 

@@ -2,7 +2,8 @@
 
 Like ``ProcessPoolExecutor``, a future is marked running when its task is handed to the
 cluster, which happens only as slots free up (the pool keeps at most ``max_workers`` tasks in
-flight). Until then ``Future.cancel()`` succeeds, and a cancelled task is never sent.
+flight). Until then ``Future.cancel()`` succeeds, and a cancelled task is never sent. It is
+built on the pool's :class:`~distpool.client.pool.Calls`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from .pool import Pool, chunked
+from .pool import Calls, Function, Pool, chunked
 
 T = TypeVar("T")
 
@@ -32,13 +33,13 @@ class Executor(concurrent.futures.Executor):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._pool = Pool(max_workers, initializer, initargs, **pool_options)
+        self._calls = Calls(self._pool)
         self._lock = threading.Lock()
         self._pending: set[concurrent.futures.Future[Any]] = set()
         self._shutdown = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[T]:
-        call = fn.call if isinstance(fn, _Serialised) else fn
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
             if self._shutdown:
@@ -55,11 +56,10 @@ class Executor(concurrent.futures.Executor):
                 future.set_exception(exc)
 
         try:
-            # From map(): the callable is serialised once for all its items.
-            function = fn.payload() if isinstance(fn, _Serialised) else None
-            self._pool._apply_async(call, args, kwargs, resolve, reject,
-                                    before_send=future.set_running_or_notify_cancel,
-                                    function=function)
+            # From map() comes a Function: serialised once for all its items.
+            function = fn if isinstance(fn, Function) else Function(fn)
+            self._calls.submit(function, args, kwargs, resolve, reject,
+                               start=future.set_running_or_notify_cancel)
         except BaseException:
             self._forget(future)
             raise
@@ -71,12 +71,10 @@ class Executor(concurrent.futures.Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
-            return super().map(_Serialised(fn, self._pool._serialise), *iterables,
-                               timeout=timeout)
+            return super().map(Function(fn), *iterables, timeout=timeout)
         chunks = chunked(zip(*iterables), chunksize)
         results: Iterator[list[T]] = super().map(
-            _Serialised(functools.partial(_run_chunk, fn), self._pool._serialise), chunks,
-            timeout=timeout)
+            Function(functools.partial(_run_chunk, fn)), chunks, timeout=timeout)
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -92,25 +90,6 @@ class Executor(concurrent.futures.Executor):
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._pending.discard(future)
-
-
-class _Serialised:
-    """What ``Executor.map`` hands to ``submit``: a callable whose serialisation is made by
-    the first item's ``submit`` (none if there are no items) and reused by the rest."""
-
-    def __init__(self, call: Callable[..., Any],
-                 serialise: Callable[[Callable[..., Any]], bytes]) -> None:
-        self.call = call
-        self._serialise = serialise
-        self._payload: bytes | None = None
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.call(*args, **kwargs)
-
-    def payload(self) -> bytes:
-        if self._payload is None:
-            self._payload = self._serialise(self.call)
-        return self._payload
 
 
 def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:

@@ -2,8 +2,9 @@
 
 The pool validates its arguments, serialises the callable once per call and the arguments
 chunk by chunk *at the call* (so what cannot travel fails here, naming the object, with
-nothing sent), and hands task envelopes to its :class:`~distpool.engine.Engine`.
-Chunking, ordering, callbacks and errors follow ``Lib/multiprocessing/pool.py``.
+nothing sent), and hands tasks to its :class:`~distpool.client.engine.Engine`. Chunking,
+ordering, callbacks and errors follow ``Lib/multiprocessing/pool.py``. :class:`Calls` is
+what :class:`~distpool.client.executor.Executor` builds on.
 """
 
 from __future__ import annotations
@@ -17,20 +18,17 @@ import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from multiprocessing.pool import CLOSE, RUN, TERMINATE
-from typing import (
-    Any,
-    Callable,
-    TypeVar,
-)
+from typing import Any, Callable, Generic, TypeVar
 
 from .. import backends, config
 from ..errors import add_note
 from ..local.cluster import LocalCluster
 from ..wire import serialization
-from ..wire.envelope import TaskEnvelope
 from .engine import Engine
 from .progress import TqdmDisplay
 from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
+from .sources import ReadAhead
+from .tasks import Task, TaskMaker
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -85,9 +83,8 @@ class Pool:
         settings = config.resolve(broker=broker, result_url=result_url, queue=queue,
                                   eager=eager, pool_ttl=pool_ttl, task_timeout=task_timeout,
                                   secret=secret, insecure=insecure)
-        self._initializer = None if initializer is None else _dumps(
+        initializer_payload = None if initializer is None else _dumps(
             (initializer, tuple(initargs)), "the initializer and its initargs")
-        self._maxtasksperchild = maxtasksperchild
         self._cluster: LocalCluster | None = None
         if settings.broker_url is None and not settings.eager:
             # No cluster configured: a private one, with a worker process per pool process.
@@ -100,6 +97,7 @@ class Pool:
             try:
                 self._processes = processes or backend.worker_slots() or os.cpu_count() or 1
                 self._pool_id = uuid.uuid4().hex
+                self._tasks = TaskMaker(self._pool_id, initializer_payload, maxtasksperchild)
                 self._engine = Engine(
                     backend, self._pool_id, self._processes, settings.pool_ttl,
                     settings.worker_lost_timeout,
@@ -125,28 +123,7 @@ class Pool:
     def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {}, callback: Callback = None,
                     error_callback: Callback = None) -> ApplyResult[T]:
-        return self._apply_async(func, args, kwds, callback, error_callback)
-
-    def _apply_async(self, func: Callable[..., T], args: Iterable[Any],
-                     kwds: Mapping[str, Any], callback: Callback, error_callback: Callback,
-                     before_send: Callable[[], bool] | None = None,
-                     function: bytes | None = None) -> ApplyResult[T]:
-        """``apply_async``; ``before_send``, if given, is asked just before the task is sent,
-        and if it returns False the task is dropped and its result fails with
-        :class:`concurrent.futures.CancelledError` (how :class:`Executor` cancels).
-        ``function``, if given, is ``func`` already serialised (:meth:`_serialise`), for a
-        caller that submits one callable many times."""
-        engine = self._running_engine()
-        if function is None:
-            function = self._serialise(func)
-        arguments = _dumps((tuple(args), dict(kwds)), "the arguments")
-        job = engine.new_job()
-        result: ApplyResult[T] = ApplyResult(job, engine.job_done, callback, error_callback)
-        envelope = self._envelope(job, 0, "apply", function, arguments)
-        source = iter([envelope]) if before_send is None else _gated(envelope, result,
-                                                                    before_send)
-        engine.submit(job, result, source)
-        return result
+        return self._apply(Function(func), args, kwds, callback, error_callback)
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
             chunksize: int | None = None, *, progress: bool = False) -> list[T]:
@@ -231,26 +208,24 @@ class Pool:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _serialise(self, func: Callable[..., Any]) -> bytes:
-        return _dumps(func, "the function")
-
     def _running_engine(self) -> Engine:
         if self._state != RUN or self._engine is None:
             raise ValueError("Pool not running")
         return self._engine
 
-    def _envelope(self, job: int, index: int, kind: str, function: bytes,
-                  arguments: bytes) -> TaskEnvelope:
-        assert self._engine is not None
-        return TaskEnvelope(
-            pool_id=self._pool_id,
-            task_id=self._engine.task_id(job, index),
-            kind=kind,
-            function=function,
-            arguments=arguments,
-            initializer=self._initializer,
-            max_tasks=self._maxtasksperchild,
-        )
+    def _apply(self, function: Function[T], args: Iterable[Any], kwds: Mapping[str, Any],
+               callback: Callback, error_callback: Callback,
+               start: Callable[[], bool] | None = None) -> ApplyResult[T]:
+        """``apply_async``, and :meth:`Calls.submit` when ``start`` is given."""
+        engine = self._running_engine()
+        payload = function.payload()
+        arguments = _dumps((tuple(args), dict(kwds)), "the arguments")
+        job = engine.new_job()
+        result: ApplyResult[T] = ApplyResult(job, engine.job_done, callback, error_callback)
+        task = self._tasks.task(job, 0, "apply", payload, arguments)
+        engine.submit(job, result, iter([task]) if start is None else _gated(task, result,
+                                                                              start))
+        return result
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], kind: str,
                    chunksize: int | None, callback: Callback = None,
@@ -264,7 +239,7 @@ class Pool:
                 chunksize += 1
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        function = self._serialise(func)
+        function = _dumps(func, "the function")
         # Serialised now, every chunk: if one cannot travel, nothing has been sent.
         chunks = [_dumps_chunk(chunk, index * chunksize)
                   for index, chunk in enumerate(chunked(iter(items), chunksize))]
@@ -275,7 +250,7 @@ class Pool:
         if result.ready():  # an empty input: complete already, nothing to send
             return result
         engine.submit(job, result, iter([
-            self._envelope(job, index, kind, function, data)
+            self._tasks.task(job, index, kind, function, data)
             for index, data in enumerate(chunks)]))
         return result
 
@@ -293,13 +268,12 @@ class Pool:
         display = TqdmDisplay(length, func) if progress else None
         result: IMapIterator[Any] = result_type(job, engine.job_done, engine.wake_dispatcher,
                                                 chunksize, display)
-        engine.submit(job, result,
-                      self._lazy_envelopes(job, result, function, items, chunksize),
-                      buffersize or max(16, 4 * self._processes))
+        engine.submit(job, result, self._lazy_tasks(job, result, function, items, chunksize),
+                      ReadAhead(buffersize or max(16, 4 * self._processes), result))
         return result
 
-    def _lazy_envelopes(self, job: int, result: IMapIterator[Any], function: bytes,
-                        items: Iterator[Any], chunksize: int) -> Iterator[TaskEnvelope]:
+    def _lazy_tasks(self, job: int, result: IMapIterator[Any], function: bytes,
+                    items: Iterator[Any], chunksize: int) -> Iterator[Task]:
         """imap's source: reads and serialises the input only as the engine asks.
 
         An exception from the input (or from serialising it) becomes the failure of the
@@ -314,16 +288,51 @@ class Pool:
                     break
                 data = _dumps_chunk(chunk, count)
             except Exception as exc:
-                result._set(index, False, exc)
+                result.set_outcome(index, False, exc)
                 index += 1
                 break
-            yield self._envelope(job, index, "map", function, data)
+            yield self._tasks.task(job, index, "map", function, data)
             index += 1
             count += len(chunk)
-        result._set_length(index, count)
+        result.input_ended(index, count)
 
 
 DistributedPool = Pool
+
+
+class Function(Generic[T]):
+    """A callable, and its serialised form, made once, when a call first needs it: what
+    :meth:`Calls.submit` runs, so that many calls of one callable serialise it once."""
+
+    def __init__(self, call: Callable[..., T]) -> None:
+        self.call = call
+        self._payload: bytes | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        return self.call(*args, **kwargs)
+
+    def payload(self) -> bytes:
+        """The callable as tasks carry it; raises, naming it, if it cannot travel."""
+        if self._payload is None:
+            self._payload = _dumps(self.call, "the function")
+        return self._payload
+
+
+class Calls:
+    """The pool's API for :class:`~distpool.client.executor.Executor`, beyond
+    ``apply_async``: one callable serialised once for many calls (``Executor.map``), and a
+    call withdrawn until the moment it is sent (``Future.cancel``)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    def submit(self, function: Function[T], args: Iterable[Any], kwds: Mapping[str, Any],
+               callback: Callback, error_callback: Callback,
+               start: Callable[[], bool]) -> ApplyResult[T]:
+        """``apply_async(function, args, kwds, callback, error_callback)``, except that
+        ``start`` is asked just before the task is sent: if it returns False, the task is
+        dropped and its result fails with :class:`concurrent.futures.CancelledError`."""
+        return self._pool._apply(function, args, kwds, callback, error_callback, start)
 
 
 def _shut_down(engine: Engine, cluster: LocalCluster | None) -> None:
@@ -332,12 +341,12 @@ def _shut_down(engine: Engine, cluster: LocalCluster | None) -> None:
         cluster.stop()
 
 
-def _gated(envelope: TaskEnvelope, result: ApplyResult[Any],
-           before_send: Callable[[], bool]) -> Iterator[TaskEnvelope]:
-    if before_send():
-        yield envelope
+def _gated(task: Task, result: ApplyResult[Any],
+           start: Callable[[], bool]) -> Iterator[Task]:
+    if start():
+        yield task
     else:
-        result._abort(concurrent.futures.CancelledError())
+        result.abort(concurrent.futures.CancelledError())
 
 
 def chunked(items: Iterator[Any], size: int) -> Iterator[tuple[Any, ...]]:

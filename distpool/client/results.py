@@ -5,10 +5,12 @@ result-delivery thread *before* waiters are woken; a map is ready only once ever
 reported, and then fails with the first error received; the iterators raise each failed item
 in place.
 
-The pool's engine delivers outcomes through ``_set(index, success, value)`` (``index`` is the
-chunk number) and, for iterators whose input length is not known up front, ``_set_length``;
-``_source_failed`` when the job's input raised, and ``_abort`` on terminate. ``on_done``
-tells the engine that a job needs no more deliveries.
+The pool's engine sees them as :class:`JobResult`: it delivers outcomes through
+``set_outcome(index, success, value)`` (``index`` is the chunk number), ``input_failed`` when
+the job's input raised, and ``abort`` on terminate; the pool tells iterators whose input length
+is not known up front ``input_ended``. These are for the pool only, as ``Future.set_result`` is
+for executors: not part of multiprocessing's API. ``on_done`` tells the engine that a job needs
+no more deliveries.
 
 Deliveries can come from several threads (the delivery thread; the dispatcher, which reads
 an imap's input; the caller, on terminate), so each object changes its state under its own
@@ -28,6 +30,18 @@ from ..errors import TimeoutError
 T = TypeVar("T")
 Callback = Optional[Callable[[Any], object]]
 OnDone = Callable[[int], None]
+
+
+class JobResult(Protocol):
+    """What the engine and the delivery thread see of a job's result object."""
+
+    #: Completing it runs no user code (no callback, no progress display): it may be done
+    #: on the collector thread, without a hop to the delivery thread.
+    @property
+    def quiet(self) -> bool: ...
+    def set_outcome(self, index: int, success: bool, value: Any) -> None: ...
+    def input_failed(self, sent: int, exc: BaseException) -> None: ...
+    def abort(self, exc: BaseException) -> None: ...
 
 
 class ProgressDisplay(Protocol):
@@ -82,8 +96,8 @@ class ApplyResult(Generic[T]):
         self._value: Any = None
         #: Items done out of how many: 0 or 1 of 1 here, the input's items for a map.
         self.progress = Progress(total, display)
-        # Completing it runs no user code: no callback, no display (see distpool.delivery).
-        self._quiet = callback is None and error_callback is None and display is None
+        # Completing it runs no user code: no callback, no display (see .delivery).
+        self.quiet = callback is None and error_callback is None and display is None
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -104,7 +118,7 @@ class ApplyResult(Generic[T]):
             return self._value  # type: ignore[no-any-return]
         raise self._value
 
-    def _set(self, index: int, success: bool, value: Any) -> None:
+    def set_outcome(self, index: int, success: bool, value: Any) -> None:
         with self._lock:
             if self._claimed:
                 return
@@ -113,7 +127,7 @@ class ApplyResult(Generic[T]):
             self.progress._advance(1)
         self._finish()
 
-    def _abort(self, exc: BaseException) -> None:
+    def abort(self, exc: BaseException) -> None:
         """Fail now, whatever is still outstanding (the pool was terminated)."""
         with self._lock:
             if self._claimed:
@@ -122,11 +136,11 @@ class ApplyResult(Generic[T]):
             self._success, self._value = False, exc
         self._finish()
 
-    def _source_failed(self, sent: int, exc: BaseException) -> None:
+    def input_failed(self, sent: int, exc: BaseException) -> None:
         """Preparing the job raised ``exc`` after ``sent`` of its tasks were sent: the job
         fails with it, as multiprocessing's task handler fails a task it cannot send."""
         if sent == 0:  # else its one task went out: its own result stands
-            self._set(0, False, exc)
+            self.set_outcome(0, False, exc)
 
     def _finish(self) -> None:
         try:
@@ -159,7 +173,7 @@ class MapResult(ApplyResult[list[T]]):
             self._claimed = True
             self._finish()
 
-    def _set(self, index: int, success: bool, value: Any) -> None:
+    def set_outcome(self, index: int, success: bool, value: Any) -> None:
         with self._lock:
             if self._claimed:
                 return
@@ -175,7 +189,7 @@ class MapResult(ApplyResult[list[T]]):
             self._claimed = True
         self._finish()
 
-    def _source_failed(self, sent: int, exc: BaseException) -> None:
+    def input_failed(self, sent: int, exc: BaseException) -> None:
         """Chunks from ``sent`` on will never come: the map fails with ``exc`` once the
         chunks sent have reported."""
         with self._lock:
@@ -215,7 +229,7 @@ class IMapIterator(Generic[T]):
         self._chunksize = chunksize
         #: Items received out of how many (known once the input is exhausted).
         self.progress = Progress(None, display)
-        self._quiet = display is None
+        self.quiet = display is None
         self._cond = threading.Condition(threading.Lock())
         # Chunks ready for the caller: (True, results) or (False, exception).
         self._chunks: collections.deque[tuple[bool, Any]] = collections.deque()
@@ -224,7 +238,7 @@ class IMapIterator(Generic[T]):
         self.chunks_consumed = 0
         self._length: int | None = None
         self._unsorted: dict[int, tuple[bool, Any]] = {}
-        self._claimed = False  # by the delivery that completes the job, or by _abort
+        self._claimed = False  # by the delivery that completes the job, or by abort
 
     def __iter__(self) -> Iterator[T]:
         return self
@@ -259,7 +273,7 @@ class IMapIterator(Generic[T]):
     def _exhausted(self) -> bool:
         return self._chunks_seen == self._length
 
-    def _set(self, index: int, success: bool, value: Any) -> None:
+    def set_outcome(self, index: int, success: bool, value: Any) -> None:
         with self._cond:
             if self._claimed:  # complete, or terminated: later deliveries are dropped
                 return
@@ -296,7 +310,7 @@ class IMapIterator(Generic[T]):
             self.chunks_consumed += 1
         self._chunks_seen += 1
 
-    def _abort(self, exc: BaseException) -> None:
+    def abort(self, exc: BaseException) -> None:
         """Raise ``exc`` after the results already in, then stop (the pool was terminated)."""
         with self._cond:
             if self._claimed:
@@ -308,16 +322,16 @@ class IMapIterator(Generic[T]):
             self._cond.notify()
         self._finish()
 
-    def _source_failed(self, sent: int, exc: BaseException) -> None:
+    def input_failed(self, sent: int, exc: BaseException) -> None:
         """Reading the input raised ``exc`` after ``sent`` chunks: it is raised in place of
         chunk ``sent``, the last, as in multiprocessing."""
         with self._cond:
             if self._claimed or self._length is not None:
                 return
             self._length = sent + 1
-        self._set(sent, False, exc)
+        self.set_outcome(sent, False, exc)
 
-    def _set_length(self, length: int, items: int) -> None:
+    def input_ended(self, length: int, items: int) -> None:
         """The input is exhausted: ``length`` chunks holding ``items`` items in all."""
         with self._cond:
             if self._claimed:
@@ -334,7 +348,7 @@ class IMapIterator(Generic[T]):
 class IMapUnorderedIterator(IMapIterator[T]):
     """Iterator returned by ``imap_unordered``: each chunk's results as soon as it arrives."""
 
-    def _set(self, index: int, success: bool, value: Any) -> None:
+    def set_outcome(self, index: int, success: bool, value: Any) -> None:
         with self._cond:
             if self._claimed:
                 return

@@ -1,9 +1,9 @@
-"""What a pool sends next: its jobs' task envelopes, in submission order, batched where short.
+"""What a pool sends next: its jobs' tasks, in submission order, batched where short.
 
 Sources are iterators, so ``imap`` reads (and serialises) its input only as slots free up,
 and no further than ``buffersize`` chunks ahead of what its caller has consumed. Only the
-engine's dispatcher thread pulls envelopes; other threads add and drop jobs, under the
-engine's lock, which :class:`Sources` shares.
+engine's dispatcher thread pulls tasks; other threads add and drop jobs, under the engine's
+lock, which :class:`Sources` shares.
 """
 
 from __future__ import annotations
@@ -12,31 +12,48 @@ import collections
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-from ..wire.envelope import TaskEnvelope
 from .batching import TaskTimes, split_evenly
+from .results import JobResult
+from .tasks import Task
 
-Source = Iterator[TaskEnvelope]
+Source = Iterator[Task]
+
+
+class Consumer(Protocol):
+    """A result its caller takes chunk by chunk (imap's iterators)."""
+
+    @property
+    def chunks_consumed(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """At most ``limit`` of a job's tasks may be sent ahead of what ``consumer`` has taken."""
+
+    limit: int
+    consumer: Consumer
 
 
 @dataclass(eq=False)
 class Job:
-    """A job's envelopes waiting to be sent, and how far ahead of its consumer they may go."""
+    """A job's tasks waiting to be sent, and how far ahead of its consumer they may go."""
 
-    envelopes: Source
-    result: Any
-    buffersize: int | None
+    tasks: Source
+    result: JobResult
+    read_ahead: ReadAhead | None
     sent: int = 0
 
     def may_send(self, closing: bool) -> bool:
         # Once the pool is closed, join() must be able to finish without a consumer.
-        return (self.buffersize is None or closing
-                or self.sent - self.result.chunks_consumed < self.buffersize)
+        ahead = self.read_ahead
+        return (ahead is None or closing
+                or self.sent - ahead.consumer.chunks_consumed < ahead.limit)
 
 
 class Sources:
-    """The jobs whose envelopes wait to be sent. ``closing`` says whether the pool is closed
+    """The jobs whose tasks wait to be sent. ``closing`` says whether the pool is closed
     (read under ``lock``); ``failed`` is told of a job whose source raised, which is dropped,
     as multiprocessing's task handler fails such a job and goes on."""
 
@@ -47,7 +64,7 @@ class Sources:
         self._failed = failed
         self._jobs: collections.deque[Job] = collections.deque()
         # Pulled from a source but not sent yet; touched by the dispatcher thread only.
-        self._lookahead: collections.deque[TaskEnvelope] = collections.deque()
+        self._lookahead: collections.deque[Task] = collections.deque()
         self._stopped = False
         #: How long tasks of each function run, which sets how many share a message.
         self.task_times = TaskTimes()
@@ -63,7 +80,7 @@ class Sources:
         self._stopped = True
 
     def ready(self) -> bool:
-        """Whether an envelope may be sent now."""
+        """Whether a task may be sent now."""
         return bool(self._lookahead) or self._sendable() is not None
 
     def exhausted(self) -> bool:
@@ -71,24 +88,25 @@ class Sources:
 
     # -- the dispatcher thread, without the lock -------------------------------------------
 
-    def next_messages(self, free: int) -> list[list[TaskEnvelope]]:
-        """Up to ``free`` messages' worth of envelopes, batched where tasks are short."""
+    def next_messages(self, free: int) -> list[list[Task]]:
+        """Up to ``free`` messages' worth of tasks, batched where tasks are short."""
         first = self._pull()
         if first is None:
             return []
-        per_message = self.task_times.batch_size(first.function)
-        envelopes = [first]
-        while len(envelopes) < free * per_message:
-            envelope = self._pull()
-            if envelope is None:
+        function = first.envelope.function
+        per_message = self.task_times.batch_size(function)
+        tasks = [first]
+        while len(tasks) < free * per_message:
+            task = self._pull()
+            if task is None:
                 break
-            if per_message > 1 and envelope.function != first.function:
-                self._lookahead.appendleft(envelope)  # batches hold one function
+            if per_message > 1 and task.envelope.function != function:
+                self._lookahead.appendleft(task)  # batches hold one function
                 break
-            envelopes.append(envelope)
-        return split_evenly(envelopes, free)
+            tasks.append(task)
+        return split_evenly(tasks, free)
 
-    def _pull(self) -> TaskEnvelope | None:
+    def _pull(self) -> Task | None:
         if self._lookahead:
             return self._lookahead.popleft()
         while True:
@@ -98,14 +116,14 @@ class Sources:
                     return None
             try:
                 # Outside the lock: a lazy source serialises user input as it goes.
-                envelope = next(job.envelopes, None)
+                task = next(job.tasks, None)
             except Exception as exc:
                 self._drop(job)
                 self._failed(job, exc)
                 continue
-            if envelope is not None:
+            if task is not None:
                 job.sent += 1
-                return envelope
+                return task
             self._drop(job)
 
     def _drop(self, job: Job) -> None:

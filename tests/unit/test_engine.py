@@ -16,6 +16,7 @@ import distpool
 from distpool import backends
 from distpool.backends.eager import EagerBackend
 from distpool.client import engine
+from distpool.client.pool import Calls, Function
 from distpool.client.results import MapResult
 from distpool.errors import AuthenticationError
 from distpool.wire import serialization
@@ -67,7 +68,7 @@ def store(monkeypatch):
 def test_nothing_pushed_onto_the_result_list_stops_the_pool(store):
     with distpool.Pool(2, eager=True) as pool:
         slow = pool.apply_async(nap, (0.5,))  # in flight meanwhile: a forgery names it
-        task_id = pool._engine.task_id(slow._job, 0)
+        task_id = pool._tasks.wire_id(slow._job, 0)
         wait_until(lambda: task_id in pool._engine._in_flight)
         forged = ResultRecord(task_id, True, serialization.dumps(666)).to_bytes(
             Signer(b"not the key"), pool._pool_id)
@@ -145,18 +146,18 @@ def test_a_job_whose_input_raises_fails_with_that_error_and_the_pool_goes_on(sto
         def refuse():
             raise KeyError("cannot prepare the task")
 
-        refused = pool._apply_async(square, (2,), {}, None, None, before_send=refuse)
+        refused = Calls(pool).submit(Function(square), (2,), {}, None, None, start=refuse)
         with pytest.raises(KeyError, match="cannot prepare"):
             refused.get(timeout=5)
 
         job = pool._engine.new_job()
         result = MapResult(job, pool._engine.job_done, length=4, chunksize=1)
-        function = pool._serialise(square)
+        function = Function(square).payload()
 
         def failing_input():
             for index in range(2):
-                yield pool._envelope(job, index, "map", function,
-                                     serialization.dumps((index,)))
+                yield pool._tasks.task(job, index, "map", function,
+                                       serialization.dumps((index,)))
             raise KeyError("the input broke")
 
         pool._engine.submit(job, result, failing_input())

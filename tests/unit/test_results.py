@@ -22,10 +22,10 @@ class Done:
 def test_apply_result_success_and_failure():
     done = Done()
     ok = ApplyResult(1, done)
-    ok._set(0, True, 42)
+    ok.set_outcome(0, True, 42)
     assert ok.ready() and ok.successful() and ok.get() == 42 and done.jobs == [1]
     bad = ApplyResult(2, done)
-    bad._set(0, False, KeyError("k"))
+    bad.set_outcome(0, False, KeyError("k"))
     assert not bad.successful()
     with pytest.raises(KeyError):
         bad.get()
@@ -44,7 +44,7 @@ def test_callback_runs_before_waiters_and_a_raising_callback_still_wakes_them():
     result = ApplyResult(1, Done(), callback=lambda v: order.append(("callback", v)))
     waiter = threading.Thread(target=lambda: (result.wait(), order.append("woken")))
     waiter.start()
-    result._set(0, True, 5)
+    result.set_outcome(0, True, 5)
     waiter.join(5)
     assert order == [("callback", 5), "woken"]
 
@@ -53,7 +53,7 @@ def test_callback_runs_before_waiters_and_a_raising_callback_still_wakes_them():
 
     result = ApplyResult(2, Done(), callback=broken)
     with pytest.raises(RuntimeError):
-        result._set(0, True, 1)
+        result.set_outcome(0, True, 1)
     assert result.ready() and result.get() == 1
 
 
@@ -61,10 +61,10 @@ def test_map_result_fills_chunks_in_order():
     done = Done()
     calls = []
     result = MapResult(7, done, length=5, chunksize=2, callback=calls.append)
-    result._set(2, True, [4])
-    result._set(0, True, [0, 1])
+    result.set_outcome(2, True, [4])
+    result.set_outcome(0, True, [0, 1])
     assert not result.ready()
-    result._set(1, True, [2, 3])
+    result.set_outcome(1, True, [2, 3])
     assert result.get() == [0, 1, 2, 3, 4] and calls == [[0, 1, 2, 3, 4]] and done.jobs == [7]
 
 
@@ -72,10 +72,10 @@ def test_map_result_keeps_first_error_and_waits_for_every_chunk():
     errors = []
     result = MapResult(1, Done(), length=3, chunksize=1, error_callback=errors.append)
     first, second = ValueError("first"), ValueError("second")
-    result._set(1, False, first)
+    result.set_outcome(1, False, first)
     assert not result.ready()
-    result._set(0, False, second)
-    result._set(2, True, [2])
+    result.set_outcome(0, False, second)
+    result.set_outcome(2, True, [2])
     assert result.ready() and errors == [first]
     with pytest.raises(ValueError, match="first"):
         result.get()
@@ -89,12 +89,12 @@ def test_empty_map_is_ready_at_once():
 def test_imap_orders_chunks_and_raises_failures_in_place():
     done = Done()
     it = IMapIterator(1, done)
-    it._set(1, False, KeyError("chunk 1"))
-    it._set(2, True, [4, 5])
+    it.set_outcome(1, False, KeyError("chunk 1"))
+    it.set_outcome(2, True, [4, 5])
     with pytest.raises(TimeoutError):
         it.next(timeout=0.01)
-    it._set(0, True, [0, 1])
-    it._set_length(3, 5)
+    it.set_outcome(0, True, [0, 1])
+    it.input_ended(3, 5)
     assert [it.next(), it.next()] == [0, 1]
     with pytest.raises(KeyError):
         next(it)
@@ -103,25 +103,25 @@ def test_imap_orders_chunks_and_raises_failures_in_place():
 
 def test_imap_unordered_yields_in_arrival_order():
     it = IMapUnorderedIterator(1, Done())
-    it._set(2, True, ["c"])
-    it._set(0, True, ["a"])
-    it._set_length(3, 5)
+    it.set_outcome(2, True, ["c"])
+    it.set_outcome(0, True, ["a"])
+    it.input_ended(3, 5)
     assert [next(it), next(it)] == ["c", "a"]
-    it._set(1, True, ["b"])
+    it.set_outcome(1, True, ["b"])
     assert list(it) == ["b"]
 
 
 def test_abort_fails_what_is_outstanding():
     errors = []
     result = MapResult(1, Done(), length=4, chunksize=2, error_callback=errors.append)
-    result._set(0, True, [0, 1])
-    result._abort(PoolTerminatedError("terminated"))
+    result.set_outcome(0, True, [0, 1])
+    result.abort(PoolTerminatedError("terminated"))
     with pytest.raises(PoolTerminatedError):
         result.get(timeout=1)
     assert len(errors) == 1
     it = IMapIterator(2, Done())
-    it._set(0, True, ["kept"])
-    it._abort(PoolTerminatedError("terminated"))
+    it.set_outcome(0, True, ["kept"])
+    it.abort(PoolTerminatedError("terminated"))
     assert next(it) == "kept"
     with pytest.raises(PoolTerminatedError):
         next(it)
@@ -171,7 +171,7 @@ def test_a_map_fed_from_many_threads_completes_once():
         done, calls, display = Done(), [], YieldingDisplay()
         result = MapResult(attempt, done, length=64, chunksize=1, callback=calls.append,
                            display=display)
-        deliver_concurrently([lambda i=i: result._set(i, True, [i]) for i in range(64)])
+        deliver_concurrently([lambda i=i: result.set_outcome(i, True, [i]) for i in range(64)])
         assert result.get(timeout=1) == list(range(64))
         assert len(calls) == 1 and done.jobs == [attempt] and display.closed == 1
         assert result.progress.completed == 64
@@ -187,10 +187,10 @@ def test_an_abort_racing_a_delivery_runs_one_callback_and_keeps_the_result():
         release.wait(5)
 
     result = ApplyResult(1, Done(), callback=slow_callback, error_callback=seen.append)
-    delivery = threading.Thread(target=result._set, args=(0, True, 42))
+    delivery = threading.Thread(target=result.set_outcome, args=(0, True, 42))
     delivery.start()
     assert entered.wait(5)
-    result._abort(PoolTerminatedError("terminated"))  # the pool is terminated meanwhile
+    result.abort(PoolTerminatedError("terminated"))  # the pool is terminated meanwhile
     release.set()
     delivery.join(5)
     assert result.get(timeout=1) == 42 and seen == [("callback", 42)]
@@ -199,17 +199,17 @@ def test_an_abort_racing_a_delivery_runs_one_callback_and_keeps_the_result():
 def test_an_abort_after_an_iterator_completed_changes_nothing():
     done = Done()
     it = IMapIterator(1, done)
-    it._set(0, True, ["a", "b"])
-    it._set_length(1, 2)
-    it._abort(PoolTerminatedError("terminated"))  # terminate raced the last delivery
+    it.set_outcome(0, True, ["a", "b"])
+    it.input_ended(1, 2)
+    it.abort(PoolTerminatedError("terminated"))  # terminate raced the last delivery
     assert list(it) == ["a", "b"] and done.jobs == [1]
 
 
 def test_a_delivery_after_an_abort_is_dropped():
     it = IMapIterator(1, Done())
-    it._set(0, True, ["kept"])
-    it._abort(PoolTerminatedError("terminated"))
-    it._set(1, True, ["late"])
+    it.set_outcome(0, True, ["kept"])
+    it.abort(PoolTerminatedError("terminated"))
+    it.set_outcome(1, True, ["late"])
     assert next(it) == "kept"
     with pytest.raises(PoolTerminatedError):
         next(it)
@@ -223,10 +223,10 @@ def test_a_delivery_after_an_abort_is_dropped():
 def test_a_map_whose_input_fails_waits_for_the_chunks_sent_then_fails_with_the_error():
     errors = []
     result = MapResult(1, Done(), length=10, chunksize=2, error_callback=errors.append)
-    result._set(0, True, [0, 1])
-    result._source_failed(2, KeyError("input"))  # chunks 2..4 will never come
+    result.set_outcome(0, True, [0, 1])
+    result.input_failed(2, KeyError("input"))  # chunks 2..4 will never come
     assert not result.ready()  # chunk 1 was sent: it reports first, as in multiprocessing
-    result._set(1, True, [2, 3])
+    result.set_outcome(1, True, [2, 3])
     with pytest.raises(KeyError):
         result.get(timeout=1)
     assert len(errors) == 1 and result.progress.completed == 10
@@ -235,7 +235,7 @@ def test_a_map_whose_input_fails_waits_for_the_chunks_sent_then_fails_with_the_e
 def test_an_apply_whose_task_could_not_be_prepared_fails_with_the_error():
     errors = []
     result = ApplyResult(1, Done(), error_callback=errors.append)
-    result._source_failed(0, KeyError("input"))
+    result.input_failed(0, KeyError("input"))
     with pytest.raises(KeyError):
         result.get(timeout=1)
     assert len(errors) == 1
@@ -245,9 +245,9 @@ def test_an_apply_whose_task_could_not_be_prepared_fails_with_the_error():
 def test_an_imap_whose_input_fails_raises_the_error_in_place_of_the_next_chunk(kind):
     done = Done()
     it = kind(1, done)
-    it._source_failed(2, KeyError("input"))  # after two chunks were sent
-    it._set(1, True, ["b"])
-    it._set(0, True, ["a"])
+    it.input_failed(2, KeyError("input"))  # after two chunks were sent
+    it.set_outcome(1, True, ["b"])
+    it.set_outcome(0, True, ["a"])
     outcomes = []
     while True:
         try:
