@@ -87,6 +87,13 @@ class Pool:
             (initializer, tuple(initargs)), "the initializer and its initargs")
         self._cluster: LocalCluster | None = None
         if settings.broker_url is None and not settings.eager:
+            if settings.result_url is not None:
+                # Its workers would keep results, and look for this pool's liveness key, in
+                # the private cluster's Redis: every task skipped, the map waiting for ever.
+                raise ValueError(
+                    "a result store was given (result_url or DISTPOOL_RESULT_URL) without a "
+                    "broker: a private local cluster keeps results in its own Redis. Give "
+                    "the broker too (broker=..., DISTPOOL_BROKER_URL), or no result store")
             # No cluster configured: a private one, with a worker process per pool process.
             self._cluster = LocalCluster(processes, settings.queue).start()
             settings = settings.with_broker(self._cluster.broker_url,

@@ -312,3 +312,20 @@ def test_tasks_in_flight_fail_when_the_store_lost_the_pools_liveness_key(manual)
     with pytest.raises(distpool.BrokerUnavailableError, match="liveness key"):
         lost.get(timeout=10)
     pool.terminate()
+
+
+@pytest.mark.parametrize("configure", [
+    lambda monkeypatch: {"result_url": "redis://results:6379/0"},
+    lambda monkeypatch: monkeypatch.setenv("DISTPOOL_RESULT_URL", "redis://results:6379/0") or {},
+])
+def test_a_result_store_without_a_broker_is_refused_before_any_cluster_starts(
+        monkeypatch, configure):
+    for name in ("DISTPOOL_BROKER_URL", "DISTPOOL_RESULT_URL", "DISTPOOL_EAGER"):
+        monkeypatch.delenv(name, raising=False)
+    kwargs = configure(monkeypatch)
+    started = []
+    monkeypatch.setattr(distpool.client.pool.LocalCluster, "start",
+                        lambda self: started.append(self) or self)
+    with pytest.raises(ValueError, match="without a broker"):
+        distpool.Pool(2, **kwargs)
+    assert started == []
