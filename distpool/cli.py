@@ -1,4 +1,6 @@
-"""The ``distpool`` command (also ``python -m distpool``)."""
+"""The ``distpool`` command (also ``python -m distpool``): it parses the options of each
+subcommand and calls the code that does the work; ``distpool worker`` calls
+:func:`distpool.worker.node.run`, which chooses the process model."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import logging
 import os
 import runpy
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -49,8 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run Celery workers that serve distpool pools: by default one worker "
                     "process per slot, each running one task at a time, under one parent "
                     "that replaces them. Options not listed here are passed to 'celery "
-                    "worker' unchanged (for example --pool prefork for Celery's own "
-                    "process pool, -E to send events for Flower).",
+                    "worker' unchanged (for example -E to send events for Flower).",
     )
     worker.add_argument("--broker", metavar="URL",
                         help="broker URL (default: $DISTPOOL_BROKER_URL, else "
@@ -76,8 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--insecure", action="store_true", default=None,
                         help="run tasks that are not signed: only on a network you trust "
                              "completely")
-    # Internal: set by the parent of slots on each slot it starts.
-    worker.add_argument("--slot-state", metavar="PATH", help=argparse.SUPPRESS)
+    worker.add_argument("--pool", "-P", metavar="POOL",
+                        help="process model: by default (or 'solo', its earlier name) one "
+                             "worker process per slot; a Celery pool ('prefork', 'threads', "
+                             "...) runs Celery's own worker instead")
     worker.add_argument("--worker-lost-timeout", type=float, metavar="SECONDS",
                         help="on a Redis broker, how soon the tasks of a dead worker node go to "
                              "other workers (default: $DISTPOOL_WORKER_LOST_TIMEOUT, else "
@@ -116,51 +118,10 @@ def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     except (ValueError, DistpoolError) as exc:
         print(f"distpool worker: {exc}", file=sys.stderr)
         return 2
-    from .worker.app import run_worker
+    from .worker.node import run
 
-    name = args.name or f"distpool-{os.getpid()}@%h"
-    pool, rest = _pool_option(passthrough)
-    # "solo" too: it was this process model's name before it became the default.
-    if pool in (None, "solo") and args.slot_state is None:
-        from .worker.slots.parent import run_slots
-        from .worker.slots.recovery import SlotRecovery
-
-        node, _, host = name.partition("@")
-        child_args = _child_args(args, rest)
-
-        def slot_argv(index: int, state_path: str) -> list[str]:
-            return ["worker", *child_args, "--concurrency", "1",
-                    "--name", f"{node}-{index}@{host or '%h'}", "--slot-state", state_path]
-
-        return run_slots(main, slot_argv, args.concurrency, SlotRecovery(settings),
-                         node=_expand_host(name), loglevel=args.loglevel)
-    return run_worker(settings, concurrency=args.concurrency, name=name,
-                      loglevel=args.loglevel, extra_args=passthrough,
-                      slot_state=args.slot_state)
-
-
-def _pool_option(passthrough: list[str]) -> tuple[str | None, list[str]]:
-    """Celery's ``--pool``/``-P`` value, and the other pass-through arguments."""
-    pool, rest, words = None, [], iter(passthrough)
-    for word in words:
-        if word in ("--pool", "-P"):
-            pool = next(words, None)
-        elif word.startswith("--pool="):
-            pool = word.split("=", 1)[1]
-        else:
-            rest.append(word)
-    return pool, rest
-
-
-def _child_args(args: argparse.Namespace, rest: list[str]) -> list[str]:
-    """The options of one single-process worker: this command's, but for the pool size."""
-    options = [("--broker", args.broker), ("--result-url", args.result_url),
-               ("--queue", args.queue), ("--loglevel", args.loglevel),
-               ("--secret-file", args.secret_file),
-               ("--worker-lost-timeout", args.worker_lost_timeout)]
-    child = [word for option, value in options if value is not None
-             for word in (option, str(value))]
-    return child + (["--insecure"] if args.insecure else []) + rest
+    return run(settings, concurrency=args.concurrency, name=args.name, loglevel=args.loglevel,
+               extra_args=passthrough, pool=args.pool)
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -223,14 +184,6 @@ def _demo(argv: list[str]) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     return 0
-
-
-def _expand_host(name: str) -> str:
-    """A node name with Celery's host placeholders filled in, for the parent's log lines
-    (each slot's Celery fills in its own name)."""
-    host = socket.gethostname()
-    short, _, domain = host.partition(".")
-    return name.replace("%h", host).replace("%n", short).replace("%d", domain)
 
 
 def _log_level(text: str) -> str:

@@ -103,7 +103,7 @@ class RedisServer:
 
 
 #: Runs ``distpool`` with multiprocessing's start method set to ``argv[1]``: "spawn" starts
-#: slots as on Windows.
+#: slots as on Windows and macOS, fresh interpreters given their target and settings pickled.
 WITH_START_METHOD = ("import multiprocessing, sys; from distpool.cli import main; "
                      "multiprocessing.set_start_method(sys.argv[1]); sys.exit(main(sys.argv[2:]))")
 

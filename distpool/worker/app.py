@@ -1,5 +1,10 @@
 """The Celery app that ``distpool worker`` runs: the shared app (:mod:`distpool.brokers.
-celery_app`), with distpool's one task, its failure reporting and its bootsteps."""
+celery_app`), with distpool's one task, its failure reporting and its bootsteps; and
+:func:`run_worker`, which runs it in this process.
+
+Which processes run it is the process model's business (:mod:`distpool.worker.node`): a
+slot (:mod:`.slots.child`) configures the app for itself before running it.
+"""
 
 from __future__ import annotations
 
@@ -23,15 +28,16 @@ from ..brokers.celery_app import (
 from ..config import Settings
 from ..wire.envelope import Signer
 from .runner import MAX_ATTEMPTS, ProcessLocalRunner
-from .slots.child import report_to_parent
-from .slots.state import SlotState
 from .steps import hold_renewal_step, registration_step
 
 
-def create_app(settings: Settings, slot_state: str | None = None,
-               holder: str | None = None) -> Celery:
-    """The worker's app. ``slot_state``: this worker is a slot (:mod:`.slots.parent`) that
-    reports what it runs in that file. ``holder``: its consumer id on a Redis broker (see
+def new_holder() -> str:
+    """A consumer id for this process's worker, unique on the broker."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def create_app(settings: Settings, holder: str | None = None) -> Celery:
+    """The worker's app. ``holder``: its consumer id on a Redis broker (see
     :mod:`distpool.brokers.held_messages`)."""
     broker_url, result_url = urls(settings)
     app = new_app(settings, holder)
@@ -45,6 +51,9 @@ def create_app(settings: Settings, slot_state: str | None = None,
                                 flags_redeliveries=flags_redeliveries(broker_url))
     app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
     app.distpool_retiring = False  # set by a SlotPool that has run its last task
+    # Whether the task raises its soft time limit itself: prefork raises it in its pool
+    # processes, a slot's threads pool cannot, so a slot sets this (slots.child).
+    app.distpool_raises_soft_limit = False
 
     # shared=False: a shared task (Celery's default) is also registered in every app created
     # after it, so a second pool's app would keep the first app's task and warn.
@@ -56,14 +65,10 @@ def create_app(settings: Settings, slot_state: str | None = None,
             raise Reject("this slot is being replaced", requeue=True)
         request = task.request
         _, soft_limit = request.timelimit or (None, None)
-        # Prefork raises the soft time limit in its pool processes; a slot does it itself.
         runner.get().run(messages, request.id,
                          redelivered=bool((request.delivery_info or {}).get("redelivered")),
-                         raise_soft_limit_after=soft_limit if slot_state is not None else None)
-
-    if slot_state is not None:
-        app.conf.worker_pool = "distpool.worker.slots.child:SlotPool"
-        report_to_parent(SlotState(slot_state, holder or ""))
+                         raise_soft_limit_after=(soft_limit if app.distpool_raises_soft_limit
+                                                 else None))
 
     app.steps["consumer"].add(registration_step(settings))
     if renews_holds(broker_url):
@@ -72,10 +77,11 @@ def create_app(settings: Settings, slot_state: str | None = None,
 
 
 def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
-               extra_args: Sequence[str] = (), slot_state: str | None = None) -> int:
-    """Run ``celery worker`` for distpool in this process until it is stopped."""
-    app = create_app(settings, slot_state,
-                     holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+               extra_args: Sequence[str] = (), app: Celery | None = None) -> int:
+    """Run ``celery worker`` for distpool in this process until it is stopped: ``app``, else
+    one made here. ``extra_args`` are ``celery worker`` options (``--pool``, ``-E``, ...)."""
+    if app is None:
+        app = create_app(settings, new_holder())
     argv = [
         "worker",
         f"--queues={settings.queue}",

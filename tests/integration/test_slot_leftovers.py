@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from distpool.worker.slots.parent import DIRECTORY_PREFIX, OWNER_FILE
+from distpool.worker.slots.state import DIRECTORY_PREFIX, OWNER_FILE
 from tests.support import REPO_ROOT, START_TIMEOUT, environment_without_distpool, stop_process_group
 
 pytestmark = pytest.mark.integration

@@ -22,10 +22,10 @@ def test_warnings_do_not_reach_stderr_without_logging_configured():
 
 
 def test_the_slot_parent_logs_to_stderr_in_lines_that_name_its_node(capsys):
-    from distpool.worker.slots import parent as slots
+    from distpool.worker.slots import parent
 
     logger = logging.getLogger("distpool")
-    handler = slots._log_to_stderr("distpool-7@host", "info")
+    handler = parent.log_to_stderr("distpool-7@host", "info")
     try:
         logger.info("slot %d started", 3)
         logger.debug("not at INFO")
@@ -37,12 +37,12 @@ def test_the_slot_parent_logs_to_stderr_in_lines_that_name_its_node(capsys):
 
 
 def test_a_forked_slot_drops_the_parent_s_handler_before_celery_configures_its_own(capsys):
-    from distpool.worker.slots import parent as slots
+    from distpool.worker.slots import child, parent
 
     logger = logging.getLogger("distpool")
     before = list(logger.handlers)
-    slots._log_to_stderr("distpool-7@host", "WARNING")
-    slots._drop_parent_logging()  # what _slot_main does first
+    parent.log_to_stderr("distpool-7@host", "WARNING")
+    child.drop_parent_logging()  # what run_slot does first
     assert logger.handlers == before and logger.level == logging.NOTSET
     logger.warning("once, through the slot's own handlers")
     assert capsys.readouterr().err == ""

@@ -1,4 +1,5 @@
-"""The backoff of a process that keeps failing (distpool.restarts.Backoff), on a fake clock."""
+"""The backoff of a process that keeps failing (distpool.worker.slots.restarts.Backoff), on a
+fake clock."""
 
 from __future__ import annotations
 

@@ -1,25 +1,26 @@
-"""Which slot state directories a starting node removes (distpool.slots, Leftovers)."""
+"""Which slot state directories a starting node removes (distpool.worker.slots.state,
+Leftovers)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from distpool.worker.slots import parent as slots
+from distpool.worker.slots import state
 
 #: Makes a state directory in the temporary directory given, prints it, and holds it until
 #: its stdin closes: a live node's.
 HOLD = ("import sys, tempfile; tempfile.tempdir = sys.argv[1]; "
-        "from distpool.worker.slots import parent as slots; "
-        "d = slots._StateDirectory(); print(d.path, flush=True); sys.stdin.read()")
+        "from distpool.worker.slots import state; "
+        "d = state.StateDirectory(); print(d.path, flush=True); sys.stdin.read()")
 
 
 def state_directory(parent, name, owner=None):
-    path = parent / f"{slots.DIRECTORY_PREFIX}{name}"
+    path = parent / f"{state.DIRECTORY_PREFIX}{name}"
     path.mkdir()
     (path / "slot-0").write_text("")
     if owner is not None:
-        (path / slots.OWNER_FILE).write_text(owner)
+        (path / state.OWNER_FILE).write_text(owner)
     return path
 
 
@@ -31,9 +32,9 @@ def test_only_directories_whose_parent_is_gone_are_removed(tmp_path):
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         live = holder.stdout.readline().strip()
-        assert slots.remove_leftovers(str(tmp_path)) == [str(gone)]
+        assert state.remove_leftovers(str(tmp_path)) == [str(gone)]
         assert not gone.exists() and older.exists() and new.exists()
-        assert (tmp_path / live / slots.OWNER_FILE).exists()
+        assert (tmp_path / live / state.OWNER_FILE).exists()
     finally:
         holder.stdin.close()
         holder.wait(30)
@@ -41,11 +42,11 @@ def test_only_directories_whose_parent_is_gone_are_removed(tmp_path):
 
 
 def test_a_node_never_removes_its_own_directory(tmp_path, monkeypatch):
-    monkeypatch.setattr(slots.tempfile, "tempdir", str(tmp_path))
-    own = slots._StateDirectory()
+    monkeypatch.setattr(state.tempfile, "tempdir", str(tmp_path))
+    own = state.StateDirectory()
     try:
-        assert slots.remove_leftovers() == []
-        assert (tmp_path / own.path / slots.OWNER_FILE).exists()
+        assert state.remove_leftovers() == []
+        assert (tmp_path / own.path / state.OWNER_FILE).exists()
     finally:
         own.remove()
     assert not (tmp_path / own.path).exists()

@@ -1,4 +1,4 @@
-"""The state file through which a solo slot tells its parent what it runs."""
+"""The state file through which a slot tells its parent what it runs."""
 
 from __future__ import annotations
 

@@ -1,12 +1,23 @@
-"""The slot parent's decisions (distpool.slots), over stand-in processes and broker, on a
-fake clock."""
+"""The slot parent's decisions (distpool.worker.slots.parent), over stand-in processes and
+broker, on a fake clock; and how a node chooses its process model (distpool.worker.node) and
+starts a slot (distpool.worker.slots.child), without starting one."""
 
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 
-from distpool.worker.slots.parent import GIVE_UP_FAILURES, _Slot, _tend, _tend_all
+import pytest
+from celery.utils.imports import symbol_by_name
+
+from distpool import cli
+from distpool.config import resolve
+from distpool.errors import SecretKeyMissingError
+from distpool.worker import node
+from distpool.worker.app import create_app
+from distpool.worker.slots import child
+from distpool.worker.slots.parent import GIVE_UP_FAILURES, _Slot, _tend, _tend_all, slot_name
 from distpool.worker.slots.restarts import Backoff
 from distpool.worker.slots.state import Running, SlotState
 
@@ -177,3 +188,89 @@ def test_a_slot_that_stays_up_a_minute_starts_its_count_afresh(tmp_path):
     node.slots[0].process.exitcode = -9  # then killed while idle
     node.run(0.2)
     assert node.slots[0].backoff.failures == 1
+
+
+def settings(secret="k" * 32):
+    return resolve(broker="redis://127.0.0.1:6379/0", secret=secret, environ={})
+
+
+class Calls:
+    """Stands in for the two process models: records how the node ran."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        monkeypatch.setattr(node, "run_slots", self.record("slots"))
+        monkeypatch.setattr(node, "run_worker", self.record("celery"))
+
+    def record(self, model):
+        def run(*args, **kwargs):
+            self.calls.append((model, args, kwargs))
+            return 0
+        return run
+
+
+@pytest.mark.parametrize("pool", [None, "solo"])
+def test_a_node_runs_slots_by_default_and_for_solo(monkeypatch, pool):
+    calls = Calls(monkeypatch)
+    assert node.run(settings(), concurrency=3, name="n@h", loglevel="INFO",
+                    extra_args=["-E"], pool=pool) == 0
+    assert calls.calls == [("slots", (settings(), 3, "n@h", "INFO", ["-E"]), {})]
+
+
+def test_a_node_runs_celery_s_own_worker_for_any_other_pool(monkeypatch):
+    calls = Calls(monkeypatch)
+    node.run(settings(), concurrency=2, name="n@h", extra_args=["-E"], pool="prefork")
+    assert calls.calls == [
+        ("celery", (settings(), 2, "n@h", "WARNING", ["--pool=prefork", "-E"]), {})]
+
+
+def test_a_node_without_a_key_starts_nothing(monkeypatch):
+    calls = Calls(monkeypatch)
+    with pytest.raises(SecretKeyMissingError):
+        node.run(settings(secret=None), concurrency=1)
+    assert calls.calls == []
+
+
+def test_a_node_is_named_after_its_process_by_default(monkeypatch):
+    calls = Calls(monkeypatch)
+    node.run(settings(), concurrency=1)
+    (_, (_, _, name, _, _), _), = calls.calls
+    assert name.startswith("distpool-") and name.endswith("@%h")
+
+
+def test_distpool_worker_hands_its_options_to_the_node(monkeypatch):
+    runs = []
+    monkeypatch.setattr(node, "run", lambda settings, **kwargs: runs.append(kwargs) or 0)
+    for name in ("DISTPOOL_SECRET", "DISTPOOL_SECRET_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["worker", "--insecure", "-c", "3", "-n", "x@h", "-l", "info",
+                     "-P", "prefork", "-E", "--max-tasks-per-child", "5"]) == 0
+    assert cli.main(["worker", "--insecure", "-c", "1", "--pool=solo"]) == 0
+    assert runs == [
+        {"concurrency": 3, "name": "x@h", "loglevel": "INFO", "pool": "prefork",
+         "extra_args": ["-E", "--max-tasks-per-child", "5"]},
+        {"concurrency": 1, "name": None, "loglevel": "WARNING", "pool": "solo",
+         "extra_args": []}]
+
+
+def test_each_slot_is_a_celery_node_named_after_its_node():
+    assert slot_name("distpool-12@%h", 0) == "distpool-12-0@%h"
+    assert slot_name("worker@box.example", 3) == "worker-3@box.example"
+    assert slot_name("plain", 1) == "plain-1@%h"
+
+
+def test_what_a_spawned_slot_is_given_pickles():
+    # On Windows and macOS a slot is a fresh interpreter: target and arguments are pickled.
+    assert pickle.loads(pickle.dumps(settings())) == settings()
+    assert pickle.loads(pickle.dumps(child.run_slot)) is child.run_slot
+
+
+def test_a_slot_s_app_runs_its_pool_and_raises_the_soft_limit_itself(monkeypatch, tmp_path):
+    reported = []
+    monkeypatch.setattr(child, "report_to_parent", reported.append)
+    app = create_app(settings())
+    assert app.distpool_raises_soft_limit is False  # prefork raises it
+    state = SlotState(str(tmp_path / "slot-0"), "holder")
+    child.configure_slot(app, state)
+    assert symbol_by_name(app.conf.worker_pool) is child.SlotPool
+    assert app.distpool_raises_soft_limit is True and reported == [state]

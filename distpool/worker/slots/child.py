@@ -1,26 +1,98 @@
-"""What runs in a slot (a Celery worker of one slot, see :mod:`.parent`): its pool, and the
-state file through which it tells its parent what it runs."""
+"""What runs in a slot (a Celery worker of one slot, see :mod:`.parent`).
+
+:func:`run_slot` is the target of the process the parent starts for each slot, forked or
+spawned (a fresh interpreter, on Windows and macOS: its arguments are pickled, the settings
+included). It cuts what a forked slot inherits of its parent, starts the watch that shuts
+the slot down if the parent dies, and runs the worker's Celery app
+(:mod:`distpool.worker.app`) configured for a slot: its pool (:class:`SlotPool`) and the
+state file through which it tells the parent what it runs (:mod:`.state`).
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from celery import signals
+from celery import Celery, signals
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.worker import state as worker_state
 
 from ...brokers.celery_app import TASK_NAME
+from ...config import Settings
+from ..app import create_app, new_holder, run_worker
 from ..runner import EXIT_POOL_GONE
 from .state import SlotState
 
 logger = logging.getLogger("distpool")
 
+#: The name of the parent's log handler (:func:`.parent.log_to_stderr`), which a forked slot
+#: drops.
+PARENT_HANDLER = "distpool-slots-parent"
+#: How often a slot looks for its parent (where it cannot wait on it).
+PARENT_CHECK_INTERVAL = 1.0
+
+
+def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[str],
+             state_path: str) -> None:
+    """Run the Celery worker of one slot, node ``name``, reporting what it runs in the file
+    ``state_path``, until it stops; then exit with its status. ``extra_args``: ``celery
+    worker`` options."""
+    # A forked slot inherits the parent's SIGTERM handler until Celery installs its own, and
+    # its log handler, which would log each of the slot's records a second time.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    drop_parent_logging()
+    threading.Thread(target=_stop_with_parent, name="distpool-parent-watch",
+                     daemon=True).start()
+    holder = new_holder()
+    app = create_app(settings, holder)
+    configure_slot(app, SlotState(state_path, holder))
+    sys.exit(run_worker(settings, concurrency=1, name=name, loglevel=loglevel,
+                        extra_args=extra_args, app=app))
+
+
+def configure_slot(app: Celery, state: SlotState) -> None:
+    """Make ``app`` a slot's: its pool, and its reports to the parent through ``state``."""
+    app.conf.worker_pool = "distpool.worker.slots.child:SlotPool"
+    app.distpool_raises_soft_limit = True  # a thread cannot be interrupted by the pool
+    report_to_parent(state)
+
+
+def drop_parent_logging() -> None:
+    """Remove the parent's handler, which a forked slot inherits; the slot's Celery
+    configures its own logging."""
+    for handler in list(logger.handlers):
+        if handler.get_name() == PARENT_HANDLER:
+            logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)  # the slot's Celery sets the level, on the root logger
+
+
+def _stop_with_parent() -> None:
+    """Shut the slot down warmly (its running task finishes) once its parent is gone, killed
+    outright, say: unsupervised, a slot that died would not be replaced, nor would its
+    message be put back or its time limit enforced."""
+    if sys.platform == "win32":
+        parent = multiprocessing.parent_process()
+        if parent is None:
+            return
+        multiprocessing.connection.wait([parent.sentinel])
+    else:  # the sentinel of a forked slot is held open by its siblings; the parent id is not
+        parent_id = os.getppid()
+        while os.getppid() == parent_id:
+            time.sleep(PARENT_CHECK_INTERVAL)
+    logger.warning("the parent of this slot is gone; shutting down")
+    signal.raise_signal(signal.SIGTERM)
+
 
 class SlotPool(ThreadTaskPool):  # type: ignore[misc]
-    """A slot's pool (:mod:`.parent`): Celery's threads pool, run with one thread.
+    """A slot's pool: Celery's threads pool, run with one thread.
 
     The task runs in that thread, so the worker's event loop stays free to answer remote
     control (inspect, ping, revoke) and send heartbeats while it runs. Celery cannot stop a
