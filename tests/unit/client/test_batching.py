@@ -9,7 +9,7 @@ import pytest
 import distpool
 from distpool import backends
 from distpool.client.batching import MAX_BATCH, SHORT_TASK, TaskTimes, split_evenly
-from tests.unit.test_pool import ManualBackend
+from tests.unit.client.test_pool import ManualBackend
 
 
 def quick(x):
