@@ -7,9 +7,7 @@ import time
 import pytest
 
 import distpool
-from distpool import backends
 from distpool.client.batching import MAX_BATCH, SHORT_TASK, TaskTimes, split_evenly
-from tests.unit.client.test_pool import ManualBackend
 
 
 def quick(x):
@@ -19,13 +17,6 @@ def quick(x):
 def slow(x):
     time.sleep(2 * SHORT_TASK)
     return x
-
-
-@pytest.fixture
-def manual(monkeypatch):
-    backend = ManualBackend()
-    monkeypatch.setattr(backends, "connect", lambda settings: backend)
-    return backend
 
 
 def test_unmeasured_and_long_functions_go_one_per_message():
