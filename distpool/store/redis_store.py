@@ -37,8 +37,9 @@ FETCH_BATCH = 512
 #: Record pushed by the client itself to wake its collector; never a valid result record.
 WAKE_UP = b"wake"
 
-# Claim message ARGV[1] for ARGV[2] for ARGV[3] ms (or renew the claim) unless another holder's
-# claim on it has not lapsed. Returns {'claimed', the previous holder, if another, or ''},
+# Claim message ARGV[1] for ARGV[2] for ARGV[3] ms unless a claim on it has not lapsed: another
+# holder's, or, unless ARGV[5] is 1 (a renewal), the same holder's (a second delivery of what
+# that process runs). Returns {'claimed', the previous holder, if another, or ''},
 # {'held', holder, ms its claim has left} or {'done', '', -1}. Claims carry their deadline:
 # fields of a hash cannot expire on their own.
 _CLAIM = """
@@ -51,7 +52,7 @@ end
 local previous = ''
 if claim then
     local deadline, holder = string.match(claim, '^(%d+) (.*)$')
-    if holder and holder ~= ARGV[2] then  -- (what is not a claim is overwritten)
+    if holder and (holder ~= ARGV[2] or ARGV[5] ~= '1') then  -- (not a claim: overwritten)
         if tonumber(deadline) > now then
             return {'held', holder, tonumber(deadline) - now}
         end
@@ -164,11 +165,13 @@ class RedisStore:
 
     # -- what became of a message --------------------------------------------------------
 
-    def claim(self, message_id: str, holder: str, ttl: float) -> ClaimOutcome:
-        """Claim the message for ``holder`` for ``ttl`` seconds, or renew its claim."""
+    def claim(self, message_id: str, holder: str, ttl: float,
+              renewal: bool = False) -> ClaimOutcome:
+        """Claim the message for ``holder`` for ``ttl`` seconds; with ``renewal``, renew the
+        claim it holds (else a claim of its own that has not lapsed is in the way too)."""
         [found] = self._commands.run([
             ("EVAL", _CLAIM, 1, _messages_of(message_id), message_id, holder,
-             int(ttl * 1000), RESULTS_TTL)])
+             int(ttl * 1000), RESULTS_TTL, int(renewal))])
         return _claim_outcome(found)
 
     def claim_soon(self, message_id: str, holder: str, ttl: float) -> Callable[[], ClaimOutcome]:
@@ -176,7 +179,7 @@ class RedisStore:
         outcome later (raising if the connection failed meanwhile)."""
         reply = self._commands.send([
             ("EVAL", _CLAIM, 1, _messages_of(message_id), message_id, holder,
-             int(ttl * 1000), RESULTS_TTL)])
+             int(ttl * 1000), RESULTS_TTL, 0)])
         return lambda: _claim_outcome(reply.get()[0])
 
     def take_over(self, message_id: str, gone: str, holder: str, ttl: float) -> bool:

@@ -70,6 +70,13 @@ class Claims:
                             message_id)
                 return None
             owner = found.other or ""
+            if owner == self.holder:
+                # A second delivery of what this process runs (seen across a RabbitMQ
+                # restart): never a second run. Were it a run that ended unfinished, its
+                # claim lapses, unrenewed, and the client sends the message again.
+                logger.warning("message %s is being run by this process; not running it "
+                               "twice", message_id)
+                return None
             if self._is_gone(owner) and self._store.take_over(message_id, owner, self.holder,
                                                               self.ttl):
                 return Acquired(owner)
@@ -99,7 +106,7 @@ class Claims:
 
     def renew(self, message_id: str) -> bool:
         """Renew the claim of a running message; False if another process has it now."""
-        found = self._store.claim(message_id, self.holder, self.ttl)
+        found = self._store.claim(message_id, self.holder, self.ttl, renewal=True)
         return found.outcome == "claimed" and found.other is None
 
     def _is_gone(self, owner: str) -> bool:

@@ -84,3 +84,21 @@ def test_this_process_counts_as_alive(store):
     started = time.monotonic()
     assert Claims(store, ttl=5).acquire(message)  # only after the claim lapsed
     assert time.monotonic() - started >= 0.4
+
+
+def test_a_second_delivery_of_what_this_process_runs_is_not_run_again(store):
+    message = a_message()
+    claims = Claims(store, ttl=5)
+    assert claims.acquire(message) == (None,)
+    started = time.monotonic()
+    assert claims.acquire(message) is None  # at once: no waiting on its own renewals
+    assert time.monotonic() - started < 0.5
+    assert claims.renew(message)  # while the run itself renews
+
+
+def test_a_claim_of_this_process_that_lapsed_is_taken_as_an_interrupted_run(store):
+    message = a_message()
+    claims = Claims(store, ttl=0.3)
+    assert claims.acquire(message) == (None,)
+    time.sleep(0.4)  # its run stopped renewing
+    assert claims.acquire(message) == (claims.holder,)

@@ -34,7 +34,8 @@ def test_pushes_and_pops_go_on_after_redis_dropped_their_connections(store, redi
 def test_a_claim_keeps_a_message_from_a_second_holder_until_it_lapses(store):
     message = f"{uuid.uuid4().hex}:0:0"
     assert store.claim(message, "host:1:a", ttl=0.5) == ("claimed", None, 0)
-    assert store.claim(message, "host:1:a", ttl=0.5) == ("claimed", None, 0)  # a renewal
+    assert store.claim(message, "host:1:a", ttl=0.5, renewal=True) == ("claimed", None, 0)
+    assert store.claim(message, "host:1:a", ttl=0.5)[:2] == ("held", "host:1:a")  # not twice
     outcome, holder, left = store.claim(message, "host:2:b", ttl=0.5)
     assert (outcome, holder) == ("held", "host:1:a") and 0 < left <= 500
     time.sleep(0.6)  # unrenewed, the claim lapses: the new holder learns whose run it ends
