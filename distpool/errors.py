@@ -21,6 +21,7 @@ __all__ = [
     "EnvelopeError",
     "IncompatibleEnvelopeError",
     "MaybeEncodingError",
+    "PayloadTooLargeError",
     "PoolTerminatedError",
     "RemoteTraceback",
     "SecretKeyMissingError",
@@ -63,6 +64,11 @@ class AuthenticationError(EnvelopeError):
 
 class PoolTerminatedError(DistpoolError):
     """The pool was terminated before this result arrived."""
+
+
+class PayloadTooLargeError(DistpoolError):
+    """A task's arguments, function or result do not fit where they must travel: the
+    message says how large it is and what limit it met."""
 
 
 class BrokerUnavailableError(DistpoolError):

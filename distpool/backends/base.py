@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..wire.envelope import Signer, TaskEnvelope
+from ..wire.payload import BlobRef, Payload
 
 
 class Backend(abc.ABC):
@@ -33,6 +34,27 @@ class Backend(abc.ABC):
         whether it was still marked live: False for a new pool, and for one whose mark was
         lost meanwhile, by a store that restarted or a lapse, when workers may have dropped
         its tasks."""
+
+    @abc.abstractmethod
+    def stage(self, pool_id: str, message_id: str,
+              envelopes: Sequence[TaskEnvelope]) -> list[TaskEnvelope]:
+        """Put what a message's envelopes carry where the workers will find it, and return
+        the envelopes as they travel (large payloads replaced by references to blobs). The
+        message holds its blobs until :meth:`release`. Raises, for this message alone, if
+        its data cannot be stored (:class:`~distpool.errors.PayloadTooLargeError`: too large
+        for the store)."""
+
+    @abc.abstractmethod
+    def release(self, pool_id: str, message_ids: Sequence[str]) -> None:
+        """The messages are finished (their results are in, or they failed): what
+        :meth:`stage` stored for them may go. Quick, and never raises: the deletion itself
+        waits for the backend's next round trip."""
+
+    @abc.abstractmethod
+    def fetch_result(self, pool_id: str, task_id: str, ref: BlobRef) -> Payload:
+        """The result payload a record of task ``task_id`` refers to, checked against
+        ``ref`` (:class:`~distpool.errors.EnvelopeError` if missing or altered), and then
+        deleted. Called from the pool's delivery thread."""
 
     @abc.abstractmethod
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:

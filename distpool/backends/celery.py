@@ -12,6 +12,7 @@ owns one plain connection, used by the pool's dispatcher thread alone.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,9 +25,12 @@ from ..brokers.celery_app import TASK_NAME, new_app, urls
 from ..brokers.profiles import profile_for
 from ..config import Settings, mask_url
 from ..errors import BrokerUnavailableError
+from ..store.blobs import result_name
 from ..store.redis_store import RedisStore
-from ..wire.envelope import Signer, TaskEnvelope
+from ..wire.envelope import Data, Signer, TaskEnvelope
+from ..wire.payload import INLINE_CALLABLE_LIMIT, INLINE_LIMIT, BlobRef, Payload
 from .base import Backend
+from .blob_ledger import BlobLedger
 
 #: A task past its soft time limit (the pool's task_timeout) gets this long to stop before
 #: its process is killed.
@@ -45,6 +49,7 @@ class CeleryBackend(Backend):
         self._queue = self._app.amqp.queues[settings.queue]
         self._send = self._app.amqp.send_task_message
         self._store = RedisStore(result_url)
+        self._blobs = BlobLedger()
         self._connection: Connection = self._app.connection_for_write()
         self._producer: Producer | None = None
         # A Redis queue needs no declaring before messages are pushed onto it, and kombu's
@@ -73,7 +78,48 @@ class CeleryBackend(Backend):
         return self._store.worker_slots(self._settings.queue)
 
     def refresh_pool(self, pool_id: str, info: dict[str, Any]) -> bool:
+        self._delete_unused_blobs(pool_id)
         return self._store.refresh_pool(pool_id, self._settings.pool_ttl, info)
+
+    def stage(self, pool_id: str, message_id: str,
+              envelopes: Sequence[TaskEnvelope]) -> list[TaskEnvelope]:
+        self._delete_unused_blobs(pool_id)
+        staged = []
+        for envelope in envelopes:
+            where = f"task {envelope.task_id}"
+            staged.append(dataclasses.replace(
+                envelope,
+                function=self._place(pool_id, message_id, envelope.function,
+                                     f"the function of {where}", code=True),
+                arguments=self._place(pool_id, message_id, envelope.arguments,
+                                      f"the arguments of {where}", code=False),
+                initializer=None if envelope.initializer is None else self._place(
+                    pool_id, message_id, envelope.initializer,
+                    "the pool's initializer and initargs", code=True)))
+        return staged
+
+    def _place(self, pool_id: str, message_id: str, data: Data, what: str,
+               code: bool) -> Data:
+        """``data`` as an envelope carries it: inline if small, else a reference to its
+        blob, written unless the store has it already. ``code`` (a callable, or the
+        initializer) is kept for reuse once released, and inline only when tiny."""
+        limit = INLINE_CALLABLE_LIMIT if code else INLINE_LIMIT
+        if not isinstance(data, Payload) or data.nbytes <= limit:
+            return data
+        ref = data.ref()
+        if self._blobs.hold(message_id, ref, reusable=code):
+            self._store.blobs.put(pool_id, ref.digest, data, what, self._settings.pool_ttl)
+        return ref
+
+    def release(self, pool_id: str, message_ids: Sequence[str]) -> None:
+        self._blobs.release(list(message_ids))
+
+    def fetch_result(self, pool_id: str, task_id: str, ref: BlobRef) -> Payload:
+        return self._store.blobs.take(pool_id, result_name(task_id, ref.digest), ref)
+
+    def _delete_unused_blobs(self, pool_id: str) -> None:
+        self._blobs.drop_unused(lambda refs: self._store.blobs.delete(
+            pool_id, [(ref.digest, ref.size) for ref in refs], wait=False))
 
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
         if self._producer is None:

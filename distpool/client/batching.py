@@ -29,13 +29,13 @@ SMOOTHING = 0.2
 
 
 class TaskTimes:
-    """Running mean of task run time per function (keyed by its serialised form)."""
+    """Running mean of task run time per function (keyed by its payload's hash)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._means: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        self._means: collections.OrderedDict[str, float] = collections.OrderedDict()
 
-    def record(self, function: bytes, seconds: float) -> None:
+    def record(self, function: str, seconds: float) -> None:
         with self._lock:
             mean = self._means.pop(function, None)
             self._means[function] = seconds if mean is None else (
@@ -43,7 +43,7 @@ class TaskTimes:
             if len(self._means) > MAX_FUNCTIONS:
                 self._means.popitem(last=False)
 
-    def batch_size(self, function: bytes) -> int:
+    def batch_size(self, function: str) -> int:
         """How many tasks of ``function`` one message may carry: 1 unless measured short."""
         with self._lock:
             mean = self._means.get(function)

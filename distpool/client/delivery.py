@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from ..errors import RemoteTraceback, add_note
 from ..wire import serialization
+from ..wire.payload import Payload
 from .results import JobResult
 
 logger = logging.getLogger("distpool")
@@ -79,15 +80,17 @@ class Delivery:
                 self._pending -= 1
 
 
-def deliver(result: JobResult, index: int, ok: bool, value: Any, payload: bytes | None,
-            task_id: str) -> None:
+def deliver(result: JobResult, index: int, ok: bool, value: Any,
+            payload: Payload | Callable[[], Payload] | None, task_id: str) -> None:
     """Hand the outcome of chunk ``index`` to its result object: ``value``, or what the
-    authenticated ``payload`` holds. ``task_id``, its wire name, is for error messages."""
+    authenticated ``payload`` holds (or its fetch returns: a result that came as a blob,
+    read here, as late as can be, so the collector never waits on it). ``task_id``, its
+    wire name, is for error messages."""
     if payload is None:
         result.set_outcome(index, ok, value)
         return
     try:
-        value = serialization.loads(payload)
+        value = serialization.loads(payload if isinstance(payload, Payload) else payload())
         if not ok:
             error, remote_traceback = value
             error.__cause__ = RemoteTraceback(remote_traceback)

@@ -37,10 +37,12 @@ from ..backends.base import Backend
 from ..errors import (
     AuthenticationError,
     BrokerUnavailableError,
+    DistpoolError,
     EnvelopeError,
     PoolTerminatedError,
 )
 from ..wire.envelope import ResultRecord, TaskEnvelope
+from ..wire.payload import Payload
 from .delivery import Delivery, deliver
 from .results import JobResult
 from .sources import Job, ReadAhead, Source, Sources
@@ -48,6 +50,9 @@ from .tasks import Task
 from .watch import MessageWatch
 
 logger = logging.getLogger("distpool")
+
+#: Reads a result that came back as a blob.
+Fetch = Callable[[], Payload]
 
 #: Longest a collector blocks on the backend before it checks for a stop or a refresh.
 COLLECT_TIMEOUT = 1.0
@@ -186,19 +191,37 @@ class Engine:
                 self._publish(again)
                 continue
             batches = self._sources.next_messages(free)
-            messages = [[task.envelope for task in batch] for batch in batches]
+            staged = [self._stage(batch) for batch in batches]
             with self._cond:
                 if self._terminated:
                     return
-                for batch, message in zip(batches, messages):
+                for batch, (message, _) in zip(batches, staged):
                     message_id = message[0].task_id
                     self._messages[message_id] = len(message)
                     self._watch.sent(message_id, message)
                     self._sent += len(message)
-                    for task in batch:
-                        self._in_flight[task.envelope.task_id] = (task, message_id)
-            if messages:
-                self._publish(messages)
+                    for task, envelope in zip(batch, message):
+                        task.envelope = envelope  # as it travels: without its large payloads
+                        self._in_flight[envelope.task_id] = (task, message_id)
+            for message, error in staged:
+                if error is not None:
+                    for envelope in message:
+                        self._complete(envelope.task_id, False, error)
+            ready = [message for message, error in staged if error is None]
+            if ready:
+                self._publish(ready)
+
+    def _stage(self, batch: list[Task]) -> tuple[list[TaskEnvelope], Exception | None]:
+        """The message of ``batch``, staged by the backend, or why it could not be."""
+        envelopes = [task.envelope for task in batch]
+        try:
+            return self._backend.stage(self.pool_id, envelopes[0].task_id, envelopes), None
+        except DistpoolError as exc:  # says what and why already
+            return envelopes, exc
+        except Exception as exc:
+            return envelopes, BrokerUnavailableError(
+                f"could not store the data of task {envelopes[0].task_id} in the result "
+                f"store: {exc}")
 
     def _source_failed(self, job: Job, exc: Exception) -> None:
         self._delivery.put(functools.partial(job.result.input_failed, job.sent, exc))
@@ -308,12 +331,15 @@ class Engine:
                 f"a worker refused task {record.task_id}: {record.rejected}",
                 self.pool_id, record.task_id))
             return
-        self._complete(record.task_id, record.ok, None, record.elapsed, record.payload)
+        payload: Payload | Fetch = record.payload if isinstance(
+            record.payload, Payload) else functools.partial(
+                self._backend.fetch_result, self.pool_id, record.task_id, record.payload)
+        self._complete(record.task_id, record.ok, None, record.elapsed, payload)
 
     def _complete(self, task_id: str, ok: bool, error: BaseException | None,
-                  elapsed: float | None = None, payload: bytes | None = None) -> None:
+                  elapsed: float | None = None, payload: Payload | Fetch | None = None) -> None:
         """Free the slot of the task named ``task_id`` and queue its outcome for delivery:
-        ``error``, or what ``payload`` holds."""
+        ``error``, or what ``payload`` holds (or fetches, for a result sent as a blob)."""
         with self._cond:
             location = self._in_flight.pop(task_id, None)
             if location is None:
@@ -328,8 +354,10 @@ class Engine:
                 self._watch.finished(message_id)
                 self._cond.notify_all()  # a slot is free
             result = self._jobs.get(task.job)
+        if not left:
+            self._backend.release(self.pool_id, [message_id])
         if elapsed is not None:
-            self._sources.task_times.record(task.envelope.function, elapsed)
+            self._sources.task_times.record(task.envelope.function.digest, elapsed)
         if result is not None:
             self._delivery.put(functools.partial(deliver, result, task.index, ok, error,
                                                  payload, task_id), result.quiet)

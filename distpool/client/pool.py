@@ -1,8 +1,11 @@
 """``distpool.Pool``: the ``multiprocessing.Pool`` API over a cluster of Celery workers.
 
-The pool validates its arguments, serialises the callable once per call and the arguments
-chunk by chunk *at the call* (so what cannot travel fails here, naming the object, with
-nothing sent), and hands tasks to its :class:`~distpool.client.engine.Engine`. Chunking,
+The pool validates its arguments, serialises the callable once per call, at the call (so a
+callable that cannot travel fails there, naming it, with nothing sent), and hands tasks to
+its :class:`~distpool.client.engine.Engine`. Chunks of the input are serialised as the engine
+sends them, as multiprocessing's task handler does: the client holds the serialised data of
+the tasks in flight, not of the whole input, and an item that cannot travel fails the map
+(naming the item) once the chunks sent before it have reported. Chunking,
 ordering, callbacks and errors follow ``Lib/multiprocessing/pool.py``. :class:`Calls` is
 what :class:`~distpool.client.executor.Executor` builds on.
 """
@@ -24,6 +27,7 @@ from .. import backends, config
 from ..errors import add_note
 from ..local.cluster import LocalCluster
 from ..wire import serialization
+from ..wire.payload import Payload
 from .engine import Engine
 from .progress import TqdmDisplay
 from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
@@ -247,19 +251,22 @@ class Pool:
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         function = _dumps(func, "the function")
-        # Serialised now, every chunk: if one cannot travel, nothing has been sent.
-        chunks = [_dumps_chunk(chunk, index * chunksize)
-                  for index, chunk in enumerate(chunked(iter(items), chunksize))]
         job = engine.new_job()
         result: MapResult[Any] = MapResult(job, engine.job_done, length, chunksize,
                                            callback, error_callback,
                                            TqdmDisplay(length, func) if progress else None)
         if result.ready():  # an empty input: complete already, nothing to send
             return result
-        engine.submit(job, result, iter([
-            self._tasks.task(job, index, kind, function, data)
-            for index, data in enumerate(chunks)]))
+        engine.submit(job, result, self._map_tasks(job, kind, function, items, chunksize))
         return result
+
+    def _map_tasks(self, job: int, kind: str, function: Payload, items: Sequence[Any],
+                   chunksize: int) -> Iterator[Task]:
+        """map's source: serialises each chunk as the engine asks for it. An item that
+        cannot be serialised raises here, which fails the map (see ``Sources``)."""
+        for index, chunk in enumerate(chunked(iter(items), chunksize)):
+            yield self._tasks.task(job, index, kind, function,
+                                   _dumps_chunk(chunk, index * chunksize))
 
     def _imap(self, result_type: type, func: Callable[..., Any], iterable: Iterable[Any],
               chunksize: int, buffersize: int | None, progress: bool) -> IMapIterator[Any]:
@@ -279,7 +286,7 @@ class Pool:
                       ReadAhead(buffersize or max(16, 4 * self._processes), result))
         return result
 
-    def _lazy_tasks(self, job: int, result: IMapIterator[Any], function: bytes,
+    def _lazy_tasks(self, job: int, result: IMapIterator[Any], function: Payload,
                     items: Iterator[Any], chunksize: int) -> Iterator[Task]:
         """imap's source: reads and serialises the input only as the engine asks.
 
@@ -313,12 +320,12 @@ class Function(Generic[T]):
 
     def __init__(self, call: Callable[..., T]) -> None:
         self.call = call
-        self._payload: bytes | None = None
+        self._payload: Payload | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         return self.call(*args, **kwargs)
 
-    def payload(self) -> bytes:
+    def payload(self) -> Payload:
         """The callable as tasks carry it; raises, naming it, if it cannot travel."""
         if self._payload is None:
             self._payload = _dumps(self.call, "the function")
@@ -367,7 +374,7 @@ def chunked(items: Iterator[Any], size: int) -> Iterator[tuple[Any, ...]]:
         yield chunk
 
 
-def _dumps(obj: Any, what: str) -> bytes:
+def _dumps(obj: Any, what: str) -> Payload:
     try:
         return serialization.dumps(obj)
     except Exception as exc:
@@ -375,7 +382,7 @@ def _dumps(obj: Any, what: str) -> bytes:
         raise
 
 
-def _dumps_chunk(chunk: tuple[Any, ...], first_index: int) -> bytes:
+def _dumps_chunk(chunk: tuple[Any, ...], first_index: int) -> Payload:
     try:
         return serialization.dumps(chunk)
     except Exception as exc:

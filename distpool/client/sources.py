@@ -93,14 +93,14 @@ class Sources:
         first = self._pull()
         if first is None:
             return []
-        function = first.envelope.function
+        function = first.envelope.function.digest
         per_message = self.task_times.batch_size(function)
         tasks = [first]
         while len(tasks) < free * per_message:
             task = self._pull()
             if task is None:
                 break
-            if per_message > 1 and task.envelope.function != function:
+            if per_message > 1 and task.envelope.function.digest != function:
                 self._lookahead.appendleft(task)  # batches hold one function
                 break
             tasks.append(task)

@@ -10,10 +10,12 @@ one place that name is made. Nothing in the client parses it back: the engine ke
 from __future__ import annotations
 
 from ..wire.envelope import TaskEnvelope
+from ..wire.payload import Payload
 
 
 class Task:
-    """Chunk ``index`` of job ``job``, and the envelope that carries it to the workers."""
+    """Chunk ``index`` of job ``job``, and the envelope that carries it to the workers (once
+    staged, without its large payloads: see ``Backend.stage``)."""
 
     __slots__ = ("job", "index", "envelope")
 
@@ -29,7 +31,8 @@ class Task:
 class TaskMaker:
     """Makes one pool's tasks: what every envelope of the pool carries, and their names."""
 
-    def __init__(self, pool_id: str, initializer: bytes | None, max_tasks: int | None) -> None:
+    def __init__(self, pool_id: str, initializer: Payload | None,
+                 max_tasks: int | None) -> None:
         self._pool_id = pool_id
         self._initializer = initializer
         self._max_tasks = max_tasks
@@ -38,8 +41,8 @@ class TaskMaker:
         """The name of task ``(job, index)`` on the wire."""
         return f"{self._pool_id}:{job}:{index}"
 
-    def task(self, job: int, index: int, kind: str, function: bytes,
-             arguments: bytes) -> Task:
+    def task(self, job: int, index: int, kind: str, function: Payload,
+             arguments: Payload) -> Task:
         """Task ``(job, index)``: ``function`` applied to ``arguments`` as ``kind`` says."""
         return Task(job, index, TaskEnvelope(
             pool_id=self._pool_id,

@@ -1,26 +1,9 @@
-"""distpool's keys in the result Redis, shared by clients and workers.
-
-* ``distpool:pool:<id>:live``: present while the pool's client is alive (it refreshes the key);
-  workers skip the tasks of a pool whose key is gone: terminated, or its client died.
-* ``distpool:pool:<id>:info``: what the client reports of the pool (host, pid, processes,
-  tasks sent and done), for ``distpool status``; it expires with the liveness key.
-* ``distpool:pool:<id>:results``: the pool's result records; workers push, the client's
-  collector thread pops. Every write renews its expiry, so nothing outlives an abandoned pool.
-* ``distpool:pool:<id>:messages`` (hash), what became of the pool's messages (a message's id
-  is that of its first task, ``<pool>:<job>:<index>``): field ``<message id>``, its claim,
-  ``<deadline ms> <worker process>`` while one runs it (see :mod:`distpool.worker.claims`)
-  and ``done`` once its results are pushed; ``<message id>:redeliveries``, how often it was
-  delivered again without having finished, counted by the workers that received it;
-  ``<message id>:timed_out``, set when it was killed for running past its time limit. It
-  goes with the pool, so nothing of it outlives the pool (or a day, if its client died).
-* ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
-  ``distpool:slots:<queue>`` (hash: worker name -> processes): who serves a queue.
-"""
+"""What clients and workers keep in the result Redis: pools, their results and the claims on
+their messages, and who serves a queue. The keys are named in :mod:`distpool.store.keys`."""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -28,6 +11,9 @@ from typing import Any, NamedTuple
 import redis
 
 from ..wire.envelope import MESSAGE_DONE
+from . import keys
+from .blobs import Blobs
+from .connection import OwnConnection
 from .redis_identity import client_identity
 
 #: Unread results of a pool whose client vanished are dropped after this long.
@@ -103,26 +89,28 @@ class RedisStore:
         )
         # Every command on one connection, but the collector's blocking pop on another:
         # a process holds at most two, whichever of its threads use the store.
-        self._commands = _OwnConnection(self._redis.connection_pool)
-        self._popping = _OwnConnection(self._redis.connection_pool)
+        self._commands = OwnConnection(self._redis.connection_pool)
+        self._popping = OwnConnection(self._redis.connection_pool)
+        self.blobs = Blobs(self._commands)
 
     # -- pools ------------------------------------------------------------------------
 
     def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any]) -> bool:
-        """Mark the pool live for ``ttl`` seconds more, with what its client reports; return
-        whether it was still marked live."""
+        """Mark the pool live for ``ttl`` seconds more, with what its client reports (and keep
+        its blobs as long); return whether it was still marked live."""
         expiry = int(ttl * 1000)
-        was_live, _, _ = self._commands.run([
-            ("EXISTS", _live(pool_id)),
-            ("SET", _live(pool_id), b"1", "PX", expiry),
-            ("SET", _info(pool_id), json.dumps(info), "PX", expiry)])
+        was_live, *_ = self._commands.run([
+            ("EXISTS", keys.live(pool_id)),
+            ("SET", keys.live(pool_id), b"1", "PX", expiry),
+            ("SET", keys.info(pool_id), json.dumps(info), "PX", expiry),
+            ("PEXPIRE", keys.blobs(pool_id), expiry)])
         return bool(was_live)
 
     def pools(self) -> dict[str, dict[str, Any]]:
         """Pool id -> info, for every pool whose client reports itself alive."""
-        keys = list(self._redis.scan_iter(match=_info("*"), count=1000))
+        names = list(self._redis.scan_iter(match=keys.info("*"), count=1000))
         found: dict[str, dict[str, Any]] = {}
-        for key, raw in zip(keys, self._redis.mget(keys) if keys else []):
+        for key, raw in zip(names, self._redis.mget(names) if names else []):
             try:
                 info = json.loads(raw) if raw is not None else None
             except (ValueError, RecursionError):  # not what a client wrote
@@ -132,7 +120,7 @@ class RedisStore:
         return found
 
     def pool_is_live(self, pool_id: str) -> bool:
-        [live] = self._commands.run([("EXISTS", _live(pool_id))])
+        [live] = self._commands.run([("EXISTS", keys.live(pool_id))])
         return bool(live)
 
     def push_results(self, pool_id: str, records: list[bytes],
@@ -140,7 +128,7 @@ class RedisStore:
         """Push result records; with ``finished``, a message id, mark that message's claim
         done in the same round trip."""
         # Sent again after a lost reply, a record arrives twice: the client keeps the first.
-        key = _results(pool_id)
+        key = keys.results(pool_id)
         commands: list[tuple[Any, ...]] = [("RPUSH", key, *records),
                                            ("EXPIRE", key, RESULTS_TTL)]
         if finished is not None:
@@ -151,7 +139,7 @@ class RedisStore:
         """Block for the next record, then take whatever else waits behind it, in one round
         trip: Redis runs the pipelined LPOP as soon as the BLPOP is served. For one thread
         at a time (a pool's collector): its connection is blocked meanwhile."""
-        key = _results(pool_id)
+        key = keys.results(pool_id)
         first, rest = self._popping.run([("BLPOP", key, timeout), ("LPOP", key, FETCH_BATCH - 1)])
         records: list[bytes] = [] if first is None else [first[1], *(rest or [])]
         return [record for record in records if record != WAKE_UP]
@@ -160,8 +148,9 @@ class RedisStore:
         self.push_results(pool_id, [WAKE_UP])
 
     def close_pool(self, pool_id: str) -> None:
-        self._commands.run([("DEL", _live(pool_id), _info(pool_id), _results(pool_id),
-                             _messages(pool_id))])
+        self._commands.run([("DEL", keys.live(pool_id), keys.info(pool_id),
+                             keys.results(pool_id), keys.messages(pool_id),
+                             keys.blobs(pool_id))])
 
     # -- what became of a message --------------------------------------------------------
 
@@ -170,7 +159,7 @@ class RedisStore:
         """Claim the message for ``holder`` for ``ttl`` seconds; with ``renewal``, renew the
         claim it holds (else a claim of its own that has not lapsed is in the way too)."""
         [found] = self._commands.run([
-            ("EVAL", _CLAIM, 1, _messages_of(message_id), message_id, holder,
+            ("EVAL", _CLAIM, 1, keys.messages_of(message_id), message_id, holder,
              int(ttl * 1000), RESULTS_TTL, int(renewal))])
         return _claim_outcome(found)
 
@@ -178,14 +167,14 @@ class RedisStore:
         """As :meth:`claim`, but sent without waiting: the returned callable reads its
         outcome later (raising if the connection failed meanwhile)."""
         reply = self._commands.send([
-            ("EVAL", _CLAIM, 1, _messages_of(message_id), message_id, holder,
+            ("EVAL", _CLAIM, 1, keys.messages_of(message_id), message_id, holder,
              int(ttl * 1000), RESULTS_TTL, 0)])
         return lambda: _claim_outcome(reply.get()[0])
 
     def take_over(self, message_id: str, gone: str, holder: str, ttl: float) -> bool:
         """Claim the message from ``gone``, a holder known to be dead; False if its claim
         changed meanwhile."""
-        [taken] = self._commands.run([("EVAL", _TAKE_OVER, 1, _messages_of(message_id),
+        [taken] = self._commands.run([("EVAL", _TAKE_OVER, 1, keys.messages_of(message_id),
                                        message_id, gone, holder, int(ttl * 1000))])
         return bool(taken)
 
@@ -196,14 +185,14 @@ class RedisStore:
     def mark_timed_out(self, message_id: str) -> None:
         """Record that the message ran past its hard time limit (before its process is
         killed, so that whoever receives it next knows)."""
-        key = _messages_of(message_id)
+        key = keys.messages_of(message_id)
         self._commands.run([("MULTI",), ("HSET", key, f"{message_id}:timed_out", 1),
                             ("EXPIRE", key, RESULTS_TTL), ("EXEC",)])
 
     def count_redelivery(self, message_id: str) -> tuple[int, bool]:
         """Count one more delivery of a message delivered before, which never finished;
         return how many there were, and whether it had run out of time."""
-        key = _messages_of(message_id)
+        key = keys.messages_of(message_id)
         *_, (redeliveries, timed_out, _) = self._commands.run([
             ("MULTI",), ("HINCRBY", key, f"{message_id}:redeliveries", 1),
             ("HEXISTS", key, f"{message_id}:timed_out"), ("EXPIRE", key, RESULTS_TTL),
@@ -215,18 +204,18 @@ class RedisStore:
         (it waits in the queue, or was lost), ``MESSAGE_DONE``, or the claim's raw value."""
         if not message_ids:
             return []
-        [claims] = self._commands.run([("HMGET", _messages(pool_id), *message_ids)])
+        [claims] = self._commands.run([("HMGET", keys.messages(pool_id), *message_ids)])
         return [None if claim is None else claim.decode("utf-8", "replace")
                 for claim in claims]
 
     # -- workers ----------------------------------------------------------------------
 
     def register_worker(self, queue: str, name: str, slots: int, ttl: float) -> None:
-        self._commands.run([("ZADD", _workers(queue), time.time() + ttl, name),
-                            ("HSET", _slots(queue), name, slots)])
+        self._commands.run([("ZADD", keys.workers(queue), time.time() + ttl, name),
+                            ("HSET", keys.slots(queue), name, slots)])
 
     def unregister_worker(self, queue: str, name: str) -> None:
-        self._commands.run([("ZREM", _workers(queue), name), ("HDEL", _slots(queue), name)])
+        self._commands.run([("ZREM", keys.workers(queue), name), ("HDEL", keys.slots(queue), name)])
 
     def worker_slots(self, queue: str) -> int:
         """Processes of the workers whose registration has not expired."""
@@ -235,11 +224,11 @@ class RedisStore:
     def workers(self, queue: str) -> dict[str, int]:
         """Name -> processes, for the workers whose registration has not expired."""
         now = time.time()
-        _, names = self._commands.run([("ZREMRANGEBYSCORE", _workers(queue), "-inf", now),
-                                       ("ZRANGEBYSCORE", _workers(queue), now, "+inf")])
+        _, names = self._commands.run([("ZREMRANGEBYSCORE", keys.workers(queue), "-inf", now),
+                                       ("ZRANGEBYSCORE", keys.workers(queue), now, "+inf")])
         if not names:
             return {}
-        [slots] = self._commands.run([("HMGET", _slots(queue), *names)])
+        [slots] = self._commands.run([("HMGET", keys.slots(queue), *names)])
         # Skipping what is not a count: anyone who can write to the store could put it there.
         return {name.decode("utf-8", "replace"): int(n) for name, n in zip(names, slots)
                 if n is not None and n.isdigit()}
@@ -253,123 +242,6 @@ class RedisStore:
         self._redis.close()
 
 
-class Reply:
-    """The replies of commands sent without waiting (:meth:`_OwnConnection.send`), read with
-    the connection's next call, or by :meth:`get`."""
-
-    def __init__(self, connection: _OwnConnection, count: int) -> None:
-        self._connection = connection
-        self._count = count
-        self._values: list[Any] | None = None
-        self._error: BaseException | None = None
-
-    def get(self) -> list[Any]:
-        """The replies; raises what reading them raised (the connection failed: whether Redis
-        ran the commands is then unknown)."""
-        if self._values is None and self._error is None:
-            self._connection.run([])  # reads every outstanding reply
-        if self._error is not None:
-            raise self._error
-        assert self._values is not None
-        return self._values
-
-
-class _OwnConnection:
-    """A connection of a client's pool, kept out of the pool and shared by threads, that
-    sends each call's commands as one packed write and reads their raw replies: about 20 µs
-    less per call than a connection borrowed from the pool, 40 µs less than redis-py's
-    pipeline, and one connection however many threads use it. Commands can also be sent
-    without waiting (:meth:`send`): Redis runs one connection's commands in order, and their
-    replies are read before those of the next call."""
-
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool = pool
-        self._lock = threading.Lock()
-        self._connection: Any = None
-        self._unread: list[Reply] = []
-
-    def send(self, commands: list[tuple[Any, ...]]) -> Reply:
-        reply = Reply(self, len(commands))
-        with self._lock:
-            connection = self._open()
-            try:
-                connection.send_packed_command(connection.pack_commands(commands))
-            except BaseException as exc:
-                self._lose_unread(exc)
-                reply._error = exc
-                return reply
-            self._unread.append(reply)
-        return reply
-
-    def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Each command's reply, in order, as Redis sends it (bytes, ints, lists; a
-        transaction's in EXEC's list); a failed command raises its error."""
-        with self._lock:
-            connection = self._open()
-            self._read_unread(connection)
-            if not commands:
-                return []
-            packed = connection.pack_commands(commands)
-
-            def send() -> list[Any]:
-                connection.send_packed_command(packed)
-                return [connection.read_response() for _ in commands]
-
-            try:
-                # As redis-py retries its own commands: on a new connection, after a backoff.
-                return connection.retry.call_with_retry(  # type: ignore[no-any-return]
-                    send, lambda _error: connection.disconnect())
-            except BaseException:
-                connection.disconnect()  # a reply may be left unread; reconnects on next use
-                raise
-
-    def close(self) -> None:
-        # Without the lock: a pop may hold it, blocked, until its timeout.
-        connection = self._connection
-        if connection is not None:
-            connection.disconnect()
-
-    def _open(self) -> Any:
-        if self._connection is None:
-            self._connection = self._pool.make_connection()
-        return self._connection
-
-    def _read_unread(self, connection: Any) -> None:
-        for reply in self._unread:
-            values: list[Any] = []
-            for _ in range(reply._count):
-                try:
-                    values.append(connection.read_response())
-                except redis.ResponseError as exc:  # its command's own error: read on
-                    values.append(exc)
-                except BaseException as exc:
-                    self._lose_unread(exc)
-                    return
-            reply._values = values
-        self._unread.clear()
-
-    def _lose_unread(self, exc: BaseException) -> None:
-        """The connection failed with replies unread: they are lost, and it is dropped."""
-        for reply in self._unread:
-            if reply._values is None:
-                reply._error = exc
-        self._unread.clear()
-        if self._connection is not None:
-            self._connection.disconnect()
-
-
-def _live(pool_id: str) -> str:
-    return f"distpool:pool:{pool_id}:live"
-
-
-def _info(pool_id: str) -> str:
-    return f"distpool:pool:{pool_id}:info"
-
-
-def _results(pool_id: str) -> str:
-    return f"distpool:pool:{pool_id}:results"
-
-
 def _claim_outcome(found: Any) -> ClaimOutcome:
     if isinstance(found, Exception):
         raise found
@@ -377,26 +249,5 @@ def _claim_outcome(found: Any) -> ClaimOutcome:
     return ClaimOutcome(outcome.decode(), other.decode("utf-8", "replace") or None, int(left))
 
 
-def _messages(pool_id: str) -> str:
-    return f"distpool:pool:{pool_id}:messages"
-
-
-def pool_of(message_id: str) -> str:
-    """The pool that sent ``message_id`` (``<pool>:<job>:<index>``)."""
-    return message_id.partition(":")[0]
-
-
-def _messages_of(message_id: str) -> str:
-    return _messages(pool_of(message_id))
-
-
 def _finish(message_id: str) -> tuple[Any, ...]:
-    return ("HSET", _messages_of(message_id), message_id, MESSAGE_DONE)
-
-
-def _workers(queue: str) -> str:
-    return f"distpool:workers:{queue}"
-
-
-def _slots(queue: str) -> str:
-    return f"distpool:slots:{queue}"
+    return ("HSET", keys.messages_of(message_id), message_id, MESSAGE_DONE)

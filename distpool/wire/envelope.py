@@ -10,6 +10,11 @@ result store is loaded before it is authenticated:
   another task, into another pool, or after it expires.
 * A **result record** (:class:`ResultRecord`) is a JSON header line and a payload, signed by
   the worker over the pool id, the task id, the header fields and the payload.
+* A payload (:mod:`distpool.wire.payload`) rides inside its envelope or record, base64 in the
+  JSON, when small; a larger one is a *blob* in the result store, raw bytes under its SHA-256,
+  and the envelope or record carries and signs a :class:`~distpool.wire.payload.BlobRef`
+  (hash and size) instead. Whoever fetches a blob checks its size and hash against the
+  signed reference before loading it, so the signature covers the bytes either way.
 * A **rejection** is a result record a worker sends, unsigned and without payload, when it
   refuses a task (bad signature, expired): the caller then fails that task at once with
   :class:`~distpool.errors.AuthenticationError` instead of waiting. It carries no payload, so
@@ -30,12 +35,16 @@ import reprlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 from ..errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
+from .payload import BlobRef, Payload
 from .serialization import DILL_VERSION, PYTHON_VERSION
 
-ENVELOPE_FORMAT = 1
+#: A payload, or where it is when it travels out of band.
+Data = Union[Payload, BlobRef]
+
+ENVELOPE_FORMAT = 2
 #: A message's claim once its results are pushed (see :mod:`distpool.worker.claims`): what
 #: the workers say of a message whose results are on their way.
 MESSAGE_DONE = "done"
@@ -46,6 +55,9 @@ ENVELOPE_LIFETIME = 24 * 3600.0
 MAX_HEADER = 64 * 1024
 #: Longest run time a result record may claim, in seconds (about 30 years).
 MAX_ELAPSED = 1e9
+#: Largest blob a reference may name: beyond any memory, so a hostile size allocates nothing.
+MAX_BLOB_SIZE = 2**44
+_HEX = frozenset("0123456789abcdef")
 
 # For error messages about unauthenticated values: bounded in depth and length.
 _describe = reprlib.Repr()
@@ -91,9 +103,9 @@ class TaskEnvelope:
     pool_id: str
     task_id: str
     kind: str
-    function: bytes
-    arguments: bytes
-    initializer: bytes | None = None
+    function: Data
+    arguments: Data
+    initializer: Data | None = None
     max_tasks: int | None = None
 
     KINDS = ("apply", "map", "starmap")
@@ -109,9 +121,9 @@ class TaskEnvelope:
             "task": self.task_id,
             "kind": self.kind,
             "expires": expires,
-            "function": _b64(self.function),
-            "arguments": _b64(self.arguments),
-            "initializer": None if self.initializer is None else _b64(self.initializer),
+            "function": _encode(self.function),
+            "arguments": _encode(self.arguments),
+            "initializer": None if self.initializer is None else _encode(self.initializer),
             "max_tasks": self.max_tasks,
         }
         wire["signature"] = signer.sign(*self._signed_fields(expires))
@@ -120,8 +132,8 @@ class TaskEnvelope:
     def _signed_fields(self, expires: float) -> tuple[bytes, ...]:
         return (str(ENVELOPE_FORMAT).encode(), PYTHON_VERSION.encode(), DILL_VERSION.encode(),
                 self.pool_id.encode(), self.task_id.encode(), self.kind.encode(),
-                repr(expires).encode(), self.function, self.arguments,
-                b"-" if self.initializer is None else b"+" + self.initializer,
+                repr(expires).encode(), *_signed(self.function), *_signed(self.arguments),
+                *((b"-", b"") if self.initializer is None else _signed(self.initializer)),
                 repr(self.max_tasks).encode())
 
     @classmethod
@@ -152,9 +164,9 @@ class TaskEnvelope:
             pool_id=pool_id,
             task_id=task_id,
             kind=kind,
-            function=_unb64(message.get("function"), pool_id, task_id),
-            arguments=_unb64(message.get("arguments"), pool_id, task_id),
-            initializer=None if initializer is None else _unb64(initializer, pool_id, task_id),
+            function=_decode(message.get("function"), pool_id, task_id),
+            arguments=_decode(message.get("arguments"), pool_id, task_id),
+            initializer=None if initializer is None else _decode(initializer, pool_id, task_id),
             max_tasks=max_tasks,
         )
         try:
@@ -175,7 +187,7 @@ class ResultRecord(NamedTuple):
 
     task_id: str
     ok: bool
-    payload: bytes
+    payload: Data
     elapsed: float | None = None
     rejected: str | None = None
 
@@ -188,16 +200,20 @@ class ResultRecord(NamedTuple):
         elapsed = None if self.elapsed is None else round(self.elapsed, 6)
         if elapsed is not None:
             header["elapsed"] = elapsed
+        if isinstance(self.payload, BlobRef):
+            header["blob"], header["size"] = self.payload
         header["signature"] = signer.sign(*self._signed_fields(pool_id, elapsed))
-        return _header_line(header) + self.payload
+        if isinstance(self.payload, BlobRef):
+            return _header_line(header)
+        return b"".join((_header_line(header), *self.payload.frames))
 
     def _signed_fields(self, pool_id: str, elapsed: float | None) -> tuple[bytes, ...]:
         return (pool_id.encode(), self.task_id.encode(), b"1" if self.ok else b"0",
-                repr(elapsed).encode(), self.payload)
+                repr(elapsed).encode(), *_signed(self.payload))
 
     @classmethod
     def rejection(cls, task_id: str, reason: str) -> ResultRecord:
-        return cls(task_id, False, b"", rejected=reason)
+        return cls(task_id, False, _EMPTY, rejected=reason)
 
     @classmethod
     def from_bytes(cls, raw: bytes, signer: Signer, pool_id: str) -> ResultRecord:
@@ -220,12 +236,19 @@ class ResultRecord(NamedTuple):
         ):
             raise EnvelopeError("not a distpool result record")
         task_id = header["task"]
-        payload = raw[end + 1:]
+        body = memoryview(raw)[end + 1:]
         rejected = header.get("rejected")
         if rejected is not None:
-            if not isinstance(rejected, str) or not _signable(rejected) or payload:
+            if not isinstance(rejected, str) or not _signable(rejected) or body:
                 raise EnvelopeError("malformed rejection record", pool_id, task_id)
-            return cls(task_id, False, b"", rejected=rejected)
+            return cls(task_id, False, _EMPTY, rejected=rejected)
+        payload: Data = Payload([body])
+        if "blob" in header:
+            if body:
+                raise EnvelopeError("result record with a blob and a payload", pool_id,
+                                    task_id)
+            payload = _blob_ref({"blob": header["blob"], "size": header.get("size")},
+                                pool_id, task_id)
         elapsed = header.get("elapsed")
         # Also refuses NaN and infinity, which would poison the engine's run-time means.
         if elapsed is not None and (type(elapsed) not in (int, float)
@@ -268,15 +291,39 @@ def _version_mismatch(message: Mapping[str, Any]) -> str | None:
     )
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+_EMPTY = Payload([b""])
 
 
-def _unb64(text: Any, pool_id: str, task_id: str) -> bytes:
-    if not isinstance(text, str):
-        raise EnvelopeError("envelope payload is not text", pool_id, task_id)
+def _signed(data: Data) -> tuple[bytes, bytes]:
+    """What a signature covers of a payload: its bytes, or the hash and size of its blob."""
+    if isinstance(data, BlobRef):
+        return b"#", f"{data.digest} {data.size}".encode()
+    return b"=", data.to_bytes()
+
+
+def _encode(data: Data) -> Any:
+    if isinstance(data, BlobRef):
+        return {"blob": data.digest, "size": data.size}
+    return base64.b64encode(data.to_bytes()).decode("ascii")
+
+
+def _decode(value: Any, pool_id: str, task_id: str) -> Data:
+    if isinstance(value, Mapping):
+        return _blob_ref(value, pool_id, task_id)
+    if not isinstance(value, str):
+        raise EnvelopeError("envelope payload is neither text nor a blob", pool_id, task_id)
     try:
-        return base64.b64decode(text, validate=True)
+        return Payload([base64.b64decode(value, validate=True)])
     except (binascii.Error, ValueError) as exc:
         raise EnvelopeError(f"envelope payload is not base64: {exc}", pool_id,
                             task_id) from None
+
+
+def _blob_ref(value: Mapping[str, Any], pool_id: str, task_id: str) -> BlobRef:
+    digest, size = value.get("blob"), value.get("size")
+    if (set(value) != {"blob", "size"} or not isinstance(digest, str) or len(digest) != 64
+            or not _HEX.issuperset(digest) or type(size) is not int
+            or not 0 < size <= MAX_BLOB_SIZE):
+        raise EnvelopeError(f"malformed blob reference {_describe.repr(dict(value))}",
+                            pool_id, task_id)
+    return BlobRef(digest, size)

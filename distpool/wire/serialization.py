@@ -8,8 +8,11 @@ the pool's own namespace module, and the globals they use are shipped beside the
 into that namespace. So an initializer's ``global`` assignments are seen by the tasks that
 follow it, exactly as in a ``multiprocessing`` worker process.
 
-Payloads travel inside envelopes (:mod:`distpool.wire.envelope`), which are authenticated before
-any payload is loaded. This is the only module that imports dill.
+Both picklers write pickle protocol 5, with large buffers out of band: a
+:class:`~distpool.wire.payload.Payload` keeps them apart from the stream, so a NumPy array is
+never copied into it. Payloads travel inside envelopes, or beside them as blobs
+(:mod:`distpool.wire.envelope`), and are authenticated before anything is loaded. This is the
+only module that imports dill.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import dill
 
 from ..errors import EnvelopeError
+from .payload import MIN_OUT_OF_BAND, Payload
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 PYTHON_VERSION = "{}.{}".format(*sys.version_info[:2])
@@ -36,7 +40,7 @@ _MAIN = "__main__"
 
 # -- payloads ---------------------------------------------------------------------------
 
-def dumps(obj: Any, *, namespace: types.ModuleType | None = None) -> bytes:
+def dumps(obj: Any, *, namespace: types.ModuleType | None = None) -> Payload:
     """Serialise ``obj`` for the other side.
 
     On the client (``namespace`` None), anything of ``__main__`` goes by value through dill.
@@ -45,24 +49,25 @@ def dumps(obj: Any, *, namespace: types.ModuleType | None = None) -> bytes:
     Raises whatever the picklers raise when neither can serialise ``obj``.
     """
     if namespace is None:
+        buffers = _Buffers()
         try:
-            data = pickle.dumps(obj, PROTOCOL)
+            data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffers.keep)
         except Exception:
             pass
         else:
             # C pickle refers to __main__ objects by name; only the client can resolve those.
             if _MAIN.encode() not in data:
-                return _C_PICKLE + data
-        return _DILL + _dill_dumps(obj, sys.modules[_MAIN])
-    buffer = io.BytesIO()
+                return Payload.pack(_C_PICKLE, data, buffers.views)
+        return _dill_dumps(obj, sys.modules[_MAIN])
+    stream, buffers = io.BytesIO(), _Buffers()
     try:
-        _ByNamePickler(buffer, PROTOCOL).dump(obj)
+        _ByNamePickler(stream, PROTOCOL, buffer_callback=buffers.keep).dump(obj)
     except Exception:
-        return _DILL + _dill_dumps(obj, namespace)
-    return _C_PICKLE + buffer.getvalue()
+        return _dill_dumps(obj, namespace)
+    return Payload.pack(_C_PICKLE, stream.getbuffer(), buffers.views)
 
 
-def loads(data: bytes, *, namespace: types.ModuleType | None = None) -> Any:
+def loads(payload: Payload, *, namespace: types.ModuleType | None = None) -> Any:
     """Rebuild an object made by :func:`dumps`.
 
     With a ``namespace`` (on a worker), ``__main__`` resolves to it and the globals shipped
@@ -70,11 +75,12 @@ def loads(data: bytes, *, namespace: types.ModuleType | None = None) -> Any:
     like a multiprocessing worker's module state, the namespace keeps what its initializer
     and earlier tasks set.
     """
-    tag, body = data[:1], memoryview(data)[1:]
+    tag, stream, buffers = payload.unpack()
     if tag == _C_PICKLE:
-        return pickle.loads(body)
+        return pickle.loads(stream, buffers=buffers)
     if tag == _DILL:
-        unpickler = _NamespaceUnpickler(io.BytesIO(body), namespace or sys.modules[_MAIN])
+        unpickler = _NamespaceUnpickler(io.BytesIO(stream), namespace or sys.modules[_MAIN],
+                                        buffers)
         obj = unpickler.load()
         while True:
             shipped_globals = unpickler.load()
@@ -93,9 +99,27 @@ def new_namespace() -> types.ModuleType:
     return types.ModuleType(_MAIN)
 
 
-def _dill_dumps(obj: Any, main: types.ModuleType) -> bytes:
-    buffer = io.BytesIO()
-    pickler = _GlobalsCapturingPickler(buffer, main)
+class _Buffers:
+    """Collects the out-of-band buffers of one pickling, in order."""
+
+    def __init__(self) -> None:
+        self.views: list[memoryview] = []
+
+    def keep(self, buffer: pickle.PickleBuffer) -> bool:
+        """``buffer_callback``: a false return takes the buffer out of band."""
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: pickle copies it into the stream
+            return True
+        if view.nbytes < MIN_OUT_OF_BAND:
+            return True
+        self.views.append(view)
+        return False
+
+
+def _dill_dumps(obj: Any, main: types.ModuleType) -> Payload:
+    stream, buffers = io.BytesIO(), _Buffers()
+    pickler = _GlobalsCapturingPickler(stream, main, buffers)
     pickler.dump(obj)
     shipped: set[str] = set()
     # Pickling a batch of globals may meet further __main__ functions and classes with
@@ -106,14 +130,16 @@ def _dill_dumps(obj: Any, main: types.ModuleType) -> bytes:
             break
         pickler.dump(batch)
     pickler.dump(None)
-    return buffer.getvalue()
+    return Payload.pack(_DILL, stream.getbuffer(), buffers.views)
 
 
 class _GlobalsCapturingPickler(dill.Pickler):  # type: ignore[misc]
     """dill's pickler, recording every function and class of ``main`` it pickles by value."""
 
-    def __init__(self, file: io.BytesIO, main: types.ModuleType) -> None:
-        super().__init__(file, PROTOCOL, byref=False, recurse=False)
+    def __init__(self, file: io.BytesIO, main: types.ModuleType, buffers: _Buffers) -> None:
+        super().__init__(file, PROTOCOL, byref=False, recurse=False,
+                         buffer_callback=buffers.keep)
+        self.dispatch = _ArraysOutOfBand(dill.Pickler.dispatch)
         # dill writes functions' globals as a reference to ``self._main``'s namespace.
         self._main = main
         self._main_globals = main.__dict__
@@ -149,11 +175,26 @@ class _GlobalsCapturingPickler(dill.Pickler):  # type: ignore[misc]
         return batch
 
 
+class _ArraysOutOfBand:
+    """dill's dispatch table without its NumPy array entry, which pickles arrays in band
+    (through ``__reduce__``): without it, pickle calls ``__reduce_ex__(5)``, and the array's
+    memory goes out of band, as it does through C pickle."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def get(self, cls: type, default: Any = None) -> Any:
+        if cls.__name__ == "ndarray" and cls.__module__ == "numpy":
+            return default
+        return self._table.get(cls, default)
+
+
 class _NamespaceUnpickler(dill.Unpickler):  # type: ignore[misc]
     """dill's unpickler, resolving ``__main__`` to the given namespace module."""
 
-    def __init__(self, file: io.BytesIO, main: types.ModuleType) -> None:
-        super().__init__(file)
+    def __init__(self, file: io.BytesIO, main: types.ModuleType,
+                 buffers: list[memoryview]) -> None:
+        super().__init__(file, buffers=buffers)
         self._main = main
 
     def find_class(self, module: str, name: str) -> Any:

@@ -16,6 +16,10 @@ prefork's SIGTERM handler: see :func:`_process_is_ending`.
 Each worker process keeps, per pool, a namespace module that stands in for the client's
 ``__main__`` (see :mod:`distpool.wire.serialization`). The pool's initializer runs in it before
 the process's first task of that pool, so the globals it sets are seen by the tasks after it.
+It keeps the pool's callables too, loaded once, by the hash of their payload: a callable that
+travels as a blob (with a large global, say) is fetched once per process, not once per task.
+Blobs are fetched through the ``fetch`` the backend gives, which checks them against their
+signed reference.
 """
 
 from __future__ import annotations
@@ -27,14 +31,18 @@ import types
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ..errors import MaybeEncodingError
+from ..errors import EnvelopeError, MaybeEncodingError
 from ..wire import serialization
-from ..wire.envelope import ResultRecord, TaskEnvelope
+from ..wire.envelope import Data, ResultRecord, TaskEnvelope
+from ..wire.payload import BlobRef, Payload
 
 #: How many pools' namespaces one worker process keeps; the least recently used goes first.
 MAX_NAMESPACES = 16
-#: Deserialised callables kept per pool, keyed by their payload bytes.
+#: Deserialised callables kept per pool, keyed by their payload's hash.
 MAX_CALLABLES = 32
+
+#: Reads a blob, checked against its reference (see :mod:`distpool.store.blobs`).
+Fetch = Callable[[BlobRef], Payload]
 
 
 class _PoolState:
@@ -43,18 +51,21 @@ class _PoolState:
     def __init__(self) -> None:
         self.namespace = serialization.new_namespace()
         self.tasks_run = 0
-        self.callables: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
+        self.callables: OrderedDict[str, Callable[..., Any]] = OrderedDict()
 
 
 _pools: OrderedDict[str, _PoolState] = OrderedDict()
 
 
-def execute(envelope: TaskEnvelope) -> ResultRecord:
-    """Run one task and return its result record, never raising for the task's own faults."""
+def execute(envelope: TaskEnvelope, fetch: Fetch | None = None) -> ResultRecord:
+    """Run one task and return its result record, never raising for the task's own faults
+    (a blob that cannot be fetched is one of them)."""
+    fetch = fetch or _no_blobs
     try:
-        state = _state_for(envelope)
-        function = _callable(state, envelope.function)
-        arguments = serialization.loads(envelope.arguments, namespace=state.namespace)
+        state = _state_for(envelope, fetch)
+        function = _callable(state, envelope.function, fetch)
+        arguments = serialization.loads(_payload(envelope.arguments, fetch),
+                                        namespace=state.namespace)
         started = time.perf_counter()
         value = _run(envelope.kind, function, arguments)
         elapsed = time.perf_counter() - started
@@ -114,7 +125,7 @@ def _run(kind: str, function: Callable[..., Any], arguments: Any) -> Any:
     return [function(*item) for item in arguments]  # starmap
 
 
-def _state_for(envelope: TaskEnvelope) -> _PoolState:
+def _state_for(envelope: TaskEnvelope, fetch: Fetch) -> _PoolState:
     state = _pools.get(envelope.pool_id)
     # maxtasksperchild: after that many tasks the pool's state in this process starts
     # afresh, the initializer included (see README for how this relates to processes).
@@ -125,7 +136,7 @@ def _state_for(envelope: TaskEnvelope) -> _PoolState:
         state = _PoolState()
         if envelope.initializer is not None:
             initializer, initargs = serialization.loads(
-                envelope.initializer, namespace=state.namespace)
+                _payload(envelope.initializer, fetch), namespace=state.namespace)
             initializer(*initargs)
         # Registered only once initialised: a failing initializer is retried by the next task.
         _pools[envelope.pool_id] = state
@@ -140,11 +151,21 @@ def _namespace_of(pool_id: str) -> types.ModuleType | None:
     return None if state is None else state.namespace
 
 
-def _callable(state: _PoolState, payload: bytes) -> Callable[..., Any]:
-    function = state.callables.get(payload)
+def _callable(state: _PoolState, data: Data, fetch: Fetch) -> Callable[..., Any]:
+    function = state.callables.get(data.digest)
     if function is None:
-        function = serialization.loads(payload, namespace=state.namespace)
-        state.callables[payload] = function
+        function = serialization.loads(_payload(data, fetch), namespace=state.namespace)
+        state.callables[data.digest] = function
         while len(state.callables) > MAX_CALLABLES:
             state.callables.popitem(last=False)
+    else:
+        state.callables.move_to_end(data.digest)
     return function
+
+
+def _payload(data: Data, fetch: Fetch) -> Payload:
+    return fetch(data) if isinstance(data, BlobRef) else data
+
+
+def _no_blobs(ref: BlobRef) -> Payload:
+    raise EnvelopeError(f"blob {ref.digest[:16]} given where no result store is")

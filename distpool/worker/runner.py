@@ -14,6 +14,7 @@ Nothing is lost and nothing runs twice:
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -23,9 +24,17 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from ..errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
-from ..store.redis_store import RedisStore, pool_of
+from ..errors import (
+    AuthenticationError,
+    EnvelopeError,
+    IncompatibleEnvelopeError,
+    PayloadTooLargeError,
+)
+from ..store.blobs import result_name
+from ..store.keys import pool_of
+from ..store.redis_store import RedisStore
 from ..wire.envelope import ResultRecord, Signer, TaskEnvelope
+from ..wire.payload import INLINE_LIMIT, BlobRef, Payload
 from . import execute
 from .claims import Claims
 from .failures import gave_up, ran_out_of_time
@@ -100,10 +109,24 @@ class TaskRunner:
         pools = list(records.items())
         for position, (pool_id, pool_records) in enumerate(pools, 1):
             self._store.push_results(
-                pool_id, [record.to_bytes(self._signer, pool_id) for record in pool_records],
+                pool_id, [self._placed(pool_id, record).to_bytes(self._signer, pool_id)
+                          for record in pool_records],
                 finished=message_id if position == len(pools) else None)
         if not pools:
             self._store.finish(message_id)
+
+    def _placed(self, pool_id: str, record: ResultRecord) -> ResultRecord:
+        """The record as it travels: a large payload written as a blob first (a result
+        that does not fit in the store fails its task, saying so)."""
+        payload = record.payload
+        if not isinstance(payload, Payload) or payload.nbytes <= INLINE_LIMIT:
+            return record
+        try:
+            ref = self._store.blobs.put(pool_id, result_name(record.task_id, payload.digest),
+                                        payload, f"the result of task {record.task_id}")
+        except PayloadTooLargeError as exc:
+            return execute.failure_record(record.task_id, exc)
+        return record._replace(payload=ref)
 
     def _given_up(self, messages: Sequence[Any], message_id: str) -> bool:
         """Fail the tasks of a message whose earlier run was interrupted, instead of running
@@ -158,12 +181,15 @@ class TaskRunner:
         self._running_for = envelope.pool_id
         logger.info("task %s of pool %s started", envelope.task_id, envelope.pool_id)
         try:
-            record = execute.execute(envelope)
+            record = execute.execute(envelope, functools.partial(self._fetch, envelope.pool_id))
         finally:
             self._running_for = None
         logger.info("task %s of pool %s %s in %.3f s", envelope.task_id, envelope.pool_id,
                     "succeeded" if record.ok else "failed", record.elapsed or 0.0)
         return envelope.pool_id, record
+
+    def _fetch(self, pool_id: str, ref: BlobRef) -> Payload:
+        return self._store.blobs.get(pool_id, ref.digest, ref)
 
     def _watch(self) -> None:
         """Renew the running message's claim, and kill this process if the claim went to

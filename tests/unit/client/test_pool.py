@@ -83,22 +83,34 @@ def test_the_callable_is_serialised_once_per_call(manual, monkeypatch):
     assert len({e.function for e in manual.published}) == 1
 
 
-def test_unserialisable_argument_fails_at_the_call_naming_it_and_sends_nothing(manual):
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("cannot pickle")
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle")
 
-        def __repr__(self):
-            return "<the culprit>"
+    def __repr__(self):
+        return "<the culprit>"
 
+
+def test_unserialisable_item_fails_the_map_naming_it_and_nothing_after_it_is_sent(manual):
+    # As multiprocessing: its task handler pickles chunks as it sends them, and the map
+    # fails with the error once the chunks sent have reported.
     with distpool.Pool(2) as pool:
+        result = pool.map_async(square, [1, 2, Unpicklable(), 4, 5, 6], chunksize=2)
+        manual.run_until_ready(result)
         with pytest.raises(RuntimeError, match="cannot pickle") as info:
-            pool.map_async(square, [1, 2, Unpicklable(), 4], chunksize=2)
-        assert any("item 2" in note and "<the culprit>" in note
-                   for note in info.value.__notes__)
+            result.get(timeout=5)
+    assert any("item 2" in note and "<the culprit>" in note for note in info.value.__notes__)
+    assert len(manual.published) == 1  # the chunk before it
+
+
+def test_unserialisable_arguments_or_callable_fail_at_the_call_and_send_nothing(manual):
+    with distpool.Pool(2) as pool:
         with pytest.raises(TypeError) as info:
             pool.apply_async(square, ((x for x in ()),))
         assert any("the arguments" in note for note in info.value.__notes__)
+        with pytest.raises(RuntimeError, match="cannot pickle") as info:
+            pool.map_async(Unpicklable(), [1, 2])
+        assert any("the function" in note for note in info.value.__notes__)
     assert manual.published == []
 
 

@@ -10,19 +10,20 @@ import pytest
 
 from distpool.errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
 from distpool.wire.envelope import ENVELOPE_LIFETIME, ResultRecord, Signer, TaskEnvelope
+from distpool.wire.payload import Payload
 
 KEY = Signer(b"the cluster's key")
 
 
 def _envelope(**overrides):
-    fields = dict(pool_id="p1", task_id="p1:0:0", kind="map", function=b"f",
-                  arguments=b"a", initializer=None, max_tasks=None)
+    fields = dict(pool_id="p1", task_id="p1:0:0", kind="map", function=Payload([b"f"]),
+                  arguments=Payload([b"a"]), initializer=None, max_tasks=None)
     fields.update(overrides)
     return TaskEnvelope(**fields)
 
 
 def test_envelope_round_trip_is_json_compatible():
-    envelope = _envelope(initializer=b"\x00init", max_tasks=3)
+    envelope = _envelope(initializer=Payload([b"\x00init"]), max_tasks=3)
     wire = json.loads(json.dumps(envelope.to_wire(KEY)))
     assert TaskEnvelope.from_wire(wire, KEY) == envelope
 
@@ -107,12 +108,12 @@ def test_without_a_key_nothing_is_signed_or_checked():
 
 
 def test_result_record_round_trip():
-    record = ResultRecord("p:1:2", False, b"\x80payload\nwith newline", 0.25)
+    record = ResultRecord("p:1:2", False, Payload([b"\x80payload\nwith newline"]), 0.25)
     assert ResultRecord.from_bytes(record.to_bytes(KEY, "p"), KEY, "p") == record
 
 
 def test_result_record_is_bound_to_its_pool_and_key():
-    raw = ResultRecord("p:1:2", True, b"payload").to_bytes(KEY, "p")
+    raw = ResultRecord("p:1:2", True, Payload([b"payload"])).to_bytes(KEY, "p")
     with pytest.raises(AuthenticationError) as info:
         ResultRecord.from_bytes(raw, KEY, "another pool")
     assert info.value.task_id == "p:1:2"
@@ -126,7 +127,7 @@ def test_result_record_is_bound_to_its_pool_and_key():
 def test_rejection_carries_no_payload_and_needs_no_signature():
     raw = ResultRecord.rejection("p:0:0", "bad signature").to_bytes(KEY, "p")
     record = ResultRecord.from_bytes(raw, KEY, "p")
-    assert (record.rejected, record.payload) == ("bad signature", b"")
+    assert (record.rejected, record.payload) == ("bad signature", Payload([b""]))
     with pytest.raises(EnvelopeError):
         ResultRecord.from_bytes(raw + b"payload smuggled in", KEY, "p")
 

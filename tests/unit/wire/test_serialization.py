@@ -10,10 +10,12 @@ import sys
 import textwrap
 import types
 
+import numpy
 import pytest
 
 from distpool.errors import EnvelopeError
 from distpool.wire import serialization
+from distpool.wire.payload import Payload
 
 SCRIPT = textwrap.dedent("""
     import math
@@ -58,19 +60,19 @@ def script_main(monkeypatch):
 
 def test_plain_data_uses_c_pickle():
     data = serialization.dumps([1, "two", {3: 4.0}])
-    assert data[:1] == b"P"
+    assert data.to_bytes()[:1] == b"P"
     assert serialization.loads(data) == [1, "two", {3: 4.0}]
 
 
 def test_importable_function_travels_by_reference():
     data = serialization.dumps(textwrap.dedent)
-    assert data[:1] == b"P"
+    assert data.to_bytes()[:1] == b"P"
     assert serialization.loads(data) is textwrap.dedent
 
 
 def test_main_function_travels_by_value_with_the_globals_it_uses(script_main):
     payload = serialization.dumps(script_main.task)
-    assert payload[:1] == b"D"
+    assert payload.to_bytes()[:1] == b"D"
     namespace = serialization.new_namespace()
     task = serialization.loads(payload, namespace=namespace)
     assert task is not script_main.task
@@ -114,4 +116,49 @@ def test_unserialisable_objects_raise_the_picklers_error():
 
 def test_unknown_payload_encoding_is_refused():
     with pytest.raises(EnvelopeError):
-        serialization.loads(b"Zgarbage")
+        serialization.loads(Payload.pack(b"Z", b"garbage", []))
+
+
+def test_large_buffers_travel_out_of_band_without_copies_and_load_writable():
+    array = numpy.arange(100_000, dtype=numpy.float64)
+    payload = serialization.dumps({"array": array, "small": numpy.arange(3)})
+    # The array's own memory is a frame of the payload: nothing was copied to send it.
+    assert any(frame.obj is array or getattr(frame.obj, "obj", None) is array
+               or frame.nbytes == array.nbytes for frame in payload.frames)
+    for received in (payload, Payload([payload.to_bytes()]),
+                     Payload([bytearray(payload.to_bytes())])):
+        loaded = serialization.loads(received)
+        assert numpy.array_equal(loaded["array"], array)
+        assert loaded["array"].flags.writeable  # as under multiprocessing
+        loaded["array"][0] = -1
+    assert array[0] == 0  # a copy, never the caller's array
+
+
+def test_a_main_functions_global_array_travels_out_of_band(script_main):
+    script_main.TABLE = numpy.ones(50_000)
+    exec("def total(x):\n    return TABLE.sum() + x", script_main.__dict__)
+    payload = serialization.dumps(script_main.total)
+    assert payload.to_bytes()[:1] == b"D"
+    assert max(frame.nbytes for frame in payload.frames) == script_main.TABLE.nbytes
+    namespace = serialization.new_namespace()
+    assert serialization.loads(payload, namespace=namespace)(1) == 50_001
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda raw: raw[:5],                       # cut inside the table
+    lambda raw: raw[:-1],                      # a buffer cut short
+    lambda raw: raw + b"\0",                   # bytes beyond the last buffer
+    lambda raw: raw[:1] + b"\xff\xff\xff\x7f" + raw[5:],  # a count past the end
+])
+def test_a_malformed_payload_table_is_refused_before_unpickling(mangle):
+    raw = serialization.dumps([numpy.zeros(1000), "x"]).to_bytes()
+    with pytest.raises(EnvelopeError):
+        serialization.loads(Payload([mangle(raw)]))
+
+
+def test_payload_parts_cover_its_bytes_in_order():
+    payload = serialization.dumps([numpy.arange(5000), b"x" * 3000, numpy.arange(7000)])
+    for size in (1, 1000, 4096, payload.nbytes, 10 * payload.nbytes):
+        parts = list(payload.parts(size))
+        assert b"".join(bytes(part) for part in parts) == payload.to_bytes()
+        assert all(len(part) == size for part in parts[:-1])

@@ -1,0 +1,59 @@
+"""The names of distpool's keys in the result Redis, shared by clients and workers.
+
+* ``distpool:pool:<id>:live``: present while the pool's client is alive (it refreshes the key);
+  workers skip the tasks of a pool whose key is gone: terminated, or its client died.
+* ``distpool:pool:<id>:info``: what the client reports of the pool (host, pid, processes,
+  tasks sent and done), for ``distpool status``; it expires with the liveness key.
+* ``distpool:pool:<id>:results``: the pool's result records; workers push, the client's
+  collector thread pops. Every write renews its expiry, so nothing outlives an abandoned pool.
+* ``distpool:pool:<id>:messages`` (hash), what became of the pool's messages (a message's id
+  is that of its first task, ``<pool>:<job>:<index>``): field ``<message id>``, its claim,
+  ``<deadline ms> <worker process>`` while one runs it (see :mod:`distpool.worker.claims`)
+  and ``done`` once its results are pushed; ``<message id>:redeliveries``, how often it was
+  delivered again without having finished, counted by the workers that received it;
+  ``<message id>:timed_out``, set when it was killed for running past its time limit. It
+  goes with the pool, so nothing of it outlives the pool (or a day, if its client died).
+* ``distpool:pool:<id>:blobs`` (hash): payloads too large for a message, as raw bytes (see
+  :mod:`distpool.store.blobs`); it expires with the liveness key.
+* ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
+  ``distpool:slots:<queue>`` (hash: worker name -> processes): who serves a queue.
+"""
+
+from __future__ import annotations
+
+
+def live(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:live"
+
+
+def info(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:info"
+
+
+def results(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:results"
+
+
+def messages(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:messages"
+
+
+def blobs(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:blobs"
+
+
+def pool_of(message_id: str) -> str:
+    """The pool that sent ``message_id`` (``<pool>:<job>:<index>``)."""
+    return message_id.partition(":")[0]
+
+
+def messages_of(message_id: str) -> str:
+    return messages(pool_of(message_id))
+
+
+def workers(queue: str) -> str:
+    return f"distpool:workers:{queue}"
+
+
+def slots(queue: str) -> str:
+    return f"distpool:slots:{queue}"
