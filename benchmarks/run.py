@@ -1,4 +1,5 @@
-"""Run every workload against multiprocessing.Pool(2) and distpool.Pool(2), in one run,
+"""Run every workload (:mod:`benchmarks.workloads`, then the data-heavy ones of
+:mod:`benchmarks.data`) against multiprocessing.Pool(2) and distpool.Pool(2), in one run,
 and for comparison against hand-written Celery + Redis, and Ray's Pool when Ray is installed.
 
     python -m benchmarks.run                  # 3 repetitions, full size
@@ -28,6 +29,7 @@ from typing import Any
 
 import distpool
 from benchmarks import celery_baseline, ray_baseline
+from benchmarks.data import DATA_WORKLOADS
 from benchmarks.workloads import WORKLOADS, Pools, Workload
 from distpool.local.cluster import LocalCluster
 
@@ -62,15 +64,25 @@ def versions() -> dict[str, str]:
 def compare(workload: Workload, kinds: list[Pools], size: float,
             repeat: int) -> dict[str, Any]:
     """Run ``workload`` on every kind of pool, interleaved so all see the same machine load;
-    the first two kinds are multiprocessing and distpool, whose figures the target compares."""
+    the first two kinds are multiprocessing and distpool, whose figures the target compares.
+    A comparison that fails loses its figure for this workload, and the run goes on."""
     runs: dict[str, list[float]] = {
         pools.kind: [] for pools in kinds if workload.name not in pools.unsupported}
+    failures: dict[str, str] = {}
     for _ in range(repeat):
         for pools in kinds:
-            if pools.kind in runs:
+            if pools.kind not in runs or pools.kind in failures:
+                continue
+            try:
                 with pools.session():
                     runs[pools.kind].append(workload.run(pools, size))
-    medians = {kind: statistics.median(figures) for kind, figures in runs.items()}
+            except Exception as error:
+                if pools.kind not in COMPARISONS:
+                    raise
+                failures[pools.kind] = repr(error)
+                print(f"{workload.name}: {pools.kind} failed: {error!r}", file=sys.stderr)
+    medians = {kind: statistics.median(figures) for kind, figures in runs.items()
+               if kind not in failures}
     mp, dp = medians["multiprocessing"], medians["distpool"]
     print(f"{workload.name}: " + ", ".join(
         f"{kind} {median:.4g} {workload.unit}" for kind, median in medians.items()),
@@ -80,8 +92,8 @@ def compare(workload: Workload, kinds: list[Pools], size: float,
         "unit": workload.unit, "higher_is_better": workload.higher_is_better,
         "target": workload.target, "multiprocessing": mp, "distpool": dp,
         **{kind: medians.get(kind) for kind in COMPARISONS},
-        "ratio": dp / mp if mp else 0.0,
-        "cost": workload.cost(mp, dp), "runs": runs,
+        "ratio": dp / mp if mp else None,  # None: multiprocessing's figure is 0
+        "cost": workload.cost(mp, dp), "runs": runs, "failures": failures,
     }
 
 
@@ -101,9 +113,10 @@ def table(rows: list[dict[str, Any]], quick: bool = False) -> str:
     for row in rows:
         others = "".join(
             " n/a |" if row.get(kind) is None else f" {row[kind]:.3g} |" for kind in compared)
+        ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}"
         lines.append(
             f"| {row['description']} | {row['unit']} | {row['multiprocessing']:.3g} | "
-            f"{row['distpool']:.3g} | {row['ratio']:.2f} | {row['target']} | "
+            f"{row['distpool']:.3g} | {ratio} | {row['target']} | "
             f"{verdict(row['cost'] <= 1, quick)} |{others}")
     return "\n".join(lines)
 
@@ -126,8 +139,11 @@ def chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                 if any(advantage(row, kind) is not None for row in rows)]
     fig, axes = plt.subplots(1, 1 + len(compared), figsize=(9 + 5 * len(compared), 4.5),
                              squeeze=False)
-    names = [f"{row['name']}\n({row['target']})" for row in rows]
-    costs = [row["cost"] for row in rows]
+    # A cost of 0 (a figure of 0, or a target that any figure meets) has no place on a log
+    # scale: such rows are in the table only.
+    targeted = [row for row in rows if row["cost"] > 0]
+    names = [f"{row['name']}\n({row['target']})" for row in targeted]
+    costs = [row["cost"] for row in targeted]
     _bars(axes[0][0], names, costs, lambda value: value <= 1,
           "distpool's figure / what its target allows\n(log; <= 1 meets the target)")
     for ax, kind in zip(axes[0][1:], compared):
@@ -166,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out Ray's column (measured only when Ray is installed)")
     args = parser.parse_args(argv)
     repeat, size = (1, 0.1) if args.quick else (args.repeat, 1.0)
-    workloads = [w for w in WORKLOADS if not args.only or w.name in args.only]
+    workloads = [w for w in (*WORKLOADS, *DATA_WORKLOADS) if not args.only or w.name in args.only]
     for name in ("DISTPOOL_BROKER_URL", "DISTPOOL_RESULT_URL", "DISTPOOL_QUEUE"):
         os.environ.pop(name, None)
 
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             Pools("distpool",
                   lambda: distpool.Pool(PROCESSES, broker=cluster.broker_url,
                                         secret=cluster.secret),
-                  lambda: distpool.Pool(PROCESSES)),
+                  lambda: distpool.Pool(PROCESSES), redis_url=cluster.broker_url),
         ]
         with kinds[1].attached() as pool:  # wait until the cluster's workers are up
             pool.apply(time.sleep, (0,))
@@ -187,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                 "celery", lambda: celery_baseline.CeleryPool(cluster.broker_url, PROCESSES),
                 lambda: celery_baseline.fresh_pool(cluster.broker_url, PROCESSES),
                 session=lambda: celery_baseline.running_worker(cluster.broker_url, PROCESSES),
-                unsupported=frozenset({"imap_10M_memory"})))
+                redis_url=cluster.broker_url,
+                # Its JSON messages carry no arrays, and its workers run only the functions
+                # registered in celery_baseline: none of the data workloads'.
+                unsupported=frozenset({"imap_10M_memory",
+                                       *(workload.name for workload in DATA_WORKLOADS)})))
         if not args.without_ray and ray_baseline.available():
             kinds.append(Pools(
                 "ray", lambda: ray_baseline.attached_pool(PROCESSES),

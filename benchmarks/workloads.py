@@ -40,13 +40,15 @@ class Pools:
     ``fresh`` starts everything the pool needs, as a user's first ``Pool()`` does.
     ``session`` is entered around each measurement, untimed: the workers a comparison's
     pools attach to run only then, so their idle load does not weigh on the others.
-    ``unsupported`` names the workloads this kind cannot run."""
+    ``unsupported`` names the workloads this kind cannot run. ``redis_url`` is the Redis
+    that attached pools send through, if any: the workloads that count its traffic read it."""
 
     kind: str
     attached: Callable[[], Any]
     fresh: Callable[[], Any]
     session: Callable[[], AbstractContextManager[Any]] = nullcontext
     unsupported: frozenset[str] = frozenset()
+    redis_url: str | None = None
 
 
 @dataclass(frozen=True)
