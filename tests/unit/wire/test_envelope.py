@@ -10,7 +10,7 @@ import pytest
 
 from distpool.errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
 from distpool.wire.envelope import ENVELOPE_LIFETIME, ResultRecord, Signer, TaskEnvelope
-from distpool.wire.payload import Payload
+from distpool.wire.payload import BlobRef, Payload
 
 KEY = Signer(b"the cluster's key")
 
@@ -137,3 +137,46 @@ def test_rejection_carries_no_payload_and_needs_no_signature():
 def test_malformed_result_records_are_refused(raw):
     with pytest.raises(EnvelopeError):
         ResultRecord.from_bytes(raw, KEY, "p")
+
+
+# -- payloads that travel as blobs ---------------------------------------------------------
+
+BLOB = BlobRef("ab" * 32, 5 * 2**20)
+
+
+def test_an_envelope_carries_and_signs_blob_references():
+    envelope = _envelope(arguments=BLOB, function=BlobRef("cd" * 32, 4096))
+    wire = json.loads(json.dumps(envelope.to_wire(KEY)))
+    assert wire["arguments"] == {"blob": "ab" * 32, "size": 5 * 2**20}
+    assert TaskEnvelope.from_wire(wire, KEY) == envelope
+    for field, value in (("blob", "ef" * 32), ("size", 5 * 2**20 + 1)):
+        forged = json.loads(json.dumps(wire))
+        forged["arguments"][field] = value  # another blob, or the same one longer
+        with pytest.raises(AuthenticationError):
+            TaskEnvelope.from_wire(forged, KEY)
+
+
+@pytest.mark.parametrize("reference", [
+    {"blob": "ab" * 32}, {"size": 10}, {"blob": "AB" * 32, "size": 10},
+    {"blob": "ab" * 31, "size": 10}, {"blob": "xy" * 32, "size": 10},
+    {"blob": "ab" * 32, "size": 0}, {"blob": "ab" * 32, "size": -1},
+    {"blob": "ab" * 32, "size": True}, {"blob": "ab" * 32, "size": 1.5},
+    {"blob": "ab" * 32, "size": 2**60}, {"blob": "ab" * 32, "size": 10, "extra": 1},
+    {"blob": ["ab"], "size": 10},
+])
+def test_malformed_blob_references_are_refused_naming_their_task(reference):
+    wire = _envelope().to_wire(KEY)
+    wire["arguments"] = reference
+    with pytest.raises(EnvelopeError, match="blob reference") as info:
+        TaskEnvelope.from_wire(wire, KEY)
+    assert info.value.task_id == "p1:0:0"
+
+
+def test_a_result_record_carries_and_signs_a_blob_reference():
+    raw = ResultRecord("p:1:2", True, BLOB, 0.5).to_bytes(KEY, "p")
+    assert raw.endswith(b"\n")  # the payload is elsewhere
+    assert ResultRecord.from_bytes(raw, KEY, "p") == ResultRecord("p:1:2", True, BLOB, 0.5)
+    with pytest.raises(AuthenticationError):
+        ResultRecord.from_bytes(raw.replace(b"ab" * 32, b"ef" * 32), KEY, "p")
+    with pytest.raises(EnvelopeError, match="a blob and a payload"):
+        ResultRecord.from_bytes(raw + b"smuggled", KEY, "p")
