@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -84,22 +84,25 @@ class CeleryBackend(Backend):
     def stage(self, pool_id: str, message_id: str,
               envelopes: Sequence[TaskEnvelope]) -> list[TaskEnvelope]:
         self._delete_unused_blobs(pool_id)
-        staged = []
-        for envelope in envelopes:
-            where = f"task {envelope.task_id}"
-            staged.append(dataclasses.replace(
-                envelope,
-                function=self._place(pool_id, message_id, envelope.function,
-                                     f"the function of {where}", code=True),
-                arguments=self._place(pool_id, message_id, envelope.arguments,
-                                      f"the arguments of {where}", code=False),
-                initializer=None if envelope.initializer is None else self._place(
-                    pool_id, message_id, envelope.initializer,
-                    "the pool's initializer and initargs", code=True)))
-        return staged
+        return [self._staged(pool_id, message_id, envelope) for envelope in envelopes]
 
-    def _place(self, pool_id: str, message_id: str, data: Data, what: str,
-               code: bool) -> Data:
+    def _staged(self, pool_id: str, message_id: str, envelope: TaskEnvelope) -> TaskEnvelope:
+        task = envelope.task_id
+        function = self._place(pool_id, message_id, envelope.function, code=True,
+                               what=lambda: f"the function of task {task}")
+        arguments = self._place(pool_id, message_id, envelope.arguments, code=False,
+                                what=lambda: f"the arguments of task {task}")
+        initializer = None if envelope.initializer is None else self._place(
+            pool_id, message_id, envelope.initializer, code=True,
+            what=lambda: "the pool's initializer and its initargs")
+        if (function is envelope.function and arguments is envelope.arguments
+                and initializer is envelope.initializer):
+            return envelope  # all inline: the common case of small tasks, as cheap as can be
+        return dataclasses.replace(envelope, function=function, arguments=arguments,
+                                   initializer=initializer)
+
+    def _place(self, pool_id: str, message_id: str, data: Data, code: bool,
+               what: Callable[[], str]) -> Data:
         """``data`` as an envelope carries it: inline if small, else a reference to its
         blob, written unless the store has it already. ``code`` (a callable, or the
         initializer) is kept for reuse once released, and inline only when tiny."""
@@ -108,7 +111,7 @@ class CeleryBackend(Backend):
             return data
         ref = data.ref()
         if self._blobs.hold(message_id, ref, reusable=code):
-            self._store.blobs.put(pool_id, ref.digest, data, what, self._settings.pool_ttl)
+            self._store.blobs.put(pool_id, ref.digest, data, what(), self._settings.pool_ttl)
         return ref
 
     def release(self, pool_id: str, message_ids: Sequence[str]) -> None:

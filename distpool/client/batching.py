@@ -22,6 +22,9 @@ SHORT_TASK = 0.005
 #: A batch holds about this much work (seconds), and never more than MAX_BATCH tasks.
 BATCH_WORK = 0.02
 MAX_BATCH = 64
+#: Nor more than about this many bytes of arguments: the per-message costs batching saves
+#: are dwarfed by moving larger data, and a batch's data is held and sent all at once.
+MAX_BATCH_BYTES = 2**20
 #: How many functions' run times are remembered.
 MAX_FUNCTIONS = 256
 #: Weight of the newest measurement in the running mean.

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from .batching import TaskTimes, split_evenly
+from .batching import MAX_BATCH_BYTES, TaskTimes, split_evenly
 from .results import JobResult
 from .tasks import Task
 
@@ -96,7 +96,9 @@ class Sources:
         function = first.envelope.function.digest
         per_message = self.task_times.batch_size(function)
         tasks = [first]
-        while len(tasks) < free * per_message:
+        data = first.envelope.arguments.size
+        while len(tasks) < free or (len(tasks) < free * per_message
+                                    and data < free * MAX_BATCH_BYTES):
             task = self._pull()
             if task is None:
                 break
@@ -104,6 +106,7 @@ class Sources:
                 self._lookahead.appendleft(task)  # batches hold one function
                 break
             tasks.append(task)
+            data += task.envelope.arguments.size
         return split_evenly(tasks, free)
 
     def _pull(self) -> Task | None:

@@ -70,7 +70,7 @@ class Signer:
     def __init__(self, key: bytes | None) -> None:
         self._key = key
 
-    def sign(self, *fields: bytes) -> str | None:
+    def sign(self, *fields: bytes | memoryview) -> str | None:
         if self._key is None:
             return None
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
@@ -80,7 +80,7 @@ class Signer:
             mac.update(field)
         return mac.hexdigest()
 
-    def check(self, signature: Any, *fields: bytes) -> None:
+    def check(self, signature: Any, *fields: bytes | memoryview) -> None:
         """Raise :class:`AuthenticationError` unless ``signature`` is right for ``fields``."""
         if self._key is None:
             return
@@ -129,11 +129,11 @@ class TaskEnvelope:
         wire["signature"] = signer.sign(*self._signed_fields(expires))
         return wire
 
-    def _signed_fields(self, expires: float) -> tuple[bytes, ...]:
+    def _signed_fields(self, expires: float) -> tuple[bytes | memoryview, ...]:
         return (str(ENVELOPE_FORMAT).encode(), PYTHON_VERSION.encode(), DILL_VERSION.encode(),
                 self.pool_id.encode(), self.task_id.encode(), self.kind.encode(),
-                repr(expires).encode(), *_signed(self.function), *_signed(self.arguments),
-                *((b"-", b"") if self.initializer is None else _signed(self.initializer)),
+                repr(expires).encode(), _signed(self.function), _signed(self.arguments),
+                b"-" if self.initializer is None else _signed(self.initializer),
                 repr(self.max_tasks).encode())
 
     @classmethod
@@ -207,9 +207,10 @@ class ResultRecord(NamedTuple):
             return _header_line(header)
         return b"".join((_header_line(header), *self.payload.frames))
 
-    def _signed_fields(self, pool_id: str, elapsed: float | None) -> tuple[bytes, ...]:
+    def _signed_fields(self, pool_id: str,
+                       elapsed: float | None) -> tuple[bytes | memoryview, ...]:
         return (pool_id.encode(), self.task_id.encode(), b"1" if self.ok else b"0",
-                repr(elapsed).encode(), *_signed(self.payload))
+                repr(elapsed).encode(), _signed(self.payload))
 
     @classmethod
     def rejection(cls, task_id: str, reason: str) -> ResultRecord:
@@ -236,13 +237,13 @@ class ResultRecord(NamedTuple):
         ):
             raise EnvelopeError("not a distpool result record")
         task_id = header["task"]
-        body = memoryview(raw)[end + 1:]
+        body = raw[end + 1:]
         rejected = header.get("rejected")
         if rejected is not None:
             if not isinstance(rejected, str) or not _signable(rejected) or body:
                 raise EnvelopeError("malformed rejection record", pool_id, task_id)
             return cls(task_id, False, _EMPTY, rejected=rejected)
-        payload: Data = Payload([body])
+        payload: Data = Payload.of_bytes(body)
         if "blob" in header:
             if body:
                 raise EnvelopeError("result record with a blob and a payload", pool_id,
@@ -291,14 +292,15 @@ def _version_mismatch(message: Mapping[str, Any]) -> str | None:
     )
 
 
-_EMPTY = Payload([b""])
+_EMPTY = Payload.of_bytes(b"")
 
 
-def _signed(data: Data) -> tuple[bytes, bytes]:
-    """What a signature covers of a payload: its bytes, or the hash and size of its blob."""
+def _signed(data: Data) -> bytes | memoryview:
+    """What a signature covers of a payload: its bytes, or the hash and size of its blob
+    (after a "#", which no payload starts with: they start with their encoding's tag)."""
     if isinstance(data, BlobRef):
-        return b"#", f"{data.digest} {data.size}".encode()
-    return b"=", data.to_bytes()
+        return f"#{data.digest} {data.size}".encode()
+    return data.contiguous()
 
 
 def _encode(data: Data) -> Any:
@@ -308,12 +310,12 @@ def _encode(data: Data) -> Any:
 
 
 def _decode(value: Any, pool_id: str, task_id: str) -> Data:
-    if isinstance(value, Mapping):
-        return _blob_ref(value, pool_id, task_id)
     if not isinstance(value, str):
+        if isinstance(value, Mapping):
+            return _blob_ref(value, pool_id, task_id)
         raise EnvelopeError("envelope payload is neither text nor a blob", pool_id, task_id)
     try:
-        return Payload([base64.b64decode(value, validate=True)])
+        return Payload.of_bytes(base64.b64decode(value, validate=True))
     except (binascii.Error, ValueError) as exc:
         raise EnvelopeError(f"envelope payload is not base64: {exc}", pool_id,
                             task_id) from None

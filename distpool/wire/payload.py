@@ -55,14 +55,26 @@ class Payload:
     __slots__ = ("frames", "nbytes", "_digest")
 
     def __init__(self, frames: Sequence[Frame]) -> None:
-        self.frames = [memoryview(frame).cast("B") for frame in frames]
-        self.nbytes = sum(frame.nbytes for frame in self.frames)
+        self.frames: list[bytes | memoryview] = [
+            frame if isinstance(frame, bytes) else _bytes_view(frame) for frame in frames]
+        self.nbytes = sum(len(frame) if isinstance(frame, bytes) else frame.nbytes
+                          for frame in self.frames)
         self._digest: str | None = None
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> Payload:
+        """The payload whose bytes are ``data`` (the common case, made without checks: this
+        is on every small task's path)."""
+        payload = cls.__new__(cls)
+        payload.frames, payload.nbytes, payload._digest = [data], len(data), None
+        return payload
 
     @classmethod
     def pack(cls, tag: bytes, stream: Frame, buffers: Sequence[memoryview]) -> Payload:
         """The payload of a pickle ``stream`` (``tag`` says which unpickler reads it) whose
         out-of-band ``buffers`` follow it."""
+        if not buffers:  # most payloads: one frame, which travels without another copy
+            return cls.of_bytes(_HEAD.pack(tag, 0, len(stream)) + stream)
         lengths = [memoryview(stream).nbytes, *(buffer.nbytes for buffer in buffers)]
         head = _HEAD.pack(tag, len(buffers), lengths[0]) + b"".join(
             _LENGTH.pack(length) for length in lengths[1:])
@@ -80,10 +92,12 @@ class Payload:
         """``(tag, stream, buffers)``. Buffers are writable views where the payload's memory
         is (a blob read into a ``bytearray``), else writable copies: a task may change the
         arrays it is given, as it can under multiprocessing."""
-        data = self.frames[0] if len(self.frames) == 1 else memoryview(
-            bytearray().join(self.frames))
+        data = memoryview(self.frames[0] if len(self.frames) == 1
+                          else bytearray().join(self.frames))
         try:
             tag, count, stream_length = _HEAD.unpack_from(data)
+            if not count and _HEAD.size + stream_length == data.nbytes:  # no buffers
+                return tag, data[_HEAD.size:], []
             offset = _HEAD.size + count * _LENGTH.size
             if offset > data.nbytes:
                 raise ValueError("buffer table runs past the end")
@@ -103,7 +117,19 @@ class Payload:
                                 f"says {offset}")
         return tag, stream, buffers
 
+    @property
+    def size(self) -> int:
+        """Its bytes, as a :class:`BlobRef` gives them."""
+        return self.nbytes
+
+    def contiguous(self) -> bytes | memoryview:
+        """The payload's bytes in one buffer: its only frame, else a joined copy."""
+        return self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+
     def to_bytes(self) -> bytes:
+        first = self.frames[0]
+        if len(self.frames) == 1 and isinstance(first, bytes):
+            return first  # as made or received: no copy
         return b"".join(self.frames)
 
     @property
@@ -124,7 +150,8 @@ class Payload:
         copying only where a piece spans frames."""
         pieces: list[memoryview] = []
         filled = 0
-        for frame in self.frames:
+        for whole in self.frames:
+            frame = memoryview(whole)
             start = 0
             while start < frame.nbytes:
                 piece = frame[start:start + size - filled]
@@ -148,6 +175,11 @@ class Payload:
 
     def __repr__(self) -> str:
         return f"<Payload {describe_size(self.nbytes)} in {len(self.frames)} frame(s)>"
+
+
+def _bytes_view(frame: Frame) -> memoryview:
+    view = memoryview(frame)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def describe_size(nbytes: int) -> str:

@@ -36,6 +36,7 @@ DILL_VERSION: str = dill.__version__
 _C_PICKLE = b"P"
 _DILL = b"D"
 _MAIN = "__main__"
+_MAIN_NAME = _MAIN.encode()
 
 
 # -- payloads ---------------------------------------------------------------------------
@@ -56,7 +57,7 @@ def dumps(obj: Any, *, namespace: types.ModuleType | None = None) -> Payload:
             pass
         else:
             # C pickle refers to __main__ objects by name; only the client can resolve those.
-            if _MAIN.encode() not in data:
+            if _MAIN_NAME not in data:
                 return Payload.pack(_C_PICKLE, data, buffers.views)
         return _dill_dumps(obj, sys.modules[_MAIN])
     stream, buffers = io.BytesIO(), _Buffers()

@@ -38,7 +38,7 @@ from ..wire.payload import BlobRef, Payload
 
 #: How many pools' namespaces one worker process keeps; the least recently used goes first.
 MAX_NAMESPACES = 16
-#: Deserialised callables kept per pool, keyed by their payload's hash.
+#: Deserialised callables kept per pool.
 MAX_CALLABLES = 32
 
 #: Reads a blob, checked against its reference (see :mod:`distpool.store.blobs`).
@@ -51,7 +51,8 @@ class _PoolState:
     def __init__(self) -> None:
         self.namespace = serialization.new_namespace()
         self.tasks_run = 0
-        self.callables: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+        # Keyed by an inline payload's bytes, or a blob's hash.
+        self.callables: OrderedDict[bytes | str, Callable[..., Any]] = OrderedDict()
 
 
 _pools: OrderedDict[str, _PoolState] = OrderedDict()
@@ -152,14 +153,15 @@ def _namespace_of(pool_id: str) -> types.ModuleType | None:
 
 
 def _callable(state: _PoolState, data: Data, fetch: Fetch) -> Callable[..., Any]:
-    function = state.callables.get(data.digest)
+    key = data.digest if isinstance(data, BlobRef) else data.to_bytes()
+    function = state.callables.get(key)
     if function is None:
         function = serialization.loads(_payload(data, fetch), namespace=state.namespace)
-        state.callables[data.digest] = function
+        state.callables[key] = function
         while len(state.callables) > MAX_CALLABLES:
             state.callables.popitem(last=False)
     else:
-        state.callables.move_to_end(data.digest)
+        state.callables.move_to_end(key)
     return function
 
 

@@ -7,7 +7,13 @@ import time
 import pytest
 
 import distpool
-from distpool.client.batching import MAX_BATCH, SHORT_TASK, TaskTimes, split_evenly
+from distpool.client.batching import (
+    MAX_BATCH,
+    MAX_BATCH_BYTES,
+    SHORT_TASK,
+    TaskTimes,
+    split_evenly,
+)
 
 
 def quick(x):
@@ -70,3 +76,15 @@ def test_long_tasks_are_never_batched(manual):
         manual.run_until_ready(result)
         assert result.get() == list(range(6))
     assert all(len(message) == 1 for message in manual.messages)
+
+
+def test_short_tasks_with_large_arguments_share_messages_only_up_to_a_byte_budget(manual):
+    data = b"x" * (MAX_BATCH_BYTES // 4)
+    with distpool.Pool(2) as pool:
+        manual.run_until_ready(pool.apply_async(quick, (0,)))  # measured: short
+        results = [pool.apply_async(quick, (data,)) for _ in range(40)]
+        for result in results:
+            manual.run_until_ready(result)
+    burst = manual.messages[1:]
+    assert sum(len(message) for message in burst) == 40
+    assert max(len(message) for message in burst) <= 5  # about 1 MiB of arguments each
