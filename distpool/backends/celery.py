@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -88,30 +88,31 @@ class CeleryBackend(Backend):
 
     def _staged(self, pool_id: str, message_id: str, envelope: TaskEnvelope) -> TaskEnvelope:
         task = envelope.task_id
-        function = self._place(pool_id, message_id, envelope.function, code=True,
-                               what=lambda: f"the function of task {task}")
-        arguments = self._place(pool_id, message_id, envelope.arguments, code=False,
-                                what=lambda: f"the arguments of task {task}")
+        function = self._place(pool_id, message_id, envelope.function, True,
+                               "the function of task", task)
+        arguments = self._place(pool_id, message_id, envelope.arguments, False,
+                                "the arguments of task", task)
         initializer = None if envelope.initializer is None else self._place(
-            pool_id, message_id, envelope.initializer, code=True,
-            what=lambda: "the pool's initializer and its initargs")
+            pool_id, message_id, envelope.initializer, True, "the initializer of task", task)
         if (function is envelope.function and arguments is envelope.arguments
                 and initializer is envelope.initializer):
             return envelope  # all inline: the common case of small tasks, as cheap as can be
         return dataclasses.replace(envelope, function=function, arguments=arguments,
                                    initializer=initializer)
 
-    def _place(self, pool_id: str, message_id: str, data: Data, code: bool,
-               what: Callable[[], str]) -> Data:
-        """``data`` as an envelope carries it: inline if small, else a reference to its
-        blob, written unless the store has it already. ``code`` (a callable, or the
-        initializer) is kept for reuse once released, and inline only when tiny."""
+    def _place(self, pool_id: str, message_id: str, data: Data, code: bool, what: str,
+               task: str) -> Data:
+        """``data`` (``what`` it is, of ``task``) as an envelope carries it: inline if
+        small, else a reference to its blob, written unless the store has it already.
+        ``code`` (a callable, or the initializer) is kept for reuse once released, and
+        inline only when tiny."""
         limit = INLINE_CALLABLE_LIMIT if code else INLINE_LIMIT
         if not isinstance(data, Payload) or data.nbytes <= limit:
             return data
         ref = data.ref()
         if self._blobs.hold(message_id, ref, reusable=code):
-            self._store.blobs.put(pool_id, ref.digest, data, what(), self._settings.pool_ttl)
+            self._store.blobs.put(pool_id, ref.digest, data, f"{what} {task}",
+                                  self._settings.pool_ttl)
         return ref
 
     def release(self, pool_id: str, message_ids: Sequence[str]) -> None:

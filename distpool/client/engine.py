@@ -43,6 +43,7 @@ from ..errors import (
 )
 from ..wire.envelope import ResultRecord, TaskEnvelope
 from ..wire.payload import Payload
+from .batching import function_key
 from .delivery import Delivery, deliver
 from .results import JobResult
 from .sources import Job, ReadAhead, Source, Sources
@@ -357,7 +358,7 @@ class Engine:
         if not left:
             self._backend.release(self.pool_id, [message_id])
         if elapsed is not None:
-            self._sources.task_times.record(task.envelope.function.digest, elapsed)
+            self._sources.task_times.record(function_key(task.envelope.function), elapsed)
         if result is not None:
             self._delivery.put(functools.partial(deliver, result, task.index, ok, error,
                                                  payload, task_id), result.quiet)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from .batching import MAX_BATCH_BYTES, TaskTimes, split_evenly
+from .batching import MAX_BATCH_BYTES, TaskTimes, function_key, split_evenly
 from .results import JobResult
 from .tasks import Task
 
@@ -93,7 +93,7 @@ class Sources:
         first = self._pull()
         if first is None:
             return []
-        function = first.envelope.function.digest
+        function = function_key(first.envelope.function)
         per_message = self.task_times.batch_size(function)
         tasks = [first]
         data = first.envelope.arguments.size
@@ -102,7 +102,7 @@ class Sources:
             task = self._pull()
             if task is None:
                 break
-            if per_message > 1 and task.envelope.function.digest != function:
+            if per_message > 1 and function_key(task.envelope.function) != function:
                 self._lookahead.appendleft(task)  # batches hold one function
                 break
             tasks.append(task)

@@ -38,6 +38,7 @@ _HEAD = struct.Struct("<cIQ")
 _LENGTH = struct.Struct("<Q")
 _ALIGN = 64
 _PADDING = bytes(_ALIGN)
+_NO_BUFFERS: list[memoryview] = []  # never changed: only read by the unpickler
 
 Frame = Union[bytes, bytearray, memoryview]
 
@@ -96,8 +97,8 @@ class Payload:
                           else bytearray().join(self.frames))
         try:
             tag, count, stream_length = _HEAD.unpack_from(data)
-            if not count and _HEAD.size + stream_length == data.nbytes:  # no buffers
-                return tag, data[_HEAD.size:], []
+            if not count and _HEAD.size + stream_length == data.nbytes:  # no buffers: most
+                return tag, data[_HEAD.size:], _NO_BUFFERS
             offset = _HEAD.size + count * _LENGTH.size
             if offset > data.nbytes:
                 raise ValueError("buffer table runs past the end")

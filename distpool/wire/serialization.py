@@ -78,7 +78,8 @@ def loads(payload: Payload, *, namespace: types.ModuleType | None = None) -> Any
     """
     tag, stream, buffers = payload.unpack()
     if tag == _C_PICKLE:
-        return pickle.loads(stream, buffers=buffers)
+        # Without buffers, no keyword: passing one costs as much as loading a small value.
+        return pickle.loads(stream, buffers=buffers) if buffers else pickle.loads(stream)
     if tag == _DILL:
         unpickler = _NamespaceUnpickler(io.BytesIO(stream), namespace or sys.modules[_MAIN],
                                         buffers)
@@ -102,6 +103,8 @@ def new_namespace() -> types.ModuleType:
 
 class _Buffers:
     """Collects the out-of-band buffers of one pickling, in order."""
+
+    __slots__ = ("views",)
 
     def __init__(self) -> None:
         self.views: list[memoryview] = []

@@ -4,6 +4,8 @@ the store keeps and for how long, and what the caller hears when data cannot tra
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -30,6 +32,7 @@ KEY = Signer(b"the cluster's key")
 
 def total(array):
     return float(array.sum())
+
 
 
 def ones(megabytes):
@@ -106,6 +109,55 @@ def test_a_message_under_another_key_is_refused_before_its_blob_is_fetched(store
 
 
 # -- pools on a real cluster ----------------------------------------------------------------
+
+def sum_after_logging(path, array, seconds):
+    """Log this process's pid, wait, and return the array's sum and a large result."""
+    with open(path, "a") as log:
+        log.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return float(array.sum()), numpy.full(array.size, 2.0)
+
+
+def runs(log):
+    return log.read_text().split() if log.exists() else []
+
+
+def wait_for_runs(log, count, timeout=30):
+    deadline = time.monotonic() + timeout
+    while len(runs(log)) < count:
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+
+
+def test_a_task_whose_slot_is_killed_runs_again_on_its_blob(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=1, concurrency=2, extra_args=["--worker-lost-timeout", "2"])
+    log = tmp_path / "runs.log"
+    array = numpy.arange(3 * MB // 8, dtype=numpy.float64)
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        result = pool.apply_async(sum_after_logging, (str(log), array, 3))
+        wait_for_runs(log, 1)
+        os.kill(int(runs(log)[0]), signal.SIGKILL)
+        answer, back = result.get(timeout=60)
+    assert answer == float(array.sum()) and (back == 2.0).all() and back.size == array.size
+    assert len(runs(log)) == 2  # killed once, then run to the end
+
+
+def test_data_survives_restarts_of_a_persistent_redis(make_cluster_on_own_redis, tmp_path):
+    cluster = make_cluster_on_own_redis(persistent=True, concurrency=2,
+                                        extra_args=["--worker-lost-timeout", "3"])
+    log = tmp_path / "runs.log"
+    array = numpy.arange(3 * MB // 8, dtype=numpy.float64)
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        result = pool.apply_async(sum_after_logging, (str(log), array, 8))
+        wait_for_runs(log, 1)
+        for _ in range(2):
+            cluster.redis.restart(down_for=1.0)
+            time.sleep(1.0)
+        answer, back = result.get(timeout=60)
+        assert answer == float(array.sum()) and (back == 2.0).all()
+        assert pool.apply(total, (array,)) == float(array.sum())  # and the pool goes on
+    assert len(runs(log)) == 1, "the task ran more than once"
+
 
 def test_data_goes_out_of_band_and_leaves_nothing_behind(shared_cluster):
     client = shared_cluster.redis.client
