@@ -4,9 +4,10 @@ Pickle protocol 5 lets large binary objects (NumPy arrays, ``bytearray``, anythi
 exports a ``PickleBuffer``) travel *out of band*: the pickle stream only says where they go,
 and their memory is written as it is, without being copied into the stream. A
 :class:`Payload` keeps those pieces apart (its *frames*), so that sending one copies
-nothing in this process; its bytes, laid end to end, are::
+nothing in this process. Its bytes, laid end to end, are the serialiser's tag (one byte,
+upper case) and the pickle stream; or, when buffers follow it, the tag in lower case and::
 
-    tag (1 byte) | buffer count n (4) | stream length (8) | n buffer lengths (8 each)
+    buffer count n (4 bytes) | stream length (8) | n buffer lengths (8 each)
     | pickle stream | for each buffer: zeros to the next multiple of 64 | buffer
 
 (buffers start 64-aligned, as NumPy prefers). A payload of up to :data:`INLINE_LIMIT` bytes
@@ -34,7 +35,7 @@ INLINE_CALLABLE_LIMIT = 1024
 #: Buffers of fewer bytes stay inside the pickle stream: not worth a frame of their own.
 MIN_OUT_OF_BAND = 1024
 
-_HEAD = struct.Struct("<cIQ")
+_TABLE = struct.Struct("<cIQ")
 _LENGTH = struct.Struct("<Q")
 _ALIGN = 64
 _PADDING = bytes(_ALIGN)
@@ -75,9 +76,9 @@ class Payload:
         """The payload of a pickle ``stream`` (``tag`` says which unpickler reads it) whose
         out-of-band ``buffers`` follow it."""
         if not buffers:  # most payloads: one frame, which travels without another copy
-            return cls.of_bytes(_HEAD.pack(tag, 0, len(stream)) + stream)
+            return cls.of_bytes(tag + stream)
         lengths = [memoryview(stream).nbytes, *(buffer.nbytes for buffer in buffers)]
-        head = _HEAD.pack(tag, len(buffers), lengths[0]) + b"".join(
+        head = _TABLE.pack(tag.lower(), len(buffers), lengths[0]) + b"".join(
             _LENGTH.pack(length) for length in lengths[1:])
         frames: list[Frame] = [head, stream]
         offset = len(head) + lengths[0]
@@ -93,16 +94,19 @@ class Payload:
         """``(tag, stream, buffers)``. Buffers are writable views where the payload's memory
         is (a blob read into a ``bytearray``), else writable copies: a task may change the
         arrays it is given, as it can under multiprocessing."""
-        data = memoryview(self.frames[0] if len(self.frames) == 1
-                          else bytearray().join(self.frames))
+        first = self.frames[0]
+        if len(self.frames) == 1 and isinstance(first, bytes) and first[:1].isupper():
+            return first[:1], memoryview(first)[1:], _NO_BUFFERS  # most payloads
+        data = memoryview(first if len(self.frames) == 1 else bytearray().join(self.frames))
+        tag = bytes(data[:1])
+        if not tag.islower():
+            return tag, data[1:], _NO_BUFFERS
         try:
-            tag, count, stream_length = _HEAD.unpack_from(data)
-            if not count and _HEAD.size + stream_length == data.nbytes:  # no buffers: most
-                return tag, data[_HEAD.size:], _NO_BUFFERS
-            offset = _HEAD.size + count * _LENGTH.size
+            _, count, stream_length = _TABLE.unpack_from(data)
+            offset = _TABLE.size + count * _LENGTH.size
             if offset > data.nbytes:
                 raise ValueError("buffer table runs past the end")
-            lengths = [length for (length,) in _LENGTH.iter_unpack(data[_HEAD.size:offset])]
+            lengths = [length for (length,) in _LENGTH.iter_unpack(data[_TABLE.size:offset])]
         except (struct.error, ValueError) as exc:
             raise EnvelopeError(f"malformed payload of {self.nbytes} bytes: {exc}") from None
         stream = data[offset:offset + stream_length]
@@ -116,7 +120,7 @@ class Payload:
         if offset != data.nbytes or stream.nbytes != stream_length:
             raise EnvelopeError(f"malformed payload: {data.nbytes} bytes where its table "
                                 f"says {offset}")
-        return tag, stream, buffers
+        return tag.upper(), stream, buffers
 
     @property
     def size(self) -> int:
