@@ -14,6 +14,8 @@ from .profiles import profile_for
 
 #: The one task name of every distpool message.
 TASK_NAME = "distpool.execute"
+#: The longest an idle consumer blocks on the queue in one command (seconds).
+IDLE_WAIT = 5
 
 
 def urls(settings: Settings) -> tuple[str, str]:
@@ -48,6 +50,10 @@ def new_app(settings: Settings, holder: str | None = None) -> Celery:
             "visibility_timeout": settings.worker_lost_timeout,
             "unacked_restore_interval": hold_renewal_interval(settings),
             "unacked_restore_throttle": 1,
+            # How long an idle consumer's blocking move waits before it asks again: kombu's
+            # 1 s was most of an idle slot's traffic. Never longer than the hold renewal
+            # interval, which the consumer's waits also pace.
+            "polling_interval": min(IDLE_WAIT, hold_renewal_interval(settings)),
             "distpool_holder": holder,
         },
         # Celery's own messages stay JSON: nothing on the broker is unpickled by Celery.

@@ -305,6 +305,17 @@ class Channel(kombu_redis.Channel):
         yield cached
 
     def close(self) -> None:
+        if self._in_poll and not self.closed:
+            # kombu would wait for the blocking move to answer, up to its timeout (seconds,
+            # on every worker stop): cut it short instead. What it may have moved meanwhile
+            # is in this consumer's held list, which goes back to the queue.
+            self.client.connection.disconnect()  # the one _brpop_start waits on
+            self._in_poll = None  # type: ignore[assignment]
+            try:
+                self.restore_held(self.holder)
+            except Exception as exc:  # the broker is away: the lease lapses, others sweep it
+                logger.warning("could not put back the messages held by %s: %s", self.holder,
+                               exc)
         super().close()  # type: ignore[no-untyped-call]  # restores the messages still held
         if self._qos is not None:
             self._qos.close()

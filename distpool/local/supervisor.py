@@ -102,8 +102,7 @@ class _Supervisor:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "distpool", "worker", "--broker", self.url,
                  "--queue", self.queue,
-                 "--concurrency", str(self.workers), "--name", f"local-{os.getpid()}@%h",
-                 "--without-heartbeat"],
+                 "--concurrency", str(self.workers), "--name", f"local-{os.getpid()}@%h"],
                 stdout=log, stderr=subprocess.STDOUT,
                 # A process group of its own, so that stopping it stops its pool processes.
                 start_new_session=True, preexec_fn=_die_with_parent())

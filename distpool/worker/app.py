@@ -76,12 +76,19 @@ def create_app(settings: Settings, holder: str | None = None) -> Celery:
     return app
 
 
+#: ``celery worker`` options that ask for events (Flower, ``celery events``), which want the
+#: worker's heartbeats too.
+EVENT_OPTIONS = ("-E", "--task-events", "--events", "--heartbeat-interval")
+
+
 def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
                extra_args: Sequence[str] = (), app: Celery | None = None) -> int:
     """Run ``celery worker`` for distpool in this process until it is stopped: ``app``, else
     one made here. ``extra_args`` are ``celery worker`` options (``--pool``, ``-E``, ...)."""
     if app is None:
         app = create_app(settings, new_holder())
+    wants_events = any(arg == option or arg.startswith(option + "=")
+                       for arg in extra_args for option in EVENT_OPTIONS)
     argv = [
         "worker",
         f"--queues={settings.queue}",
@@ -92,6 +99,9 @@ def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
         # start. Remote control (inspect, revoke) and events (-E, Flower) still work.
         "--without-gossip",
         "--without-mingle",
+        # Heartbeats are events, for monitors; nobody listens unless events were asked for,
+        # and they were a fifth of an idle slot's traffic to the broker.
+        *([] if wants_events else ["--without-heartbeat"]),
         *extra_args,
     ]
     app.worker_main(argv=argv)

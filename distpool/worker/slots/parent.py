@@ -66,7 +66,7 @@ from multiprocessing.process import BaseProcess
 from typing import Protocol
 
 from ...config import Settings
-from .child import PARENT_HANDLER, run_slot
+from .child import PARENT_HANDLER, preload, run_slot
 from .recovery import SlotRecovery
 from .restarts import Backoff
 from .state import Running, SlotState, StateDirectory, remove_leftovers
@@ -123,6 +123,8 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
         for path in remove_leftovers():
             logger.info("removed %s, left behind by a node that is gone", path)
         directory = StateDirectory()
+        if context.get_start_method() == "fork":
+            preload()
         slots = [_Slot(index, SlotState(os.path.join(directory.path, f"slot-{index}")))
                  for index in range(concurrency)]
 

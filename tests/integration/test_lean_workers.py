@@ -1,0 +1,71 @@
+"""Lean workers: an idle slot is quiet (no heartbeats unless events are asked for, long waits
+on the queue), and a slot shares what its parent imported, so that hundreds of slots neither
+keep Redis busy nor hold a copy each of Celery."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.support import RedisServer, Worker, wait_for_slots
+
+pytestmark = pytest.mark.integration
+
+
+def commands_while_idle(redis_server, seconds):
+    """Calls of each command Redis served over ``seconds``."""
+    before = redis_server.client.info("commandstats")
+    time.sleep(seconds)
+    after = redis_server.client.info("commandstats")
+    return {name[len("cmdstat_"):]: stats["calls"] - before.get(name, {"calls": 0})["calls"]
+            for name, stats in after.items()}
+
+
+@pytest.fixture
+def own_redis():
+    """A Redis that this test's worker alone uses: its commands are all the worker's."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("events", [False, True])
+def test_an_idle_slot_sends_heartbeats_only_when_events_are_asked_for(own_redis, events):
+    worker = Worker(own_redis.url(), "idle", 1, extra_args=["-E"] if events else [],
+                    secret="the key")
+    try:
+        wait_for_slots(own_redis.url(), "idle", 1, [worker])
+        time.sleep(1)  # past its start
+        calls = commands_while_idle(own_redis, 6.5)
+    finally:
+        worker.stop()
+    # Celery publishes a heartbeat event every 2 s; on Redis an event is a PUBLISH.
+    assert (calls.get("publish", 0) >= 2) is events
+    assert calls.get("blmove", 0) <= 2  # one wait of up to 5 s at a time, not one a second
+
+
+def test_a_worker_stops_without_waiting_out_its_idle_wait(own_redis):
+    worker = Worker(own_redis.url(), "stop", 2, secret="the key")
+    wait_for_slots(own_redis.url(), "stop", 2, [worker])
+    time.sleep(1)
+    started = time.monotonic()
+    worker.stop()
+    assert time.monotonic() - started < 4  # a wait cut short, not one of up to 5 s awaited
+    assert not own_redis.client.keys("distpool:held:*")  # nothing left held
+
+
+def test_a_forked_slot_imports_almost_nothing_of_its_own(redis_server):
+    """The parent imports what a slot's Celery worker needs before it forks, so slots share
+    those pages (about 290 modules, prompt_toolkit's among them, were each slot's own)."""
+    worker = Worker(redis_server.url(), "lean", 2, secret="the key")
+    try:
+        wait_for_slots(redis_server.url(), "lean", 2, [worker])
+        deadline = time.monotonic() + 10
+        while worker.log().count("having imported") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        counts = [int(line.split("having imported ")[1].split()[0])
+                  for line in worker.log().splitlines() if "having imported" in line]
+    finally:
+        worker.stop()
+    assert len(counts) == 2 and max(counts) < 30, counts
