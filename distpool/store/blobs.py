@@ -75,15 +75,15 @@ class Blobs:
             else ("EVAL", _KEEP_WITH_POOL, 2, key, keys.live(pool_id), ORPHAN_TTL_MS))
         try:
             parts = enumerate(payload.parts(PART_SIZE))
+            then: list[tuple[Any, ...]] = [expiry]  # with the first parts: nothing may linger
             while True:
                 batch: list[tuple[tuple[str, ...], Frame]] = [
                     (("HSET", key, _field(name, index)), part)
                     for index, part in itertools.islice(parts, PARTS_PER_ROUND_TRIP)]
                 if not batch:
                     break
-                self._connection.write_values(batch)
-                if batch[0][0][2] == _field(name, 0):  # at once: nothing written may linger
-                    self._connection.run([expiry])
+                self._connection.write_values(batch, then)
+                then = []
         except BaseException as exc:
             try:
                 self.delete(pool_id, [(name, payload.nbytes)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, Union
 
 import redis
@@ -80,11 +80,14 @@ class OwnConnection:
     # value into one command buffer to send it, and a reply into a bytes object to read it,
     # each costing as much as the transfer (fresh pages fault in one by one).
 
-    def write_values(self, commands: list[tuple[tuple[str, ...], Buffer]]) -> list[Any]:
+    def write_values(self, commands: list[tuple[tuple[str, ...], Buffer]],
+                     then: Sequence[tuple[Any, ...]] = ()) -> list[Any]:
         """The replies to ``commands``, each a command and a value to send as its last
-        argument, from the value's own memory; all sent before any reply is read."""
+        argument, from the value's own memory, and to the plain commands ``then``; all sent
+        before any reply is read."""
         heads = [_pack(command, more=1) + b"$%d\r\n" % memoryview(value).nbytes
                  for command, value in commands]
+        tail = b"".join(_pack(command) for command in then)
         with self._lock:
             connection = self._open()
             self._read_unread(connection)
@@ -96,9 +99,10 @@ class OwnConnection:
                         sock.sendall(head)
                         sock.sendall(value)
                         sock.sendall(b"\r\n")
+                    sock.sendall(tail)
                 except OSError as exc:
                     raise redis.ConnectionError(f"sending a value: {exc}") from exc
-                return _replies(connection, len(commands))
+                return _replies(connection, len(commands) + len(then))
 
             return self._with_retry(connection, send)
 
@@ -179,9 +183,9 @@ def _socket(connection: Any) -> Any:
     return connection._sock
 
 
-def _pack(command: tuple[str, ...], more: int = 0) -> bytes:
-    """``command`` in RESP, announcing ``more`` arguments that follow it."""
-    args = [arg.encode() for arg in command]
+def _pack(command: tuple[Any, ...], more: int = 0) -> bytes:
+    """``command`` (text and numbers) in RESP, announcing ``more`` arguments that follow."""
+    args = [str(arg).encode() for arg in command]
     return b"*%d\r\n" % (len(args) + more) + b"".join(
         b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
 
