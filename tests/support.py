@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 
 from distpool.local.supervisor import find_redis_server, free_port
+from distpool.store.redis_store import RedisStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -33,6 +34,14 @@ def environment_without_distpool(**extra: str) -> dict[str, str]:
                    if not key.startswith("DISTPOOL_")}
     environment.update(extra)
     return environment
+
+
+def message_of_a_live_pool(store: RedisStore, job: int = 0) -> str:
+    """The id of a message of a new pool that ``store`` marks live for a minute: messages of
+    pools that ended are never claimed."""
+    pool_id = uuid.uuid4().hex
+    store.refresh_pool(pool_id, 60, {})
+    return f"{pool_id}:{job}:0"
 
 
 def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

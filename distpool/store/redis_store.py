@@ -20,20 +20,28 @@ from .redis_identity import client_identity
 RESULTS_TTL = 24 * 3600
 #: Largest batch of result records taken in one round trip.
 FETCH_BATCH = 512
+#: What a claim finds when the message's pool has ended.
+POOL_GONE = "gone"
 #: Record pushed by the client itself to wake its collector; never a valid result record.
 WAKE_UP = b"wake"
 
 # Claim message ARGV[1] for ARGV[2] for ARGV[3] ms unless a claim on it has not lapsed: another
 # holder's, or, unless ARGV[5] is 1 (a renewal), the same holder's (a second delivery of what
 # that process runs). Returns {'claimed', the previous holder, if another, or ''},
-# {'held', holder, ms its claim has left} or {'done', '', -1}. Claims carry their deadline:
-# fields of a hash cannot expire on their own.
+# {'held', holder, ms its claim has left}, {'done', '', -1}, or {'gone', '', -1} when the
+# pool's liveness key KEYS[2] is gone (terminated, or its client died): in the same script,
+# so that no claim outlives the pool's keys, nor runs a message of a pool that has just ended
+# (a second delivery across a RabbitMQ restart, just after its first run's results ended the
+# pool). Claims carry their deadline: fields of a hash cannot expire on their own.
 _CLAIM = """
 local now = redis.call('TIME')
 now = now[1] * 1000 + math.floor(now[2] / 1000)
 local claim = redis.call('HGET', KEYS[1], ARGV[1])
 if claim == 'done' then
     return {'done', '', -1}
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+    return {'gone', '', -1}
 end
 local previous = ''
 if claim then
@@ -70,7 +78,8 @@ _POOL_INFO = ("host", "pid", "processes", "sent", "done", "in_flight")
 
 class ClaimOutcome(NamedTuple):
     """What a claim found: ``outcome`` is ``claimed`` (``other``: the previous holder, whose
-    claim lapsed, if any), ``held`` (by ``other``, for ``left_ms`` more), or ``done``."""
+    claim lapsed, if any), ``held`` (by ``other``, for ``left_ms`` more), ``done``, or
+    ``gone`` (the pool ended: nothing was written)."""
 
     outcome: str
     other: str | None
@@ -159,16 +168,16 @@ class RedisStore:
         """Claim the message for ``holder`` for ``ttl`` seconds; with ``renewal``, renew the
         claim it holds (else a claim of its own that has not lapsed is in the way too)."""
         [found] = self._commands.run([
-            ("EVAL", _CLAIM, 1, keys.messages_of(message_id), message_id, holder,
-             int(ttl * 1000), RESULTS_TTL, int(renewal))])
+            ("EVAL", _CLAIM, 2, keys.messages_of(message_id), keys.live(keys.pool_of(message_id)),
+             message_id, holder, int(ttl * 1000), RESULTS_TTL, int(renewal))])
         return _claim_outcome(found)
 
     def claim_soon(self, message_id: str, holder: str, ttl: float) -> Callable[[], ClaimOutcome]:
         """As :meth:`claim`, but sent without waiting: the returned callable reads its
         outcome later (raising if the connection failed meanwhile)."""
         reply = self._commands.send([
-            ("EVAL", _CLAIM, 1, keys.messages_of(message_id), message_id, holder,
-             int(ttl * 1000), RESULTS_TTL, 0)])
+            ("EVAL", _CLAIM, 2, keys.messages_of(message_id), keys.live(keys.pool_of(message_id)),
+             message_id, holder, int(ttl * 1000), RESULTS_TTL, 0)])
         return lambda: _claim_outcome(reply.get()[0])
 
     def take_over(self, message_id: str, gone: str, holder: str, ttl: float) -> bool:

@@ -8,7 +8,7 @@ it before running it (in the pool's ``messages`` hash of the result store, see
 :mod:`distpool.store.redis_store`), renews the claim while it runs, and marks it ``done``
 with its results. A receiver that finds the message claimed:
 
-* ``done``: does not run it again;
+* ``done``: does not run it again (nor when its pool has ended);
 * by a process that is gone (same host, no such process; or its claim lapsed, unrenewed):
   takes the claim over and runs it; that is how a task whose process died runs again;
 * by a live process (its claim is renewed while the receiver watches): leaves it to that
@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..store.redis_store import RedisStore
+from ..store.redis_store import POOL_GONE, RedisStore
 from ..wire.envelope import MESSAGE_DONE
 
 logger = logging.getLogger("distpool")
@@ -69,6 +69,9 @@ class Claims:
                 logger.info("message %s was run to the end already; not running it again",
                             message_id)
                 return None
+            if found.outcome == POOL_GONE:
+                logger.info("skipped message %s: its pool ended", message_id)
+                return None
             owner = found.other or ""
             if owner == self.holder:
                 # A second delivery of what this process runs (seen across a RabbitMQ
@@ -105,9 +108,10 @@ class Claims:
         return ours
 
     def renew(self, message_id: str) -> bool:
-        """Renew the claim of a running message; False if another process has it now."""
+        """Renew the claim of a running message; False if another process has it now. (A
+        pool that ended is the watchdog's to see, by its liveness key.)"""
         found = self._store.claim(message_id, self.holder, self.ttl, renewal=True)
-        return found.outcome == "claimed" and found.other is None
+        return found.outcome == POOL_GONE or (found.outcome == "claimed" and found.other is None)
 
     def _is_gone(self, owner: str) -> bool:
         """Whether ``owner`` is a process of this host that no longer exists. Elsewhere,

@@ -95,8 +95,8 @@ class TaskRunner:
                     if outcome is not None:
                         records.setdefault(outcome[0], []).append(outcome[1])
             if not ours():
-                logger.warning("message %s was also run by another process; its results "
-                               "are left to that one", message_id)
+                logger.warning("message %s was also run by another process, or its pool "
+                               "ended meanwhile; its results are dropped here", message_id)
                 return
             # After the whole batch: if this process dies first, the message is re-queued
             # and no result of it has been delivered twice.

@@ -9,17 +9,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 
+from distpool.store.keys import pool_of
 from distpool.worker.claims import Claims
+from tests.support import message_of_a_live_pool
 
 pytestmark = pytest.mark.integration
-
-
-def a_message():
-    return f"{uuid.uuid4().hex}:0:0"
 
 
 def dead_pid():
@@ -29,7 +26,7 @@ def dead_pid():
 
 
 def test_a_message_claimed_by_a_process_of_this_host_that_died_is_taken_over_at_once(store):
-    message = a_message()
+    message = message_of_a_live_pool(store)
     gone = f"{socket.gethostname()}:{dead_pid()}:x"
     assert store.claim(message, gone, ttl=60).outcome == "claimed"
     claims = Claims(store, ttl=60)
@@ -39,7 +36,7 @@ def test_a_message_claimed_by_a_process_of_this_host_that_died_is_taken_over_at_
 
 
 def test_a_message_whose_holder_keeps_renewing_is_left_to_it(store):
-    message = a_message()
+    message = message_of_a_live_pool(store)
     holder = Claims(store, ttl=1.5)
     assert holder.acquire(message) == (None,)  # a first run
     stop = threading.Event()
@@ -60,7 +57,7 @@ def test_a_message_whose_holder_keeps_renewing_is_left_to_it(store):
 
 
 def test_a_message_whose_holder_elsewhere_stopped_renewing_is_taken_once_it_lapses(store):
-    message = a_message()
+    message = message_of_a_live_pool(store)
     assert store.claim(message, "another-host:123:x", ttl=0.8).outcome == "claimed"
     claims = Claims(store, ttl=5)
     assert claims.acquire(message) == ("another-host:123:x",)
@@ -69,7 +66,7 @@ def test_a_message_whose_holder_elsewhere_stopped_renewing_is_taken_once_it_laps
 
 
 def test_a_finished_message_is_not_run_again(store):
-    message = a_message()
+    message = message_of_a_live_pool(store)
     claims = Claims(store, ttl=5)
     assert claims.acquire(message)
     store.finish(message)
@@ -78,7 +75,7 @@ def test_a_finished_message_is_not_run_again(store):
 
 
 def test_this_process_counts_as_alive(store):
-    message = a_message()
+    message = message_of_a_live_pool(store)
     assert store.claim(message, f"{socket.gethostname()}:{os.getpid()}:x",
                        ttl=0.6).outcome == "claimed"
     started = time.monotonic()
@@ -87,7 +84,7 @@ def test_this_process_counts_as_alive(store):
 
 
 def test_a_second_delivery_of_what_this_process_runs_is_not_run_again(store):
-    message = a_message()
+    message = message_of_a_live_pool(store)
     claims = Claims(store, ttl=5)
     assert claims.acquire(message) == (None,)
     started = time.monotonic()
@@ -97,8 +94,17 @@ def test_a_second_delivery_of_what_this_process_runs_is_not_run_again(store):
 
 
 def test_a_claim_of_this_process_that_lapsed_is_taken_as_an_interrupted_run(store):
-    message = a_message()
+    message = message_of_a_live_pool(store)
     claims = Claims(store, ttl=0.3)
     assert claims.acquire(message) == (None,)
     time.sleep(0.4)  # its run stopped renewing
     assert claims.acquire(message) == (claims.holder,)
+
+
+def test_a_message_of_a_pool_that_ended_is_not_run_and_its_holder_runs_on(store):
+    message = message_of_a_live_pool(store)
+    claims = Claims(store, ttl=5)
+    assert claims.acquire(message) == (None,)
+    store.close_pool(pool_of(message))
+    assert Claims(store, ttl=5).acquire(message) is None  # at once: nothing to wait for
+    assert claims.renew(message)  # the pool's end is the watchdog's to act on, not a rival

@@ -9,7 +9,10 @@ import uuid
 import pytest
 import redis
 
+from distpool.store.keys import pool_of
+from distpool.store.redis_store import POOL_GONE
 from distpool.wire.envelope import MESSAGE_DONE as DONE
+from tests.support import message_of_a_live_pool
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +35,7 @@ def test_pushes_and_pops_go_on_after_redis_dropped_their_connections(store, redi
 
 
 def test_a_claim_keeps_a_message_from_a_second_holder_until_it_lapses(store):
-    message = f"{uuid.uuid4().hex}:0:0"
+    message = message_of_a_live_pool(store)
     assert store.claim(message, "host:1:a", ttl=0.5) == ("claimed", None, 0)
     assert store.claim(message, "host:1:a", ttl=0.5, renewal=True) == ("claimed", None, 0)
     assert store.claim(message, "host:1:a", ttl=0.5)[:2] == ("held", "host:1:a")  # not twice
@@ -46,17 +49,30 @@ def test_a_claim_keeps_a_message_from_a_second_holder_until_it_lapses(store):
 
 
 def test_a_finished_message_is_never_claimed_again(store):
-    pool_id = uuid.uuid4().hex
-    message = f"{pool_id}:0:0"
+    message = message_of_a_live_pool(store)
+    pool_id = pool_of(message)
     assert store.claim(message, "host:1:a", ttl=5).outcome == "claimed"
     store.push_results(pool_id, [b"record"], finished=message)
     assert store.claim(message, "host:2:b", ttl=5) == (DONE, None, -1)
     assert store.message_states(pool_id, [message, f"{pool_id}:0:1"]) == [DONE, None]
 
 
+def test_no_message_of_a_pool_that_ended_is_claimed_and_nothing_of_it_comes_back(
+        store, redis_server):
+    message = message_of_a_live_pool(store)
+    pool_id = pool_of(message)
+    assert store.claim(message, "host:1:a", ttl=5).outcome == "claimed"
+    store.close_pool(pool_id)
+    assert store.claim(message, "host:2:b", ttl=5) == (POOL_GONE, None, -1)
+    assert store.claim_soon(f"{pool_id}:1:0", "host:2:b", ttl=5)().outcome == POOL_GONE
+    assert store.claim(message, "host:1:a", ttl=5, renewal=True).outcome == POOL_GONE
+    plain = redis.Redis.from_url(redis_server.url(5))
+    assert plain.keys(f"distpool:*{pool_id}*") == []
+
+
 def test_what_a_pool_s_messages_left_goes_with_the_pool(store, redis_server):
-    pool_id = uuid.uuid4().hex
-    message = f"{pool_id}:3:0"
+    message = message_of_a_live_pool(store, job=3)
+    pool_id = pool_of(message)
     store.claim(message, "host:1:a", ttl=5)
     store.mark_timed_out(message)
     assert store.count_redelivery(message) == (1, True)
@@ -67,14 +83,14 @@ def test_what_a_pool_s_messages_left_goes_with_the_pool(store, redis_server):
 
 
 def test_a_claim_sent_without_waiting_is_read_later_in_order(store):
-    message = f"{uuid.uuid4().hex}:0:0"
+    message = message_of_a_live_pool(store)
     outcome = store.claim_soon(message, "host:1:a", ttl=5)
     assert store.claim(message, "host:2:b", ttl=5)[:2] == ("held", "host:1:a")
     assert outcome() == ("claimed", None, 0)  # read with the call after it
 
 
 def test_a_reply_lost_with_its_connection_raises_when_asked_for(store, redis_server):
-    message = f"{uuid.uuid4().hex}:0:0"
+    message = message_of_a_live_pool(store)
     store.ping()
     redis.Redis.from_url(redis_server.url(5)).client_kill_filter(_type="normal", skipme=True)
     outcome = store.claim_soon(message, "host:1:a", ttl=5)  # written to a dead socket
