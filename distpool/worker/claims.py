@@ -21,6 +21,7 @@ message went to another) stops its task: only one copy runs on.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import socket
@@ -45,6 +46,17 @@ class Acquired(NamedTuple):
     attempt."""
 
     interrupted: str | None
+
+
+class Renewal(enum.Enum):
+    """What renewing a running message's claim found."""
+
+    OURS = "ours"
+    #: Another process holds it: this one was frozen past its claim's life.
+    TAKEN = "taken"
+    #: It was run to the end: by this process, if its run has just pushed its results (the
+    #: renewal raced the push), or by another.
+    DONE = "done"
 
 
 class Claims:
@@ -107,11 +119,15 @@ class Claims:
 
         return ours
 
-    def renew(self, message_id: str) -> bool:
-        """Renew the claim of a running message; False if another process has it now. (A
-        pool that ended is the watchdog's to see, by its liveness key.)"""
+    def renew(self, message_id: str) -> Renewal:
+        """Renew the claim of a running message. (A pool that ended is the watchdog's to see,
+        by its liveness key: such a claim counts as still ours.)"""
         found = self._store.claim(message_id, self.holder, self.ttl, renewal=True)
-        return found.outcome == POOL_GONE or (found.outcome == "claimed" and found.other is None)
+        if found.outcome == MESSAGE_DONE:
+            return Renewal.DONE
+        if found.outcome == POOL_GONE or (found.outcome == "claimed" and found.other is None):
+            return Renewal.OURS
+        return Renewal.TAKEN
 
     def _is_gone(self, owner: str) -> bool:
         """Whether ``owner`` is a process of this host that no longer exists. Elsewhere,

@@ -36,7 +36,7 @@ from ..store.redis_store import RedisStore
 from ..wire.envelope import ResultRecord, Signer, TaskEnvelope
 from ..wire.payload import INLINE_LIMIT, BlobRef, Payload
 from . import execute
-from .claims import Claims
+from .claims import Claims, Renewal
 from .failures import gave_up, ran_out_of_time
 
 logger = logging.getLogger("distpool")
@@ -63,6 +63,7 @@ class TaskRunner:
         self._live_until: dict[str, float] = {}
         self._running_for: str | None = None  # the pool whose task runs now
         self._claimed: str | None = None  # the message whose claim the watchdog renews
+        self._finishing: str | None = None  # the last message whose results were pushed
         self._watchdog: threading.Thread | None = None
 
     def run(self, messages: Sequence[Any], message_id: str, redelivered: bool,
@@ -100,6 +101,7 @@ class TaskRunner:
                 return
             # After the whole batch: if this process dies first, the message is re-queued
             # and no result of it has been delivered twice.
+            self._finishing = message_id
             self._push(records, message_id)
         finally:
             self._claimed = None
@@ -201,7 +203,7 @@ class TaskRunner:
             time.sleep(min(WATCHDOG_INTERVAL, self._claims.renew_interval))
             message_id, pool_id = self._claimed, self._running_for
             try:
-                if message_id is not None and not self._claims.renew(message_id):
+                if message_id is not None and self._lost_claim(message_id):
                     logger.error("message %s is now run by another process; stopping it here",
                                  message_id)
                     os._exit(EXIT_POOL_GONE)
@@ -212,6 +214,15 @@ class TaskRunner:
             if self._running_for == pool_id:
                 logger.warning("pool %s is gone; stopping its running task", pool_id)
                 os._exit(EXIT_POOL_GONE)  # at once, as SIGKILL would, but on Windows too
+
+    def _lost_claim(self, message_id: str) -> bool:
+        """Renew the running message's claim: whether another process has it now. The run
+        may have ended, pushing its results, while the renewal was on its way: a claim found
+        ``done`` then is this run's own, and the renewal stale."""
+        renewal = self._claims.renew(message_id)
+        if renewal is Renewal.OURS or self._claimed != message_id:
+            return False
+        return renewal is Renewal.TAKEN or self._finishing != message_id
 
     def _pool_is_live(self, pool_id: str) -> bool:
         # Asked at most once a second per pool: terminate() also revokes every message of

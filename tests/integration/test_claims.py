@@ -13,7 +13,7 @@ import time
 import pytest
 
 from distpool.store.keys import pool_of
-from distpool.worker.claims import Claims
+from distpool.worker.claims import Claims, Renewal
 from tests.support import message_of_a_live_pool
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def test_a_message_whose_holder_keeps_renewing_is_left_to_it(store):
 
     def renew():
         while not stop.wait(holder.renew_interval):
-            assert holder.renew(message)
+            assert holder.renew(message) is Renewal.OURS
 
     renewer = threading.Thread(target=renew)
     renewer.start()
@@ -61,8 +61,8 @@ def test_a_message_whose_holder_elsewhere_stopped_renewing_is_taken_once_it_laps
     assert store.claim(message, "another-host:123:x", ttl=0.8).outcome == "claimed"
     claims = Claims(store, ttl=5)
     assert claims.acquire(message) == ("another-host:123:x",)
-    assert not Claims(store, ttl=5).renew(message)  # and nobody else's renewal succeeds
-    assert claims.renew(message)
+    assert Claims(store, ttl=5).renew(message) is Renewal.TAKEN  # nobody else's succeeds
+    assert claims.renew(message) is Renewal.OURS
 
 
 def test_a_finished_message_is_not_run_again(store):
@@ -71,7 +71,7 @@ def test_a_finished_message_is_not_run_again(store):
     assert claims.acquire(message)
     store.finish(message)
     assert Claims(store, ttl=5).acquire(message) is None
-    assert not claims.renew(message)  # its first holder learns it too
+    assert claims.renew(message) is Renewal.DONE  # its first holder learns it too
 
 
 def test_this_process_counts_as_alive(store):
@@ -90,7 +90,7 @@ def test_a_second_delivery_of_what_this_process_runs_is_not_run_again(store):
     started = time.monotonic()
     assert claims.acquire(message) is None  # at once: no waiting on its own renewals
     assert time.monotonic() - started < 0.5
-    assert claims.renew(message)  # while the run itself renews
+    assert claims.renew(message) is Renewal.OURS  # while the run itself renews
 
 
 def test_a_claim_of_this_process_that_lapsed_is_taken_as_an_interrupted_run(store):
@@ -107,4 +107,4 @@ def test_a_message_of_a_pool_that_ended_is_not_run_and_its_holder_runs_on(store)
     assert claims.acquire(message) == (None,)
     store.close_pool(pool_of(message))
     assert Claims(store, ttl=5).acquire(message) is None  # at once: nothing to wait for
-    assert claims.renew(message)  # the pool's end is the watchdog's to act on, not a rival
+    assert claims.renew(message) is Renewal.OURS  # the pool's end is the watchdog's to see

@@ -1,0 +1,66 @@
+"""A worker process's runner against a real store: the watchdog that renews the running
+message's claim stops the process only when another process really has the message."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from distpool.store.keys import pool_of
+from distpool.wire import serialization
+from distpool.wire.envelope import ResultRecord, Signer, TaskEnvelope
+from distpool.worker import runner as runner_module
+from distpool.worker.runner import TaskRunner
+from tests.support import message_of_a_live_pool
+
+pytestmark = pytest.mark.integration
+
+KEY = Signer(b"the cluster's key")
+#: The exit codes the runner's watchdog stopped this process with (its os._exit, replaced).
+stops: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def watchdog_stops_recorded(monkeypatch):
+    stops.clear()
+    monkeypatch.setattr(runner_module.os, "_exit", stops.append)
+
+
+def until_stopped(timeout: float) -> None:
+    """A task that runs until the watchdog stops its process (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while not stops and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_renewals_racing_the_end_of_each_run_never_stop_the_process(store, monkeypatch):
+    # Renewals every millisecond or two, over hundreds of sub-millisecond runs: some reach
+    # Redis after a run has pushed its results and find its claim "done". That is the run's
+    # own end, not another process's run, and must not stop the process.
+    monkeypatch.setattr(runner_module, "WATCHDOG_INTERVAL", 0.001)
+    runner = TaskRunner(store, KEY, claim_ttl=0.006, flags_redeliveries=True)
+    pool_id = pool_of(message_of_a_live_pool(store))
+    function, arguments = serialization.dumps(len), serialization.dumps((("abc",), {}))
+    for job in range(400):
+        envelope = TaskEnvelope(pool_id, f"{pool_id}:{job}:0", "apply", function, arguments)
+        runner.run([envelope.to_wire(KEY)], envelope.task_id, redelivered=False,
+                   raise_soft_limit_after=None)
+    records = [ResultRecord.from_bytes(raw, KEY, pool_id)
+               for raw in store.pop_results(pool_id, 5)]
+    assert stops == []
+    assert len(records) == 400 and all(record.ok for record in records)
+
+
+def test_a_message_another_process_ran_to_the_end_stops_its_frozen_holder(store, monkeypatch):
+    monkeypatch.setattr(runner_module, "WATCHDOG_INTERVAL", 0.01)
+    message = message_of_a_live_pool(store)
+    runner = TaskRunner(store, KEY, claim_ttl=30, flags_redeliveries=True)
+    envelope = TaskEnvelope(pool_of(message), message, "apply", serialization.dumps(until_stopped),
+                            serialization.dumps(((5.0,), {})))
+    # While it runs, the message's claim says another process finished it (this one had
+    # been frozen past its claim's life).
+    store.finish(message)
+    runner.run([envelope.to_wire(KEY)], message, redelivered=False,
+               raise_soft_limit_after=None)
+    assert stops == [runner_module.EXIT_POOL_GONE]
