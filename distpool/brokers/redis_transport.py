@@ -49,6 +49,24 @@ SEND_ATTEMPTS = 3
 #: The value of Celery's ``broker_transport`` setting that selects this transport.
 TRANSPORT = f"{__name__}:Transport"
 
+# The pools of the process's channels' command connections, one per set of connection
+# parameters. kombu gives each channel a pool of its own, and a worker has two channels (its
+# task consumer's, its remote control's) whose commands are sent from one thread: one shared
+# pool lets one connection serve both, and a slot stays within its connection budget.
+_command_pools: dict[tuple[Any, ...], Any] = {}
+_command_pools_lock = threading.Lock()
+
+
+def _comparable(value: Any) -> Any:
+    """A connection parameter as part of a pool's key: plain values as they are, containers
+    by their text, any other object (a credential provider, the driver info) by identity:
+    two channels share a pool only when they certainly connect alike."""
+    if value is None or isinstance(value, (str, int, float, type)):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return repr(value)
+    return id(value)
+
 
 class QoS(kombu_redis.QoS):
     """kombu's acknowledgement emulation for Redis, with the delivery record sent unconfirmed.
@@ -182,13 +200,16 @@ class QoS(kombu_redis.QoS):
         pool = self.channel.pool
         if self._connection is None or self._connection_pool is not pool:
             self._drop_connection()  # kombu replaced its pool: it reconnected
-            self._connection = pool.make_connection()
+            # Taken from the pool and given back when dropped (not made beside it), so that
+            # the pool's count of connections stays true across any number of drops.
+            self._connection = pool.get_connection()
             self._connection_pool = pool
         return self._connection
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
             self._connection.disconnect()
+            self._connection_pool.release(self._connection)
         self._connection = None
         self._written = 0
 
@@ -289,6 +310,22 @@ class Channel(kombu_redis.Channel):
         """Put the messages held by ``holder`` (a consumer that is gone) back on the queue."""
         with self.conn_or_acquire() as client:
             return held_messages.restore(client, holder, self.queue_of)
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        pool = super()._get_pool(asynchronous)  # type: ignore[no-untyped-call]
+        if asynchronous:  # each blocking wait (a consumer's move, a subscription) has its own
+            return pool
+        # Keyed by what kombu built it from (redis-py adds objects of each pool's own).
+        key = tuple(sorted((name, _comparable(value))
+                           for name, value in self._connparams().items()))
+        with _command_pools_lock:
+            return _command_pools.setdefault(key, pool)
+
+    def _disconnect_pools(self) -> None:
+        shared, self._pool = self._pool, None
+        super()._disconnect_pools()  # type: ignore[no-untyped-call]
+        if shared is not None:  # others may be using some of its connections now
+            shared.disconnect(inuse_connections=False)
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         params: dict[str, Any] = super()._connparams(asynchronous)  # type: ignore[no-untyped-call]

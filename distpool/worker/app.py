@@ -50,6 +50,10 @@ def create_app(settings: Settings, holder: str | None = None) -> Celery:
                                 claim_ttl=settings.worker_lost_timeout,
                                 flags_redeliveries=flags_redeliveries(broker_url))
     app.distpool_runner = runner  # for FailureReporter; kept out of app.conf, which inspect shows
+    # Replies to remote control (inspect, ping) go out on the remote-control channel itself,
+    # as kombu does without a producer pool: Celery's pool would open a broker connection
+    # (two Redis connections) per worker process for them, and keep it.
+    app.control.mailbox._producer_pool = None
     app.distpool_retiring = False  # set by a SlotPool that has run its last task
     # Whether the task raises its soft time limit itself: prefork raises it in its pool
     # processes, a slot's threads pool cannot, so a slot sets this (slots.child).

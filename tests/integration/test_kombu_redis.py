@@ -14,18 +14,37 @@ from distpool.brokers import redis_transport as kombu_redis
 pytestmark = pytest.mark.integration
 
 
-def test_a_channel_sends_its_commands_through_one_client_until_its_pool_is_replaced(
-        redis_server):
+def test_a_channel_sends_its_commands_through_one_client(redis_server):
     with Connection(redis_server.url(3), transport=kombu_redis.TRANSPORT) as connection:
         channel = connection.default_channel
         assert isinstance(channel, kombu_redis.Channel)
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
-        channel._pool = None  # what kombu does when it drops its connections
-        with channel.conn_or_acquire() as after:
-            assert after is not first
-            assert after.connection_pool is channel.pool
-            after.ping()
+            assert first.connection_pool is channel.pool
+            first.ping()
+
+
+def test_the_channels_of_a_process_share_one_pool_of_command_connections(redis_server):
+    with (Connection(redis_server.url(3), transport=kombu_redis.TRANSPORT) as one,
+          Connection(redis_server.url(3), transport=kombu_redis.TRANSPORT) as other,
+          Connection(redis_server.url(4), transport=kombu_redis.TRANSPORT) as elsewhere):
+        consumer, remote_control = one.default_channel, one.channel()
+        assert consumer.pool is remote_control.pool is other.default_channel.pool
+        assert elsewhere.default_channel.pool is not consumer.pool  # another database
+        assert consumer.async_pool is not remote_control.async_pool  # blocking waits: own
+        pool = consumer.pool
+        held = pool.get_connection()  # in use by one channel (a QoS keeps one so)
+        held.send_command("PING")
+        assert held.read_response() in (b"PONG", "PONG")
+        with consumer.conn_or_acquire() as client:
+            client.ping()  # an idle one, now
+        remote_control._disconnect_pools()  # what kombu does when that channel closes
+        held.send_command("PING")  # the one in use elsewhere was left alone
+        assert held.read_response() in (b"PONG", "PONG")
+        pool.release(held)
+        assert remote_control.pool is pool  # a new one for the channel: the same pool
+        with consumer.conn_or_acquire() as client:
+            assert client.ping()
 
 
 def test_its_connections_name_distpool_to_redis(redis_server):

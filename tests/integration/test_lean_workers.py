@@ -4,10 +4,14 @@ keep Redis busy nor hold a copy each of Celery."""
 
 from __future__ import annotations
 
+import threading
 import time
 
+import psutil
 import pytest
+from celery import Celery
 
+import distpool
 from tests.support import RedisServer, Worker, wait_for_slots
 
 pytestmark = pytest.mark.integration
@@ -69,3 +73,46 @@ def test_a_forked_slot_imports_almost_nothing_of_its_own(redis_server):
     finally:
         worker.stop()
     assert len(counts) == 2 and max(counts) < 30, counts
+
+
+def connections_to(port, pid):
+    try:
+        return sum(1 for c in psutil.Process(pid).net_connections("tcp")
+                   if c.raddr and c.raddr.port == port)
+    except psutil.NoSuchProcess:
+        return 0
+
+
+def test_a_slot_holds_at_most_five_redis_connections_at_any_moment(own_redis):
+    """Its task consumer's blocking wait, its remote control's subscription, one connection
+    for the commands of both (replies to remote control included), its delivery records'
+    and the result store's: sampled while it runs tasks and answers inspect."""
+    worker = Worker(own_redis.url(), "budget", 2, secret="the key")
+    most: dict[int, int] = {}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.02):
+            try:
+                slots = psutil.Process(worker.process.pid).children()
+            except psutil.NoSuchProcess:
+                return
+            for slot in slots:
+                held = connections_to(own_redis.port, slot.pid)
+                most[slot.pid] = max(most.get(slot.pid, 0), held)
+
+    try:
+        wait_for_slots(own_redis.url(), "budget", 2, [worker])
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        control = Celery(broker=own_redis.url()).control
+        with distpool.Pool(2, broker=own_redis.url(), queue="budget", secret="the key") as pool:
+            pending = pool.map_async(time.sleep, [0.01] * 200, chunksize=1)
+            for _ in range(3):
+                assert len(control.inspect(timeout=1).active() or {}) == 2
+            pending.get(timeout=60)
+        time.sleep(1)  # and once it is idle again
+    finally:
+        stop.set()
+        worker.stop()
+    assert len(most) == 2 and max(most.values()) <= 5, most
