@@ -86,9 +86,12 @@ EVENT_OPTIONS = ("-E", "--task-events", "--events", "--heartbeat-interval")
 
 
 def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
-               extra_args: Sequence[str] = (), app: Celery | None = None) -> int:
+               extra_args: Sequence[str] = (), app: Celery | None = None,
+               banner: bool = True) -> int:
     """Run ``celery worker`` for distpool in this process until it is stopped: ``app``, else
-    one made here. ``extra_args`` are ``celery worker`` options (``--pool``, ``-E``, ...)."""
+    one made here. ``extra_args`` are ``celery worker`` options (``--pool``, ``-E``, ...).
+    ``banner``: print Celery's start-up banner (a slot does not: a node of 64 slots would
+    print 64, and composing one is a third of a slot's start-up CPU)."""
     if app is None:
         app = create_app(settings, new_holder())
     wants_events = any(arg == option or arg.startswith(option + "=")
@@ -108,5 +111,6 @@ def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
         *([] if wants_events else ["--without-heartbeat"]),
         *extra_args,
     ]
-    app.worker_main(argv=argv)
+    # Celery's own command line; --quiet is one of its global options, before the command.
+    app.start(argv=argv if banner else ["--quiet", *argv])
     return 0

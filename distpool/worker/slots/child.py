@@ -25,6 +25,7 @@ from typing import Any
 
 from celery import Celery, signals
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
+from celery.utils.imports import load_extension_class_names
 from celery.worker import state as worker_state
 
 from ...brokers.celery_app import TASK_NAME
@@ -66,6 +67,9 @@ def preload() -> None:
             importlib.import_module(module)
         except ImportError:  # an optional one (a transport's client library): slots skip it too
             pass
+    # Celery looks its result backend up among the installed packages' entry points (10 ms
+    # of reading package metadata), and caches what it found: once, here, for every slot.
+    load_extension_class_names("celery.result_backends")
     # What exists now stays out of the slots' garbage collections, which would otherwise
     # write to (and so copy) every page holding an object the parent made.
     gc.freeze()
@@ -94,7 +98,7 @@ def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[
     app = create_app(settings, holder)
     configure_slot(app, SlotState(state_path, holder))
     sys.exit(run_worker(settings, concurrency=1, name=name, loglevel=loglevel,
-                        extra_args=extra_args, app=app))
+                        extra_args=extra_args, app=app, banner=False))
 
 
 def configure_slot(app: Celery, state: SlotState) -> None:
