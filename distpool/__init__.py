@@ -5,26 +5,67 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .client.executor import Executor
-from .client.pool import DistributedPool, Pool
-from .client.results import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult
-from .errors import (
-    BrokerUnavailableError,
-    DistpoolError,
-    EnvelopeError,
-    IncompatibleEnvelopeError,
-    MaybeEncodingError,
-    PayloadTooLargeError,
-    PoolTerminatedError,
-    RemoteTraceback,
-    TaskTimeoutError,
-    TimeoutError,
-    WorkerLostError,
-)
-from .local.cluster import LocalCluster, LocalClusterError
+
+if TYPE_CHECKING:
+    from .client.executor import Executor
+    from .client.pool import DistributedPool, Pool
+    from .client.results import (
+        ApplyResult,
+        AsyncResult,
+        IMapIterator,
+        IMapUnorderedIterator,
+        MapResult,
+    )
+    from .errors import (
+        BrokerUnavailableError,
+        DistpoolError,
+        EnvelopeError,
+        IncompatibleEnvelopeError,
+        MaybeEncodingError,
+        PayloadTooLargeError,
+        PoolTerminatedError,
+        RemoteTraceback,
+        TaskTimeoutError,
+        TimeoutError,
+        WorkerLostError,
+    )
+    from .local.cluster import LocalCluster, LocalClusterError
+
+#: Where each export lives: ``import distpool`` loads none of them, and the first use of one
+#: loads its module (PEP 562). A process that only imports distpool, or a CLI command, then
+#: pays for nothing else, and a first pool for what it uses.
+_EXPORTS = {
+    "Executor": "client.executor",
+    "DistributedPool": "client.pool",
+    "Pool": "client.pool",
+    **dict.fromkeys(["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator",
+                     "MapResult"], "client.results"),
+    **dict.fromkeys(["BrokerUnavailableError", "DistpoolError", "EnvelopeError",
+                     "IncompatibleEnvelopeError", "MaybeEncodingError",
+                     "PayloadTooLargeError", "PoolTerminatedError", "RemoteTraceback",
+                     "TaskTimeoutError", "TimeoutError", "WorkerLostError"], "errors"),
+    "LocalCluster": "local.cluster",
+    "LocalClusterError": "local.cluster",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later uses are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 # Silent unless the application configures logging: a library does not print on its own.
 logging.getLogger("distpool").addHandler(logging.NullHandler())

@@ -1,13 +1,13 @@
-"""The client's transport on a real cluster: Celery carries tasks, a Redis store results.
+"""The client's transport on a real cluster: a broker carries tasks, a Redis store results.
 
 :class:`CeleryBackend` publishes envelopes as ordinary Celery task messages and pops result
 records from the pool's Redis list, so results stream back without polling Celery's result
 backend. What workers do with the messages is in :mod:`distpool.worker`.
 
-Fork safety: a client never touches ``app.pool`` or kombu's global pools. Celery registers an
-after-fork hook the first time they are used, and that hook can hang a
-``multiprocessing`` child forked later from the same process (users mix both). The client
-owns one plain connection, used by the pool's dispatcher thread alone.
+On a Redis broker the client writes those messages itself (:mod:`distpool.brokers.
+redis_publisher`) and imports neither Celery nor kombu until it revokes tasks: importing them
+took most of a first pool's time to its first result. AMQP brokers publish through Celery
+(:mod:`distpool.brokers.celery_publisher`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from celery import Celery
-from kombu.connection import Connection
-from kombu.messaging import Producer
-
-from ..brokers.celery_app import TASK_NAME, new_app, urls
-from ..brokers.profiles import profile_for
+from ..brokers.celery_app import broker_key_prefix, new_app, urls
+from ..brokers.profiles import REDIS, profile_for
+from ..brokers.redis_publisher import RedisPublisher, TaskMessage
 from ..config import Settings, mask_url
 from ..errors import BrokerUnavailableError
 from ..store.blobs import result_name
@@ -32,12 +29,18 @@ from ..wire.payload import INLINE_CALLABLE_LIMIT, INLINE_LIMIT, BlobRef, Payload
 from .base import Backend
 from .blob_ledger import BlobLedger
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 #: A task past its soft time limit (the pool's task_timeout) gets this long to stop before
 #: its process is killed.
 TIME_LIMIT_GRACE = 5.0
-#: A publish or a revoke that cannot reach the broker gives up after about this long.
-PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
-                        "interval_max": 1.0}
+
+
+class Publisher(Protocol):
+    def ping(self) -> None: ...
+    def publish(self, messages: Sequence[TaskMessage]) -> None: ...
+    def close(self) -> None: ...
 
 
 class CeleryBackend(Backend):
@@ -45,27 +48,24 @@ class CeleryBackend(Backend):
         self._settings = settings
         self._signer = Signer(settings.secret)
         broker_url, result_url = urls(settings)
-        self._app = _client_app(settings)
-        self._queue = self._app.amqp.queues[settings.queue]
-        self._send = self._app.amqp.send_task_message
         self._store = RedisStore(result_url)
         self._blobs = BlobLedger()
-        self._connection: Connection = self._app.connection_for_write()
-        self._producer: Producer | None = None
-        # A Redis queue needs no declaring before messages are pushed onto it, and kombu's
-        # check that it was declared copies and binds the queue object on every publish.
-        self._declare: list[Any] | None = (
-            None if profile_for(broker_url).declares_queues else [])
+        try:
+            self._publisher = _publisher(settings)
+        except BaseException:
+            self._store.close()
+            raise
         try:
             self._store.ping()
         except Exception as exc:
+            self._close_quietly()
             raise BrokerUnavailableError(
                 f"cannot reach the result store at {mask_url(result_url)}: {exc}"
             ) from None
         try:
-            self._connection.ensure_connection(max_retries=2, interval_start=0.5,
-                                               interval_step=0.5, timeout=5)
+            self._publisher.ping()
         except Exception as exc:
+            self._close_quietly()
             raise BrokerUnavailableError(
                 f"cannot reach the broker at {mask_url(broker_url)}: {exc}"
             ) from None
@@ -126,22 +126,18 @@ class CeleryBackend(Backend):
             pool_id, [(ref.digest, ref.size) for ref in refs], wait=False))
 
     def publish(self, messages: Sequence[Sequence[TaskEnvelope]]) -> None:
-        if self._producer is None:
-            self._producer = Producer(self._connection)  # type: ignore[no-untyped-call]
         timeout = self._settings.task_timeout
+        outgoing = []
         for envelopes in messages:
             first = envelopes[0].task_id
             described = first if len(envelopes) == 1 else f"{first} and {len(envelopes) - 1} more"
             # The soft limit raises in the task, the hard one kills its process.
             soft = None if timeout is None else timeout * len(envelopes)
-            message = self._app.amqp.as_task_v2(
-                first, TASK_NAME,
-                args=tuple(envelope.to_wire(self._signer) for envelope in envelopes),
-                argsrepr=f"<distpool task {described}>", kwargsrepr="{}", ignore_result=True,
-                soft_time_limit=soft, time_limit=None if soft is None else soft + TIME_LIMIT_GRACE,
-            )
-            self._send(self._producer, TASK_NAME, message, queue=self._queue,
-                       declare=self._declare, retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+            outgoing.append(TaskMessage(
+                first, [envelope.to_wire(self._signer) for envelope in envelopes],
+                f"<distpool task {described}>", soft,
+                None if soft is None else soft + TIME_LIMIT_GRACE))
+        self._publisher.publish(outgoing)
 
     def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
         return self._store.pop_results(pool_id, timeout)
@@ -158,25 +154,40 @@ class CeleryBackend(Backend):
         self._store.close_pool(pool_id)
         ids = list(message_ids)
         if ids:
-            with self._app.connection_for_write() as connection:
-                self._app.control.revoke(ids, connection=connection, terminate=True,
-                                         signal="SIGKILL")
+            app = _client_app(self._settings)  # Celery's first import, on a Redis broker
+            with app.connection_for_write() as connection:
+                app.control.revoke(ids, connection=connection, terminate=True,
+                                   signal="SIGKILL")
 
     def close_pool(self, pool_id: str) -> None:
         self._store.close_pool(pool_id)
 
     def close(self) -> None:
-        if self._producer is not None:
-            self._producer.release()  # type: ignore[no-untyped-call]
-        self._connection.release()  # type: ignore[no-untyped-call]
+        self._publisher.close()
         self._store.close()
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: S110 - already failing with a better error
+            pass
+
+
+def _publisher(settings: Settings) -> Publisher:
+    broker_url, _ = urls(settings)
+    if profile_for(broker_url) is REDIS:
+        return RedisPublisher(broker_url, settings.queue, broker_key_prefix(settings))
+    from ..brokers.celery_publisher import CeleryPublisher
+
+    return CeleryPublisher(_client_app(settings))
 
 
 @functools.lru_cache(maxsize=8)
 def _client_app(settings: Settings) -> Celery:
-    """The app a client builds its messages with, shared by the pools of a process that have
-    the same settings. Building one, with its queues and task sender, took about 1.5 ms of
-    each ``Pool()`` on running workers; it holds no connection (each pool has its own)."""
+    """The app a client builds its messages (AMQP) and revokes with, shared by the pools of a
+    process that have the same settings. Building one, with its queues and task sender, took
+    about 1.5 ms of each ``Pool()`` on running workers; it holds no connection (each pool has
+    its own)."""
     return new_app(settings)
 
 

@@ -7,10 +7,13 @@ dies. What differs between brokers comes from their profile (:mod:`.profiles`).
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from .profiles import profile_for
+
+if TYPE_CHECKING:  # imported when an app is built: a client on Redis never builds one
+    from celery import Celery
 
 #: The one task name of every distpool message.
 TASK_NAME = "distpool.execute"
@@ -40,22 +43,15 @@ def flags_redeliveries(broker_url: str) -> bool:
 def new_app(settings: Settings, holder: str | None = None) -> Celery:
     """A Celery app for ``settings``. ``holder``: a worker's consumer id on a Redis broker
     (see :mod:`.held_messages`)."""
+    from celery import Celery
+
     broker_url, _ = urls(settings)
     app = Celery("distpool", set_as_current=False)
     app.conf.update(
         broker_url=broker_url,
         broker_transport=profile_for(broker_url).transport,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            "visibility_timeout": settings.worker_lost_timeout,
-            "unacked_restore_interval": hold_renewal_interval(settings),
-            "unacked_restore_throttle": 1,
-            # How long an idle consumer's blocking move waits before it asks again: kombu's
-            # 1 s was most of an idle slot's traffic. Never longer than the hold renewal
-            # interval, which the consumer's waits also pace.
-            "polling_interval": min(IDLE_WAIT, hold_renewal_interval(settings)),
-            "distpool_holder": holder,
-        },
+        broker_transport_options=transport_options(settings, holder),
         # Celery's own messages stay JSON: nothing on the broker is unpickled by Celery.
         task_serializer="json",
         accept_content=["json"],
@@ -72,6 +68,27 @@ def new_app(settings: Settings, holder: str | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
+
+
+def transport_options(settings: Settings, holder: str | None = None) -> dict[str, Any]:
+    """Celery's ``broker_transport_options`` for ``settings`` (see :func:`new_app`)."""
+    return {
+        "visibility_timeout": settings.worker_lost_timeout,
+        "unacked_restore_interval": hold_renewal_interval(settings),
+        "unacked_restore_throttle": 1,
+        # How long an idle consumer's blocking move waits before it asks again: kombu's
+        # 1 s was most of an idle slot's traffic. Never longer than the hold renewal
+        # interval, which the consumer's waits also pace.
+        "polling_interval": min(IDLE_WAIT, hold_renewal_interval(settings)),
+        "distpool_holder": holder,
+    }
+
+
+def broker_key_prefix(settings: Settings) -> str:
+    """What kombu's Redis transport puts before every key (``global_keyprefix``): a client
+    that publishes without kombu (:mod:`.redis_publisher`) names the queue's list with it,
+    exactly as the workers do."""
+    return str(transport_options(settings).get("global_keyprefix", ""))
 
 
 def hold_renewal_interval(settings: Settings) -> int:

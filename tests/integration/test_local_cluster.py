@@ -187,7 +187,7 @@ def test_demo_runs_both_pools_and_their_results_agree(tmp_path):
 
 def test_tasks_fail_at_once_when_the_private_clusters_worker_keeps_exiting(tmp_path,
                                                                            monkeypatch):
-    import distpool.backends.celery  # noqa: F401  (this process's kombu, first)
+    import distpool.brokers.celery_publisher  # noqa: F401  (this process's kombu, first)
 
     broken = tmp_path / "kombu"
     broken.mkdir()

@@ -1,0 +1,122 @@
+"""Task messages onto a Redis broker with redis-py alone: no Celery, no kombu in the client.
+
+Importing Celery and kombu, and Celery's first publish (which builds an event dispatcher even
+with events off), took about 0.3 s of a client's first pool, several times what the rest of
+that pool's first result takes. On a Redis broker a publish is one ``LPUSH`` of a JSON
+document onto the queue's list, so the client writes that document itself: a Celery
+protocol-2 task message (``celery.app.amqp.AMQP.as_task_v2``), as kombu's ``Producer``
+publishes it through the anonymous exchange to the queue (``send_task_message`` routes a
+direct queue so) and kombu's Redis channel stores it (``Channel.basic_publish`` and
+``_put``). Workers receive exactly what Celery would have sent; the integration tests compare
+the two documents field by field.
+
+What it does not do, a distpool client never asks of it: priorities (every message has
+priority 0, the queue's list itself), ETAs and expiries (``as_task_v2``'s), Celery's
+``before_task_publish`` / ``after_task_publish`` signals, and task-sent events (off). AMQP
+brokers, and revoking, still go through Celery (:mod:`distpool.backends.celery`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ..store.connection import OwnConnection
+from ..store.redis_identity import client_identity
+from .celery_app import TASK_NAME
+
+#: Tries after a publish's first fails, and the backoff between them (seconds): about what
+#: kombu's ``ensure`` did with the client's retry policy, so a publish that cannot reach the
+#: broker gives up after about two seconds.
+RETRIES = 3
+BACKOFF = ExponentialBackoff(cap=1.0, base=0.2)
+
+#: Celery's ``embed`` part of a protocol-2 body: no callbacks, errbacks, chain or chord.
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+class TaskMessage(NamedTuple):
+    """One Celery task message of distpool's task: its id, its positional arguments (the
+    task envelopes), how the worker's log shows them, and Celery's time limits (seconds)."""
+
+    task_id: str
+    args: Sequence[Any]
+    argsrepr: str
+    soft_time_limit: float | None
+    time_limit: float | None
+
+
+def origin() -> str:
+    """What Celery names a process that sends tasks (``celery.utils.nodenames``)."""
+    return f"gen{os.getpid()}@{socket.gethostname()}"
+
+
+def message_document(message: TaskMessage, queue: str, origin: str,
+                     delivery_tag: str) -> dict[str, Any]:
+    """The document kombu's Redis channel pushes for ``message`` sent to ``queue``, keys in
+    kombu's order."""
+    task_id = message.task_id
+    body = json.dumps((list(message.args), {}, _EMBED))
+    headers: dict[str, Any] = {
+        "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None,
+        "expires": None, "group": None, "group_index": None, "retries": 0,
+        "timelimit": [message.time_limit, message.soft_time_limit], "root_id": task_id,
+        "parent_id": None, "argsrepr": message.argsrepr, "kwargsrepr": "{}",
+        "origin": origin, "ignore_result": True, "replaced_task_nesting": 0,
+        "stamped_headers": None, "stamps": {},
+    }
+    return {
+        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": "",
+            "delivery_mode": 2,  # persistent: Celery's default
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": delivery_tag,
+        },
+    }
+
+
+class RedisPublisher:
+    """Pushes task messages onto ``queue`` of the Redis broker at ``url``, on a connection of
+    its own (TLS and its options from the URL, as redis-py reads them), whose name in the
+    broker's keys starts with ``key_prefix`` (kombu's ``global_keyprefix``)."""
+
+    def __init__(self, url: str, queue: str, key_prefix: str = "") -> None:
+        self._redis = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30,
+            retry_on_timeout=True, retry=Retry(BACKOFF, RETRIES), **client_identity())
+        self._connection = OwnConnection(self._redis.connection_pool)
+        self._queue = queue
+        self._key = key_prefix + queue
+        self._origin = origin()
+
+    def ping(self) -> None:
+        """Raise if the broker cannot be reached."""
+        self._connection.run([("PING",)])
+
+    def publish(self, messages: Sequence[TaskMessage]) -> None:
+        """Push ``messages`` in order, in one round trip; raise if the broker refuses them."""
+        documents = [json.dumps(message_document(message, self._queue, self._origin,
+                                                 str(uuid.uuid4())))
+                     for message in messages]
+        # One LPUSH per message, as kombu sends them: the workers take from the right.
+        self._connection.run([("LPUSH", self._key, document) for document in documents])
+
+    def close(self) -> None:
+        self._connection.close()
+        self._redis.connection_pool.disconnect()

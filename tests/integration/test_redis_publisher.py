@@ -1,0 +1,113 @@
+"""The client's own publisher on a Redis broker: what it pushes is what Celery and kombu push,
+and a first pool in a fresh process works without them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import redis
+
+from distpool.brokers.celery_app import broker_key_prefix, new_app
+from distpool.brokers.celery_publisher import CeleryPublisher
+from distpool.brokers.redis_publisher import RedisPublisher, TaskMessage
+from distpool.config import resolve
+from tests.support import environment_without_distpool
+
+ENVELOPE = {"distpool": 2, "pool": "p", "task": "p:0:0", "expires": 1796138986.869,
+            "function": "UIAFlRQ=", "initializer": None, "max_tasks": None, "signature": "ab"}
+MESSAGES = [
+    TaskMessage("p:0:0", [ENVELOPE], "<distpool task p:0:0>", None, None),
+    TaskMessage("p:1:0", [ENVELOPE, {**ENVELOPE, "task": "p:1:1", "kind": "map"}],
+                "<distpool task p:1:0 and 1 more>", 14.0, 19.0),
+    TaskMessage("p:2:0", [{**ENVELOPE, "text": "é\u2028\"\\"}], "<distpool task p:2:0>", 7, 12),
+]
+
+
+def pushed(client: redis.Redis, key: str) -> list[dict]:
+    """The documents on list ``key``, oldest first, without their random delivery tags."""
+    documents = [json.loads(item) for item in reversed(client.lrange(key, 0, -1))]
+    for document in documents:
+        assert len(document["properties"].pop("delivery_tag")) == 36  # a UUID, each its own
+    return documents
+
+
+def test_what_it_pushes_is_what_celery_pushes_key_for_key(redis_server):
+    url = redis_server.url(6)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    settings = resolve(broker=url, queue="celery-sent", secret="k" * 32, environ={})
+    celery = CeleryPublisher(new_app(settings))
+    own = RedisPublisher(url, "own-sent")
+    try:
+        celery.publish(MESSAGES)
+        own.publish(MESSAGES)
+        theirs, ours = pushed(client, "celery-sent"), pushed(client, "own-sent")
+    finally:
+        celery.close()
+        own.close()
+    for document in theirs:
+        document["properties"]["delivery_info"]["routing_key"] = "own-sent"
+    # Equal, and in the same order: the JSON text differs only by the delivery tag.
+    assert [json.dumps(document) for document in ours] == [
+        json.dumps(document) for document in theirs]
+    assert set(client.keys("*")) == {b"celery-sent", b"own-sent"}
+
+
+def test_the_queue_list_is_named_with_the_transport_key_prefix(redis_server):
+    url = redis_server.url(6)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    settings = resolve(broker=url, queue="prefixed", secret="k" * 32, environ={})
+    assert broker_key_prefix(settings) == new_app(settings).conf.broker_transport_options.get(
+        "global_keyprefix", "")
+    publisher = RedisPublisher(url, "prefixed", key_prefix="tenant:")
+    try:
+        publisher.ping()
+        publisher.publish(MESSAGES[:1])
+    finally:
+        publisher.close()
+    [document] = pushed(client, "tenant:prefixed")
+    assert document["properties"]["delivery_info"]["routing_key"] == "prefixed"
+
+
+def test_a_first_pool_in_a_fresh_process_runs_without_celery_or_kombu(shared_cluster):
+    script = textwrap.dedent("""
+        import sys
+        import distpool
+
+        with distpool.Pool(2) as pool:
+            assert pool.apply(len, ("abc",)) == 3
+            assert pool.map(abs, range(-5, 0)) == [5, 4, 3, 2, 1]
+        assert not {"celery", "kombu"} & set(sys.modules), sorted(sys.modules)
+        print("ok")
+    """)
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env=environment_without_distpool(**shared_cluster.environment()))
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "ok"
+
+
+def test_terminating_a_pool_with_tasks_running_revokes_them_through_celery(shared_cluster):
+    # That the revoke kills them: tests/integration/test_cluster.py. Here, that it is sent.
+    script = textwrap.dedent("""
+        import sys, time
+        import distpool
+
+        pool = distpool.Pool(2)
+        results = [pool.apply_async(time.sleep, (60,)) for _ in range(2)]
+        time.sleep(1)
+        assert "celery" not in sys.modules
+        started = time.monotonic()
+        pool.terminate()
+        assert "celery" in sys.modules  # Celery imported to revoke the running tasks
+        print(round(time.monotonic() - started))
+    """)
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env=environment_without_distpool(**shared_cluster.environment()))
+    assert completed.returncode == 0, completed.stderr
+    assert int(completed.stdout) < 30
