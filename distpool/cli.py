@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__, config
 from .errors import DistpoolError
@@ -91,16 +92,21 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
                          metavar="N", help="worker processes (default: CPU count)")
     status = commands.add_parser(
-        "status", help="show the workers, the queue and the pools with work in flight",
-        description="Show the workers serving the queue (slots, busy), its depth, and the "
-                    "pools with work in flight and their progress. Exits 1 when no worker "
-                    "answers.")
+        "status", help="show the nodes, the queue and the pools with work in flight",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Show the worker nodes serving the queue (slots, busy slots), its depth, "
+                    "and the pools with work in flight\nand their progress. Exits 1 when no "
+                    "node is alive, 2 when Redis or the broker cannot be reached.",
+        epilog=STATUS_JSON)
     status.add_argument("--broker", metavar="URL", help="as for 'distpool worker'")
     status.add_argument("--result-url", metavar="URL", help="as for 'distpool worker'")
     status.add_argument("--queue", "-Q", metavar="NAME", help="as for 'distpool worker'")
-    status.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS",
-                        help="how long to wait for workers to answer (default 1)")
-    status.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    status.add_argument("--slots", action="store_true",
+                        help="also show each slot: its pid, state, and the message it runs")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="how long to wait for Redis and the broker (default 5)")
+    status.add_argument("--json", action="store_true",
+                        help="print JSON, for scripts (its shape is below)")
     commands.add_parser(
         "demo", add_help=False,
         help="run a forecast-shaped job on multiprocessing.Pool, then on distpool.Pool "
@@ -156,24 +162,70 @@ def _status(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"distpool status: cannot reach the cluster: {exc}", file=sys.stderr)
         return 2
-    answering = [w for w in status["workers"] if w["answering"]]
+    alive = [node for node in status["nodes"] if node["alive"]]
     if args.json:
         print(json.dumps(status, indent=2))
-        return 0 if answering else 1
+        return 0 if alive else 1
     print(f"broker {status['broker']}, queue {status['queue']}: "
           f"{status['queue_depth']} message(s) waiting")
-    print(f"workers: {len(answering)} answering of {len(status['workers'])} registered, "
-          f"{sum(w['slots'] for w in answering)} slots, "
-          f"{sum(w['busy'] or 0 for w in answering)} busy")
-    for worker in status["workers"]:
-        state = f"busy {worker['busy']}" if worker["answering"] else "not answering"
-        print(f"  {worker['name']:40} slots {worker['slots']:3}  {state}")
+    unknown = sum(node["busy"] is None for node in alive)
+    print(f"nodes: {len(alive)} alive of {len(status['nodes'])}, "
+          f"{sum(node['slots'] for node in alive)} slots, "
+          f"{sum(node['busy'] or 0 for node in alive)} busy"
+          + (f" (not known for {unknown} node(s) run with a Celery pool)" if unknown else ""))
+    for node in status["nodes"]:
+        print("  " + _node_line(node))
+        if args.slots:
+            for slot in node["slot_detail"]:
+                print("    " + _slot_line(slot))
     print(f"pools with work in flight: {len(status['pools'])}")
     for pool in status["pools"]:
         print(f"  {pool['id'][:12]}  {pool['host']}:{pool['pid']}  processes "
               f"{pool['processes']}  done {pool['done']} of {pool['sent']} sent, "
               f"{pool['in_flight']} in flight")
-    return 0 if answering else 1
+    return 0 if alive else 1
+
+
+#: The shape of ``distpool status --json``, for its help; tests/integration/test_status.py
+#: pins its keys.
+STATUS_JSON = """\
+--json prints one object:
+  broker        the broker URL, password masked
+  queue         the queue's name
+  queue_depth   messages waiting in it
+  nodes         one object per node, by name (see below)
+  pools         one object per pool with work in flight: id, host, pid, processes,
+                started, sent, done, in_flight
+
+Each node: name, host, pid (its parent's), kind ("slots" for the default process model,
+"celery" for a worker run with a Celery pool, --pool prefork or threads), alive (false once
+its record has lapsed: the node died or cannot reach Redis), lapsed_for (seconds, else null),
+started (Unix time), slots, busy (null for a Celery pool, which reports no such thing),
+registered (how many of its slots consume from the broker) and slot_detail: for each slot,
+index, name (its Celery node), pid (null while it restarts), state ("idle", "busy" or
+"restarting"), message (the id of the message it runs, else null), since (Unix time it began
+it), running_for (seconds) and registered. A node run with a Celery pool has no slot_detail;
+its pid and started are null. Nodes that lapsed are listed for 10 minutes, then dropped.
+"""
+
+
+def _node_line(node: dict[str, Any]) -> str:
+    busy = "?" if node["busy"] is None else node["busy"]
+    line = f"{node['name']:40} {node['host']:20} slots {node['slots']:3}  busy {busy:>3}"
+    if not node["alive"]:
+        return f"{line}  lapsed {node['lapsed_for']:g} s ago"
+    if node["kind"] == "celery":
+        return f"{line}  (Celery pool)"
+    missing = node["slots"] - node["registered"]
+    return f"{line}  ({missing} not consuming)" if missing else line
+
+
+def _slot_line(slot: dict[str, Any]) -> str:
+    pid = "-" if slot["pid"] is None else slot["pid"]
+    line = f"slot {slot['index']:3}  pid {pid:>7}  {slot['state']:10}"
+    if slot["message"] is not None:
+        line += f"  {slot['message']} for {slot['running_for']:g} s"
+    return line if slot["registered"] or slot["pid"] is None else f"{line}  (not consuming)"
 
 
 def _demo(argv: list[str]) -> int:

@@ -23,6 +23,7 @@ from ..brokers.redis_publisher import RedisPublisher, TaskMessage
 from ..config import Settings, mask_url
 from ..errors import BrokerUnavailableError
 from ..store.blobs import result_name
+from ..store.nodes import NodeRecords
 from ..store.redis_store import RedisStore
 from ..wire.envelope import Data, Signer, TaskEnvelope
 from ..wire.payload import INLINE_CALLABLE_LIMIT, INLINE_LIMIT, BlobRef, Payload
@@ -191,30 +192,28 @@ def _client_app(settings: Settings) -> Celery:
     return new_app(settings)
 
 
-def cluster_status(settings: Settings, timeout: float = 1.0) -> dict[str, Any]:
-    """What ``distpool status`` shows: the queue's workers (with their slots and busy
-    processes), its depth, and the pools with work in flight."""
+def cluster_status(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
+    """What ``distpool status`` shows: the nodes serving the queue (with their slots, busy
+    slots and what each slot runs), its depth, and the pools with work in flight; the shape
+    is documented in ``distpool status --help``. No worker is asked anything: the nodes are
+    read from the records their parents publish (:mod:`distpool.store.nodes`), in one round
+    trip to the result store, however many slots they have. ``timeout``: for each connect
+    and reply."""
     broker_url, result_url = urls(settings)
-    app = new_app(settings)
+    records = NodeRecords(result_url, timeout)
     store = RedisStore(result_url)
     try:
-        registered = store.workers(settings.queue)
+        nodes = records.read(settings.queue)
         pools = store.pools()
-        with app.connection_for_write() as connection:
-            answers = app.control.inspect(timeout=timeout, connection=connection).active()
-            try:
-                _, depth, _ = connection.default_channel.queue_declare(
-                    queue=settings.queue, passive=True)
-            except Exception:  # an AMQP queue that was never declared
-                depth = 0
     finally:
+        records.close()
         store.close()
-    answers = answers or {}
-    workers = [
-        {"name": name, "host": name.partition("@")[2], "slots": slots,
-         "busy": len(answers[name]) if name in answers else None,
-         "answering": name in answers}
-        for name, slots in sorted(registered.items())]
+    with new_app(settings).connection_for_write(connect_timeout=timeout) as connection:
+        try:
+            _, depth, _ = connection.default_channel.queue_declare(
+                queue=settings.queue, passive=True)
+        except connection.channel_errors:  # an AMQP queue that was never declared
+            depth = 0
     return {"broker": mask_url(broker_url), "queue": settings.queue, "queue_depth": depth,
-            "workers": workers,
+            "nodes": nodes,
             "pools": [{"id": pool_id, **info} for pool_id, info in sorted(pools.items())]}

@@ -17,6 +17,10 @@
   :mod:`distpool.store.blobs`); it expires with the liveness key.
 * ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
   ``distpool:slots:<queue>`` (hash: worker name -> processes): who serves a queue.
+* ``distpool:nodes:<queue>`` (hash: node name -> JSON record) and
+  ``distpool:nodes-alive:<queue>`` (sorted set: node name -> expiry, ms on the Redis
+  server's clock): what each node of slots runs, published by its parent for ``distpool
+  status`` (see :mod:`distpool.store.nodes`).
 """
 
 from __future__ import annotations
@@ -57,3 +61,11 @@ def workers(queue: str) -> str:
 
 def slots(queue: str) -> str:
     return f"distpool:slots:{queue}"
+
+
+def nodes(queue: str) -> str:
+    return f"distpool:nodes:{queue}"
+
+
+def nodes_alive(queue: str) -> str:
+    return f"distpool:nodes-alive:{queue}"

@@ -6,5 +6,6 @@
 * :mod:`.state`: the files through which slots tell their parent what they run, and their
   directory (removed by the next start when a node is killed);
 * :mod:`.recovery`: what becomes of the messages of a slot that is gone;
+* :mod:`.report`: the node's record of what its slots run, for ``distpool status``;
 * :mod:`.restarts`: how often a process that keeps dying is restarted.
 """

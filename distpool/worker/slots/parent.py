@@ -17,7 +17,8 @@ reads what each slot runs from the slot's state file (:mod:`distpool.worker.slot
   counts the attempt, so a task that keeps killing its process fails after a bounded number
   of attempts instead of returning forever;
 * kills a slot whose message runs past its hard time limit, having first marked the message
-  (``recovery.timed_out``), so that its tasks fail with ``TaskTimeoutError``.
+  (``recovery.timed_out``), so that its tasks fail with ``TaskTimeoutError``;
+* publishes the node's record, what each slot runs, for ``distpool status`` (:mod:`.report`).
 
 Each slot is a :class:`multiprocessing.Process` running :func:`.child.run_slot`, with
 multiprocessing's default start method: forked on Linux, from a process that has already
@@ -68,6 +69,7 @@ from typing import Protocol
 from ...config import Settings
 from .child import PARENT_HANDLER, preload, run_slot
 from .recovery import SlotRecovery
+from .report import NodeReport, SlotReport
 from .restarts import Backoff
 from .state import Running, SlotState, StateDirectory, remove_leftovers
 
@@ -104,6 +106,8 @@ class _Slot:
         self.restart_at = 0.0
         #: Whether the next start replaces a process that died (logged as such).
         self.replacing = False
+        #: What it ran when last looked at (for the node's record).
+        self.running: Running | None = None
 
 
 def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "WARNING",
@@ -127,9 +131,13 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
             preload()
         slots = [_Slot(index, SlotState(os.path.join(directory.path, f"slot-{index}")))
                  for index in range(concurrency)]
+        node, _, host = name.partition("@")
+        report = NodeReport(settings, expand_host(f"{node}@{host or '%h'}"))
+        names = [expand_host(slot_name(name, slot.index)) for slot in slots]
 
         def start(slot: _Slot) -> None:
             slot.state.idle()  # a replacement must not inherit its predecessor's message
+            slot.running = None
             slot.process = context.Process(
                 target=run_slot, name=f"distpool-slot-{slot.index}",
                 args=(settings, slot_name(name, slot.index), loglevel, list(extra_args),
@@ -148,11 +156,14 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
             while not stop.wait(CHECK_INTERVAL):
                 if not _tend_all(slots, recovery, start, time.monotonic()):
                     return 1
+                report.update([slot_report(slot, celery_name)
+                               for slot, celery_name in zip(slots, names)])
             logger.warning("stopping (SIGTERM): running tasks get %g s to finish", STOP_TIMEOUT)
         except KeyboardInterrupt:
             logger.warning("stopping (Ctrl-C): running tasks get %g s to finish", STOP_TIMEOUT)
         finally:
             _stop_all([slot.process for slot in slots if slot.process is not None])
+            report.close()
             directory.remove()
     finally:
         logger.removeHandler(handler)
@@ -164,6 +175,17 @@ def slot_name(name: str, index: int) -> str:
     """The Celery node name of slot ``index`` of the node ``name``: ``<node>-<i>@<host>``."""
     node, _, host = name.partition("@")
     return f"{node}-{index}@{host or '%h'}"
+
+
+def slot_report(slot: _Slot, name: str) -> SlotReport:
+    """What the node's record says of ``slot``, Celery node ``name``."""
+    if slot.process is None:
+        return SlotReport(slot.index, name, None, "restarting")
+    running = slot.running
+    if running is None:
+        return SlotReport(slot.index, name, slot.process.pid, "idle")
+    return SlotReport(slot.index, name, slot.process.pid, "busy", running.message_id,
+                      running.since)
 
 
 def expand_host(name: str) -> str:
@@ -206,6 +228,7 @@ def _tend(slot: _Slot, recovery: Recovery) -> float | None:
     alive = process.is_alive()
     running = slot.state.read()  # read after is_alive: a dead slot's state is final
     if alive:
+        slot.running = running
         if running is None or running.kill_at is None or time.time() < running.kill_at:
             return None
         logger.warning("slot %d (pid %s): message %s ran past its time limit; killing the "

@@ -23,8 +23,9 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 logger = logging.getLogger("distpool")
 
@@ -44,12 +45,14 @@ _ours: set[str] = set()
 
 @dataclass(frozen=True)
 class Running:
-    """The message a slot holds: its id, the broker's delivery tag, and the wall-clock time
-    (``time.time()``) past which it must be killed, if any."""
+    """The message a slot holds: its id, the broker's delivery tag, the wall-clock time
+    (``time.time()``) past which it must be killed, if any, and when the slot took it (for
+    ``distpool status``; not part of what identifies it)."""
 
     message_id: str
     delivery_tag: str
     kill_at: float | None
+    since: float | None = field(default=None, compare=False)
 
 
 class SlotState:
@@ -65,7 +68,8 @@ class SlotState:
         self._file: int | None = None
 
     def running(self, message_id: str, delivery_tag: str, kill_at: float | None) -> None:
-        self._write(f"{self.holder} {message_id} {delivery_tag} {kill_at or 0!r}")
+        self._write(f"{self.holder} {message_id} {delivery_tag} {kill_at or 0!r} "
+                    f"{time.time():.3f}")
 
     def idle(self) -> None:
         self._write(self.holder)
@@ -74,14 +78,15 @@ class SlotState:
         """The message the slot holds, or None when it holds none (or the file is unreadable
         or garbled: then there is nothing the parent could act on)."""
         fields = self._fields()
-        if len(fields) != 4:
+        if len(fields) not in (4, 5):  # 4: written by an older slot, without its start
             return None
-        _, message_id, delivery_tag, kill_at = fields
+        _, message_id, delivery_tag, kill_at, *since = fields
         try:
             deadline = float(kill_at)
+            started = float(since[0]) if since else None
         except ValueError:
             return None
-        return Running(message_id, delivery_tag, deadline or None)
+        return Running(message_id, delivery_tag, deadline or None, started)
 
     def read_holder(self) -> str | None:
         """The slot's consumer id, once the slot has written it."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from distpool.worker.slots.state import RECORD_SIZE, Running, SlotState
@@ -32,3 +34,13 @@ def test_a_garbled_file_reads_as_holding_nothing(tmp_path):
 def test_a_state_that_would_not_fit_is_refused(tmp_path):
     with pytest.raises(ValueError, match="too long"):
         SlotState(str(tmp_path / "slot"), "h").running("x" * RECORD_SIZE, "tag", None)
+
+
+def test_a_running_state_says_since_when(tmp_path):
+    slot = SlotState(str(tmp_path / "slot"), holder="h")
+    before = time.time()
+    slot.running("m1", "tag-1", None)
+    running = SlotState(slot.path).read()
+    assert running is not None and before - 0.001 <= running.since <= time.time() + 0.001
+    (tmp_path / "old").write_bytes(b"h m1 tag-1 0".ljust(RECORD_SIZE))  # no start: still read
+    assert SlotState(str(tmp_path / "old")).read() == Running("m1", "tag-1", None)
