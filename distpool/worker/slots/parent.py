@@ -32,7 +32,10 @@ ended itself cleanly (``--max-tasks-per-child``). A slot that fails on its own (
 an error or is killed while idle) is restarted after a backoff of its own
 (:class:`~.restarts.Backoff`): 1 s after its first failure in a row, then 2, 4, ... up to
 60 s; once it has stayed up 60 s, its next failure is a first again. One flapping slot thus
-costs a fork a minute and never takes the healthy slots down with it.
+costs a fork a minute and never takes the healthy slots down with it. Starts are staggered:
+at most ``STARTS_PER_LOOK`` slots start at one look (every ``CHECK_INTERVAL``), at the node's
+start as after ``terminate()`` killed every busy slot, so a node's cores are never shared by
+dozens of Celery workers starting at once, and the slots back first serve meanwhile.
 
 Giving up. The node exits, with status 1, only when every one of its slots has failed 6
 times in a row (at least 1 + 2 + 4 + 8 + 16 s of backoff) and none has stayed up 60 s since:
@@ -79,6 +82,10 @@ logger = logging.getLogger("distpool")
 STOP_TIMEOUT = 30.0
 #: How often the parent looks at its slots.
 CHECK_INTERVAL = 0.2
+#: How many slots the parent starts at one look, at most: when terminate() kills every busy
+#: slot at once, their replacements start a few at a time (about 50 ms of CPU each), so the
+#: slots already back serve on instead of sharing the cores with dozens of starts.
+STARTS_PER_LOOK = max(2, os.cpu_count() or 1)
 #: The node gives up when every slot has failed this many times in a row (see above).
 GIVE_UP_FAILURES = 6
 
@@ -150,14 +157,13 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
             slot.replacing = False
 
         try:
-            for slot in slots:
-                start(slot)
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            while not stop.wait(CHECK_INTERVAL):
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())  # (a slot resets its own)
+            while not stop.is_set():  # the first look starts the slots, a few at a time
                 if not _tend_all(slots, recovery, start, time.monotonic()):
                     return 1
                 report.update([slot_report(slot, celery_name)
                                for slot, celery_name in zip(slots, names)])
+                stop.wait(CHECK_INTERVAL)
             logger.warning("stopping (SIGTERM): running tasks get %g s to finish", STOP_TIMEOUT)
         except KeyboardInterrupt:
             logger.warning("stopping (Ctrl-C): running tasks get %g s to finish", STOP_TIMEOUT)
@@ -197,20 +203,19 @@ def expand_host(name: str) -> str:
 
 
 def _tend_all(slots: Sequence[_Slot], recovery: Recovery, start: Callable[[_Slot], None],
-              now: float) -> bool:
-    """One look at every slot: tend the live ones, start those due. False: give up."""
+              now: float, starts: int = STARTS_PER_LOOK) -> bool:
+    """One look at every slot: tend the live ones, start at most ``starts`` of those due
+    (the others at the next look). False: give up."""
     for slot in slots:
-        if slot.process is None:
-            if now >= slot.restart_at:
-                start(slot)
-            continue
-        delay = _tend(slot, recovery)
-        if delay is None:
-            continue
-        slot.process = None
-        slot.restart_at = now + delay
-        if delay <= 0:
+        if slot.process is not None:
+            delay = _tend(slot, recovery)
+            if delay is None:
+                continue
+            slot.process = None
+            slot.restart_at = now + delay
+        if slot.restart_at <= now and starts > 0:
             start(slot)
+            starts -= 1
     if all(slot.backoff.failing(GIVE_UP_FAILURES) for slot in slots):
         logger.error("giving up: every slot has failed %d times in a row, none stayed up "
                      "%g s since; this node serves nothing, so it stops (exit status 1)",

@@ -148,6 +148,23 @@ class Node:
         return True
 
 
+def test_slots_killed_at_once_are_replaced_a_few_at_a_time(tmp_path):
+    # terminate() kills every busy slot at once: each message goes back at the first look,
+    # the replacements start STARTS_PER_LOOK per look, not all in one burst.
+    node = Node(tmp_path, [StandInProcess] * 10)
+    for index, tended in enumerate(node.slots):
+        tended.state.running(f"m{index}", f"t{index}", None)
+        tended.process.exitcode = 70
+    starts = []
+    for _ in range(4):
+        assert _tend_all(node.slots, node.recovery, node.start, node.clock.now, starts=3)
+        starts.append(sum(node.starts))
+    requeued = [event for event in node.recovery.events if event[0] == "requeue"]
+    assert requeued == [("requeue", f"m{index}") for index in range(10)]  # all at the first
+    assert starts == [3, 6, 9, 10]
+    assert all(tended.process.is_alive() for tended in node.slots)
+
+
 def test_a_flapping_slot_backs_off_alone_and_the_node_serves_on(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="distpool")
     node = Node(tmp_path, [lambda: StandInProcess(exitcode=1), StandInProcess])
