@@ -4,6 +4,8 @@ keep Redis busy nor hold a copy each of Celery."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -116,3 +118,42 @@ def test_a_slot_holds_at_most_five_redis_connections_at_any_moment(own_redis):
         stop.set()
         worker.stop()
     assert len(most) == 2 and max(most.values()) <= 5, most
+
+
+def sockets_of(pid):
+    """The sockets process ``pid`` has open (their inodes)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def die_running():
+    os._exit(3)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_no_slot_keeps_a_copy_of_its_parent_s_connections(own_redis):
+    """The parent holds connections of its own (its node record; the recovery of a dead
+    slot's message) while it forks replacements: a forked slot would keep a copy of each."""
+    worker = Worker(own_redis.url(), "inherit", 2, secret="the key")
+    try:
+        wait_for_slots(own_redis.url(), "inherit", 2, [worker])
+        with distpool.Pool(2, broker=own_redis.url(), queue="inherit", secret="the key",
+                           task_timeout=None) as pool:
+            pool.apply_async(die_running)  # its slot dies running it: the parent requeues
+            time.sleep(3)  # replaced, and the parent has published its record meanwhile
+            parent = psutil.Process(worker.process.pid)
+            assert sockets_of(parent.pid), "the parent holds no connection: nothing to test"
+            slots = parent.children()
+            assert len(slots) == 2
+            for slot in slots:
+                assert not sockets_of(slot.pid) & sockets_of(parent.pid), slot.pid
+            pool.terminate()
+    finally:
+        worker.stop()

@@ -102,6 +102,9 @@ class Recovery(Protocol):
     def release(self, holder: str) -> None:
         """Put back what the gone slot's consumer ``holder`` had taken and not yet run."""
 
+    def disconnect(self) -> None:
+        """Close its connections, to open them again when next needed."""
+
 
 class _Slot:
     def __init__(self, index: int, state: SlotState, backoff: Backoff | None = None) -> None:
@@ -145,6 +148,10 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
         def start(slot: _Slot) -> None:
             slot.state.idle()  # a replacement must not inherit its predecessor's message
             slot.running = None
+            # A forked slot would keep a copy of every socket the parent has open (and with
+            # it the connection, past the parent's own end): none is open at a fork.
+            recovery.disconnect()
+            report.disconnect()
             slot.process = context.Process(
                 target=run_slot, name=f"distpool-slot-{slot.index}",
                 args=(settings, slot_name(name, slot.index), loglevel, list(extra_args),

@@ -33,7 +33,7 @@ class SlotRecovery:
         self._settings = settings
         broker_url, self._result_url = urls(settings)
         self._restores = profile_for(broker_url).requeues_dead_slots
-        # Made on first use, not before the slots are forked.
+        # Made on first use, and closed before each slot is forked (see parent.start).
         self._store: RedisStore | None = None
         self._connection: Connection | None = None
 
@@ -63,6 +63,14 @@ class SlotRecovery:
             self._channel().restore_held(holder)
         except Exception as exc:  # its lease lapses after worker_lost_timeout
             logger.error("could not put back the messages held by %s: %s", holder, exc)
+
+    def disconnect(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._connection is not None:
+            self._connection.close()  # type: ignore[no-untyped-call]
+            self._connection = None
 
     def _channel(self) -> Any:
         if self._connection is None:

@@ -3,10 +3,10 @@ status``: the node, and what each of its slots runs, as the parent reads it from
 state files (:mod:`.state`). See :mod:`distpool.store.nodes` for where it is kept.
 
 The parent publishes between two looks at its slots, through one connection of its own to
-the result store, opened on first use (once the slots are forked): when what its slots run
-changes, at most every ``CHANGE_INTERVAL``, and every ``PUBLISH_INTERVAL`` in any case, which
-renews the record. A node that is killed stops renewing it, and ``distpool status`` shows it
-lapsed ``RECORD_TTL`` later. A node that stops removes its record.
+the result store (opened on first use, closed before each slot is forked): when what its
+slots run changes, at most every ``CHANGE_INTERVAL``, and every ``PUBLISH_INTERVAL`` in any
+case, which renews the record. A node that is killed stops renewing it, and ``distpool
+status`` shows it lapsed ``RECORD_TTL`` later. A node that stops removes its record.
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ class NodeReport:
             logger.warning("published this node's record to %s again", self._where)
             self._failing = False
         self._published = list(slots)
+
+    def disconnect(self) -> None:
+        """Close the connection, to open it again at the next publish."""
+        if self._records is not None:
+            self._records.close()
+            self._records = None
 
     def close(self) -> None:
         """Remove the record (the node stops) and close the connection."""
