@@ -40,9 +40,9 @@ def flags_redeliveries(broker_url: str) -> bool:
     return profile_for(broker_url).flags_redeliveries
 
 
-def new_app(settings: Settings, holder: str | None = None) -> Celery:
+def new_app(settings: Settings, holder: str | None = None, sweepers: int = 1) -> Celery:
     """A Celery app for ``settings``. ``holder``: a worker's consumer id on a Redis broker
-    (see :mod:`.held_messages`)."""
+    (see :mod:`.held_messages`); ``sweepers``: see :func:`transport_options`."""
     from celery import Celery
 
     broker_url, _ = urls(settings)
@@ -51,7 +51,7 @@ def new_app(settings: Settings, holder: str | None = None) -> Celery:
         broker_url=broker_url,
         broker_transport=profile_for(broker_url).transport,
         broker_connection_retry_on_startup=True,
-        broker_transport_options=transport_options(settings, holder),
+        broker_transport_options=transport_options(settings, holder, sweepers),
         # Celery's own messages stay JSON: nothing on the broker is unpickled by Celery.
         task_serializer="json",
         accept_content=["json"],
@@ -70,11 +70,17 @@ def new_app(settings: Settings, holder: str | None = None) -> Celery:
     return app
 
 
-def transport_options(settings: Settings, holder: str | None = None) -> dict[str, Any]:
-    """Celery's ``broker_transport_options`` for ``settings`` (see :func:`new_app`)."""
+def transport_options(settings: Settings, holder: str | None = None,
+                      sweepers: int = 1) -> dict[str, Any]:
+    """Celery's ``broker_transport_options`` for ``settings`` (see :func:`new_app`).
+
+    Every consumer sweeps the queue's lapsed holds (a dead consumer's messages) now and then:
+    ``sweepers`` consumers that take turns (the slots of one node) each sweep that many times
+    less often, so a node sweeps as often as one worker would. Every sweep is five commands:
+    at one per slot per hold renewal interval, they were half of an idle slot's traffic."""
     return {
         "visibility_timeout": settings.worker_lost_timeout,
-        "unacked_restore_interval": hold_renewal_interval(settings),
+        "unacked_restore_interval": hold_renewal_interval(settings) * max(1, sweepers),
         "unacked_restore_throttle": 1,
         # How long an idle consumer's blocking move waits before it asks again: kombu's
         # 1 s was most of an idle slot's traffic. Never longer than the hold renewal

@@ -36,11 +36,13 @@ def new_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def create_app(settings: Settings, holder: str | None = None) -> Celery:
+def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1) -> Celery:
     """The worker's app. ``holder``: its consumer id on a Redis broker (see
-    :mod:`distpool.brokers.held_messages`)."""
+    :mod:`distpool.brokers.held_messages`); ``sweepers``: how many consumers (a node's slots)
+    take turns sweeping lapsed holds (see :func:`~distpool.brokers.celery_app.
+    transport_options`)."""
     broker_url, result_url = urls(settings)
-    app = new_app(settings, holder)
+    app = new_app(settings, holder, sweepers)
     app.conf.update(
         # Stores nothing but failures Celery records itself; see FailureReporter.
         result_backend="distpool.worker.failures:FailureReporter",

@@ -51,6 +51,23 @@ def test_an_idle_slot_sends_heartbeats_only_when_events_are_asked_for(own_redis,
     assert calls.get("blmove", 0) <= 2  # one wait of up to 5 s at a time, not one a second
 
 
+def test_idle_slots_send_few_commands_and_take_turns_sweeping(own_redis):
+    """At most 1.5 commands per idle slot per second; the sweep for a dead consumer's
+    messages (kombu's mutex, then a ZRANGE of the held messages) is done by one slot of
+    the node at a time, not by every slot each hold renewal interval."""
+    worker = Worker(own_redis.url(), "quiet", 4, secret="the key")
+    try:
+        wait_for_slots(own_redis.url(), "quiet", 4, [worker])
+        time.sleep(3)  # past their start (each sweeps once as it connects)
+        seconds = 14  # two hold renewal intervals (7 s at the default timeout of 30 s)
+        calls = commands_while_idle(own_redis, seconds)
+    finally:
+        worker.stop()
+    calls.pop("info", None)  # the test's own
+    assert sum(calls.values()) / 4 / seconds <= 1.5, calls
+    assert calls.get("zrange", 0) <= 3, calls  # every slot each 7 s would make 8
+
+
 def test_a_worker_stops_without_waiting_out_its_idle_wait(own_redis):
     worker = Worker(own_redis.url(), "stop", 2, secret="the key")
     wait_for_slots(own_redis.url(), "stop", 2, [worker])

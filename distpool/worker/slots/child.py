@@ -76,10 +76,11 @@ def preload() -> None:
 
 
 def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[str],
-             state_path: str) -> None:
+             state_path: str, siblings: int = 1) -> None:
     """Run the Celery worker of one slot, node ``name``, reporting what it runs in the file
     ``state_path``, until it stops; then exit with its status. ``extra_args``: ``celery
-    worker`` options."""
+    worker`` options; ``siblings``: the node's slots, this one included, which take turns
+    at the broker's chores."""
     # A forked slot inherits the parent's SIGTERM handler until Celery installs its own, and
     # its log handler, which would log each of the slot's records a second time.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -95,7 +96,7 @@ def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[
                     len(sys.modules) - inherited)
 
     holder = new_holder()
-    app = create_app(settings, holder)
+    app = create_app(settings, holder, sweepers=siblings)
     configure_slot(app, SlotState(state_path, holder))
     sys.exit(run_worker(settings, concurrency=1, name=name, loglevel=loglevel,
                         extra_args=extra_args, app=app, banner=False))

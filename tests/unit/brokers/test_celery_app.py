@@ -8,7 +8,7 @@ import pytest
 
 from distpool.backends.celery import _client_app
 from distpool.brokers import redis_transport
-from distpool.brokers.celery_app import TASK_NAME, new_app
+from distpool.brokers.celery_app import TASK_NAME, hold_renewal_interval, new_app, transport_options
 from distpool.config import resolve
 from distpool.worker.app import create_app
 
@@ -53,3 +53,11 @@ def test_a_client_s_app_carries_no_worker_bootsteps_or_task():
     app = _client_app(settings())
     assert TASK_NAME not in app.tasks
     assert not any(step.__module__.startswith("distpool") for step in app.steps["worker"])
+
+
+def test_the_slots_of_a_node_take_turns_sweeping_lapsed_holds():
+    one = transport_options(settings())["unacked_restore_interval"]
+    assert one == hold_renewal_interval(settings())
+    # 16 slots each sweep 16 times less often: the node as often as one worker.
+    node = create_app(settings(), sweepers=16).conf.broker_transport_options
+    assert node["unacked_restore_interval"] == 16 * one
