@@ -18,8 +18,8 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,14 +28,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import psutil
 import redis
 
 import distpool
-from distpool.local.supervisor import find_redis_server, free_port
+from benchmarks.processes import Node, RedisServer
 
 RESULTS = Path(__file__).parent / "results"
-REPO = Path(__file__).resolve().parent.parent
 WORKER_LOST_TIMEOUT = 3
 
 _runs: Any = None  # a worker process's Redis client, for counting task runs
@@ -50,32 +48,6 @@ def chaos_task(task: tuple[int, str]) -> int:
     _runs.hincrby("chaos:runs", str(index), 1)
     time.sleep(random.uniform(0.002, 0.008))
     return index
-
-
-class Node:
-    """One ``distpool worker`` node in a session of its own."""
-
-    def __init__(self, url: str, queue: str, slots: int, secret: str) -> None:
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the node
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "distpool", "worker", "--broker", url, "--queue", queue,
-             "--concurrency", str(slots), "--worker-lost-timeout", str(WORKER_LOST_TIMEOUT)],
-            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO), "DISTPOOL_SECRET": secret})
-
-    def slot_pids(self) -> list[int]:
-        try:
-            return [child.pid for child in psutil.Process(self.process.pid).children()]
-        except psutil.NoSuchProcess:
-            return []
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-        self._log.close()
 
 
 def _disturb(nodes: list[Node], stop: threading.Event, counts: Counter[str],
@@ -110,32 +82,24 @@ def run(tasks: int, nodes: int, slots: int, stall: float = 90.0,
         node_kill_after: float = 10.0) -> dict[str, Any]:
     """Run the chaos once on a private Redis; return the figures. A whole node is killed
     (and another started) ``node_kill_after`` seconds in."""
-    executable = find_redis_server()
-    if executable is None:
-        raise RuntimeError("no redis-server")
-    port = free_port()
     directory = tempfile.mkdtemp(prefix="distpool-chaos-")
-    server = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", directory],
-        stdout=subprocess.DEVNULL, start_new_session=True)
-    url, queue, secret = f"redis://127.0.0.1:{port}/0", "chaos", "c" * 32
-    plain = redis.Redis.from_url(url)
+    server = RedisServer(directory)
+    url, queue, secret = server.url, "chaos", "c" * 32
+    plain = server.client
     running: list[Node] = []
     stop = threading.Event()
     counts: Counter[str] = Counter()
     seen: Counter[int] = Counter()
     try:
-        _wait_for(plain.ping)
         for _ in range(nodes):
-            running.append(Node(url, queue, slots, secret))
+            running.append(Node(url, queue, slots, secret, WORKER_LOST_TIMEOUT))
         with distpool.Pool(nodes * slots, broker=url, queue=queue, secret=secret) as pool:
             pool.map(chaos_task, [(-1, url)] * (nodes * slots))  # every slot warm
             started = time.monotonic()
             disturber = threading.Thread(
                 target=_disturb, daemon=True,
                 args=(running, stop, counts, started + node_kill_after,
-                      lambda: Node(url, queue, slots, secret)))
+                      lambda: Node(url, queue, slots, secret, WORKER_LOST_TIMEOUT)))
             disturber.start()
             results = pool.imap_unordered(chaos_task, ((i, url) for i in range(tasks)))
             try:
@@ -155,8 +119,8 @@ def run(tasks: int, nodes: int, slots: int, stall: float = 90.0,
         stop.set()
         for node in running:
             node.kill()
-        server.kill()
-        server.wait()
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
     return {
         "tasks": tasks, "nodes": nodes, "slots_per_node": slots,
         "slot_kills": counts["slot kills"], "slot_freezes": counts["slot freezes"],
@@ -166,18 +130,6 @@ def run(tasks: int, nodes: int, slots: int, stall: float = 90.0,
         "reruns": sum(runs.get(i, 0) - 1 for i in range(tasks) if runs.get(i, 0) > 1),
         "stalled": bool(counts["stalled"]),
     }
-
-
-def _wait_for(ping: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ping()
-            return
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
