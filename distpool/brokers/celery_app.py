@@ -76,11 +76,13 @@ def transport_options(settings: Settings, holder: str | None = None,
 
     Every consumer sweeps the queue's lapsed holds (a dead consumer's messages) now and then:
     ``sweepers`` consumers that take turns (the slots of one node) each sweep that many times
-    less often, so a node sweeps as often as one worker would. Every sweep is five commands:
-    at one per slot per hold renewal interval, they were half of an idle slot's traffic."""
+    less often, so a node sweeps as often as one worker would (see the transport's QoS).
+    Every sweep is five commands: at one per slot per hold renewal interval, they were half
+    of an idle slot's traffic."""
     return {
         "visibility_timeout": settings.worker_lost_timeout,
-        "unacked_restore_interval": hold_renewal_interval(settings) * max(1, sweepers),
+        "unacked_restore_interval": hold_renewal_interval(settings),
+        "distpool_sweepers": max(1, sweepers),
         "unacked_restore_throttle": 1,
         # How long an idle consumer's blocking move waits before it asks again: kombu's
         # 1 s was most of an idle slot's traffic. Never longer than the hold renewal

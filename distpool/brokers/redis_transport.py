@@ -24,6 +24,7 @@ Used for ``redis://`` brokers (see :mod:`.profiles`).
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
@@ -95,6 +96,7 @@ class QoS(kombu_redis.QoS):
         self._lock = threading.Lock()
         self._connection: Any = None
         self._connection_pool: Any = None
+        self._sweep_turn: int | None = None
         # Transactions whose replies are not read yet, and how many of them were written on
         # the current connection. On a new connection all are written again: Redis may not
         # have applied them, and each is idempotent.
@@ -120,6 +122,16 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """kombu's sweep for lapsed holds (kombu calls it on a timer), with the held lists
+        swept too; of ``distpool_sweepers`` consumers taking turns, each sweeps at one call
+        in that many, from a random first one, so that between them a sweep happens about
+        every call, however many started together."""
+        sweepers = max(1, self.channel.distpool_sweepers)
+        if self._sweep_turn is None:
+            self._sweep_turn = random.randrange(sweepers)
+        turn, self._sweep_turn = self._sweep_turn, self._sweep_turn + 1
+        if turn % sweepers:
+            return
         # kombu scans on every ``interval``-th call; the held lists are swept with it.
         sweep = self._vrestore_count % (interval or 1) == 0
         super().restore_visible(start, num, interval)  # type: ignore[no-untyped-call]
@@ -220,10 +232,12 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     _command_client: Any = None
     from_transport_options = (  # type: ignore[assignment]
-        *kombu_redis.Channel.from_transport_options, "distpool_holder")
+        *kombu_redis.Channel.from_transport_options, "distpool_holder", "distpool_sweepers")
     #: This consumer's id for its held list and lease; set per worker process (see
     #: ``create_app``), else one of its own.
     distpool_holder: str | None = None
+    #: How many consumers take turns sweeping lapsed holds (a node's slots): see QoS.
+    distpool_sweepers: int = 1
     _held_item: bytes | None = None
     _lease_renewed_at = float("-inf")
 

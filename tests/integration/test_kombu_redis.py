@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import kombu.transport.redis
 import pytest
 import redis
 from kombu import Connection
@@ -120,3 +121,16 @@ def test_a_message_held_when_the_channel_closes_goes_back_on_the_queue(redis_ser
         message = simple.get(timeout=5)
         assert message.payload == {"n": 7}
         message.ack()
+
+
+def test_consumers_that_take_turns_sweep_at_one_call_in_their_number(redis_server,
+                                                                      monkeypatch):
+    swept = []
+    monkeypatch.setattr(kombu.transport.redis.QoS, "restore_visible",
+                        lambda self, *args, **kwargs: swept.append(self))
+    with Connection(redis_server.url(3), transport=kombu_redis.TRANSPORT,
+                    transport_options={"distpool_sweepers": 4}) as connection:
+        qos = connection.default_channel.qos
+        for _ in range(40):
+            qos.restore_visible()
+    assert len(swept) == 10

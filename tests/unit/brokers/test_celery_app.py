@@ -8,7 +8,12 @@ import pytest
 
 from distpool.backends.celery import _client_app
 from distpool.brokers import redis_transport
-from distpool.brokers.celery_app import TASK_NAME, hold_renewal_interval, new_app, transport_options
+from distpool.brokers.celery_app import (
+    TASK_NAME,
+    hold_renewal_interval,
+    new_app,
+    transport_options,
+)
 from distpool.config import resolve
 from distpool.worker.app import create_app
 
@@ -56,8 +61,10 @@ def test_a_client_s_app_carries_no_worker_bootsteps_or_task():
 
 
 def test_the_slots_of_a_node_take_turns_sweeping_lapsed_holds():
-    one = transport_options(settings())["unacked_restore_interval"]
-    assert one == hold_renewal_interval(settings())
-    # 16 slots each sweep 16 times less often: the node as often as one worker.
+    alone = transport_options(settings())
+    assert alone["unacked_restore_interval"] == hold_renewal_interval(settings())
+    assert alone["distpool_sweepers"] == 1
+    # 16 slots each sweep at one turn in 16: the node as often as one worker.
     node = create_app(settings(), sweepers=16).conf.broker_transport_options
-    assert node["unacked_restore_interval"] == 16 * one
+    assert node["distpool_sweepers"] == 16
+    assert node["unacked_restore_interval"] == alone["unacked_restore_interval"]
