@@ -137,8 +137,7 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
         for path in remove_leftovers():
             logger.info("removed %s, left behind by a node that is gone", path)
         directory = StateDirectory()
-        if context.get_start_method() == "fork":
-            preload()
+        app = preload(settings, concurrency) if context.get_start_method() == "fork" else None
         slots = [_Slot(index, SlotState(os.path.join(directory.path, f"slot-{index}")))
                  for index in range(concurrency)]
         node, _, host = name.partition("@")
@@ -155,7 +154,7 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
             slot.process = context.Process(
                 target=run_slot, name=f"distpool-slot-{slot.index}",
                 args=(settings, slot_name(name, slot.index), loglevel, list(extra_args),
-                      slot.state.path, concurrency))
+                      slot.state.path, concurrency, app))
             slot.process.start()
             slot.backoff.started()
             logger.log(logging.WARNING if slot.replacing else logging.INFO,
