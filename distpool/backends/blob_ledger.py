@@ -74,11 +74,6 @@ class BlobLedger:
                 delete(list(self._unused))
                 self._unused.clear()
 
-    def held(self) -> int:
-        """How many blobs are held by messages (for tests and status)."""
-        with self._lock:
-            return len(self._holders)
-
     def _unhold(self, ref: BlobRef) -> None:
         if ref not in self._reusable or ref.size > self._keep_bytes:
             self._reusable.discard(ref)

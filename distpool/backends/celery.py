@@ -56,20 +56,14 @@ class CeleryBackend(Backend):
         except BaseException:
             self._store.close()
             raise
-        try:
-            self._store.ping()
-        except Exception as exc:
-            self._close_quietly()
-            raise BrokerUnavailableError(
-                f"cannot reach the result store at {mask_url(result_url)}: {exc}"
-            ) from None
-        try:
-            self._publisher.ping()
-        except Exception as exc:
-            self._close_quietly()
-            raise BrokerUnavailableError(
-                f"cannot reach the broker at {mask_url(broker_url)}: {exc}"
-            ) from None
+        for what, url, ping in (("result store", result_url, self._store.ping),
+                                ("broker", broker_url, self._publisher.ping)):
+            try:
+                ping()
+            except Exception as exc:
+                self._close_quietly()
+                raise BrokerUnavailableError(
+                    f"cannot reach the {what} at {mask_url(url)}: {exc}") from None
 
     @property
     def signer(self) -> Signer:

@@ -18,15 +18,18 @@ def message(task_id: str) -> list[TaskEnvelope]:
     return [TaskEnvelope("pool", task_id, "apply", b"f", b"a")]
 
 
-def watch_of(clock: Clock) -> MessageWatch:
-    return MessageWatch(resend_after=10, no_worker_timeout=60, clock=clock)
+def watching(*message_ids: str) -> tuple[Clock, MessageWatch, list[list[TaskEnvelope]]]:
+    """A watch on its own clock, with a message of each id sent: (clock, watch, messages)."""
+    clock = Clock()
+    watch = MessageWatch(resend_after=10, no_worker_timeout=60, clock=clock)
+    sent = [message(message_id) for message_id in message_ids]
+    for message_id, envelopes in zip(message_ids, sent):
+        watch.sent(message_id, envelopes)
+    return clock, watch, sent
 
 
 def test_a_message_nobody_claims_is_sent_again_ever_less_often():
-    clock = Clock()
-    watch = watch_of(clock)
-    sent = message("pool:0:0")
-    watch.sent("pool:0:0", sent)
+    clock, watch, [sent] = watching("pool:0:0")
     assert watch.due() == []
     resent_at = []
     for _ in range(2000):
@@ -40,9 +43,7 @@ def test_a_message_nobody_claims_is_sent_again_ever_less_often():
 
 
 def test_a_message_whose_claim_moves_is_left_alone():
-    clock = Clock()
-    watch = watch_of(clock)
-    watch.sent("pool:0:0", message("pool:0:0"))
+    clock, watch, _ = watching("pool:0:0")
     for renewal in range(20):
         clock.now += 10
         verdict = watch.judge({"pool:0:0": f"{renewal} host:1:a"}, workers=2)
@@ -50,10 +51,7 @@ def test_a_message_whose_claim_moves_is_left_alone():
 
 
 def test_a_claim_that_stops_moving_makes_the_message_an_orphan_again():
-    clock = Clock()
-    watch = watch_of(clock)
-    sent = message("pool:0:0")
-    watch.sent("pool:0:0", sent)
+    clock, watch, [sent] = watching("pool:0:0")
     clock.now += 10
     assert watch.judge({"pool:0:0": "1 host:1:a"}, workers=2).resend == []
     clock.now += 5
@@ -63,10 +61,7 @@ def test_a_claim_that_stops_moving_makes_the_message_an_orphan_again():
 
 
 def test_a_done_or_finished_message_is_never_due():
-    clock = Clock()
-    watch = watch_of(clock)
-    watch.sent("pool:0:0", message("pool:0:0"))
-    watch.sent("pool:0:1", message("pool:0:1"))
+    clock, watch, _ = watching("pool:0:0", "pool:0:1")
     clock.now += 10
     watch.judge({"pool:0:0": DONE}, workers=2)
     watch.finished("pool:0:1")
@@ -75,10 +70,7 @@ def test_a_done_or_finished_message_is_never_due():
 
 
 def test_orphans_fail_once_no_worker_has_been_registered_for_the_timeout():
-    clock = Clock()
-    watch = watch_of(clock)
-    sent = message("pool:0:0")
-    watch.sent("pool:0:0", sent)
+    clock, watch, [sent] = watching("pool:0:0")
     clock.now += 10
     assert watch.judge({"pool:0:0": None}, workers=0).fail == []
     clock.now += 30
