@@ -7,8 +7,11 @@ document onto the queue's list, so the client writes that document itself: a Cel
 protocol-2 task message (``celery.app.amqp.AMQP.as_task_v2``), as kombu's ``Producer``
 publishes it through the anonymous exchange to the queue (``send_task_message`` routes a
 direct queue so) and kombu's Redis channel stores it (``Channel.basic_publish`` and
-``_put``). Workers receive exactly what Celery would have sent; the integration tests compare
-the two documents field by field.
+``_put``). Workers receive what Celery would have sent, field by field (the integration
+tests compare the two), but for one thing: the body, JSON text itself, is not base64-encoded
+a second time. kombu's channels decode a body by the ``body_encoding`` its message names,
+and this one names none: a pass over every byte on each side, and a third of the size, less
+(4 to 8 KiB arguments in chunks of one: a map took a quarter less time).
 
 What it does not do, a distpool client never asks of it: priorities (every message has
 priority 0, the queue's list itself), ETAs and expiries (``as_task_v2``'s), Celery's
@@ -18,7 +21,6 @@ brokers, and revoking, still go through Celery (:mod:`distpool.backends.celery`)
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -63,7 +65,7 @@ def origin() -> str:
 def message_document(message: TaskMessage, queue: str, origin: str,
                      delivery_tag: str) -> dict[str, Any]:
     """The document kombu's Redis channel pushes for ``message`` sent to ``queue``, keys in
-    kombu's order."""
+    kombu's order, with the body as it is (no ``body_encoding``)."""
     task_id = message.task_id
     body = json.dumps((list(message.args), {}, _EMBED))
     headers: dict[str, Any] = {
@@ -75,7 +77,7 @@ def message_document(message: TaskMessage, queue: str, origin: str,
         "stamped_headers": None, "stamps": {},
     }
     return {
-        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
+        "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": headers,
@@ -85,7 +87,6 @@ def message_document(message: TaskMessage, queue: str, origin: str,
             "delivery_mode": 2,  # persistent: Celery's default
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
-            "body_encoding": "base64",
             "delivery_tag": delivery_tag,
         },
     }

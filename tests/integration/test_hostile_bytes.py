@@ -37,7 +37,7 @@ def test_a_cluster_serves_on_whatever_is_written_into_its_redis(make_cluster):
         client.zadd(f"distpool:workers:{cluster.queue}", {"intruder": time.time() + 3600})
         client.hset(f"distpool:pool:{pool._pool_id}:messages",
                     mapping={f"{pool._pool_id}:1:0": b"\xff", f"{pool._pool_id}:1:1": b"1 "})
-        client.set("distpool:pool:intruder:info", b"[" * 100_000)
+        client.set("distpool:pool:intruder:info", b"[" * 100_000, ex=60)  # gone after: shared
         time.sleep(3)  # a sweep or two
         assert pool.map(square, range(8), chunksize=1) == [x * x for x in range(8)]
         status = cluster_status(resolve(broker=cluster.broker, result_url=cluster.result_url,
