@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Callable
 
 from ..worker.slots.restarts import RestartBudget
+from ..worker.slots.state import remove_leftovers
 from .cluster import EXIT_GAVE_UP, FAILED, READY, LocalClusterError
 
 
@@ -152,9 +153,14 @@ class _Supervisor:
         _kill(self.worker, group=True)
         _kill(self.redis)
         shutil.rmtree(self.directory, ignore_errors=True)
+        # The killed node could not remove its slots' state directory (in the system's
+        # temporary directory, where its slots' own temporary files go too).
+        remove_leftovers()
 
 
 def _kill(process: subprocess.Popen[bytes] | None, group: bool = False) -> None:
+    """SIGKILL ``process`` (with ``group``, its whole process group, and wait until none of
+    the group is left, for up to a second: the slots' files are closed by then)."""
     if process is None:
         return
     if process.poll() is None:
@@ -166,6 +172,13 @@ def _kill(process: subprocess.Popen[bytes] | None, group: bool = False) -> None:
         except ProcessLookupError:
             pass
     process.wait()
+    deadline = time.monotonic() + 1.0
+    while group and time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

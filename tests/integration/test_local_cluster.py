@@ -33,7 +33,9 @@ def getpid(_):
 
 
 def cluster_directories():
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("distpool-cluster-")}
+    """A local cluster's directory, and its node's slot state directory."""
+    return {p for p in os.listdir(tempfile.gettempdir())
+            if p.startswith(("distpool-cluster-", "distpool-slots-"))}
 
 
 def descendants(pid):
@@ -64,7 +66,7 @@ def test_pool_with_no_broker_starts_a_private_cluster_and_stops_it(no_configured
         assert pool.map(square, range(10)) == [x * x for x in range(10)]
         processes = descendants(cluster._supervisor.pid)
         assert len(processes) >= 4  # supervisor, redis-server, worker and its 2 processes
-        assert len(cluster_directories() - before) == 1
+        assert len(cluster_directories() - before) == 2  # its own, its node's slot states
     assert wait_gone(processes, timeout=5) == []
     assert cluster_directories() == before
 
