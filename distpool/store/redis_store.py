@@ -167,17 +167,13 @@ class RedisStore:
               renewal: bool = False) -> ClaimOutcome:
         """Claim the message for ``holder`` for ``ttl`` seconds; with ``renewal``, renew the
         claim it holds (else a claim of its own that has not lapsed is in the way too)."""
-        [found] = self._commands.run([
-            ("EVAL", _CLAIM, 2, keys.messages_of(message_id), keys.live(keys.pool_of(message_id)),
-             message_id, holder, int(ttl * 1000), RESULTS_TTL, int(renewal))])
+        [found] = self._commands.run([_claim(message_id, holder, ttl, renewal)])
         return _claim_outcome(found)
 
     def claim_soon(self, message_id: str, holder: str, ttl: float) -> Callable[[], ClaimOutcome]:
         """As :meth:`claim`, but sent without waiting: the returned callable reads its
         outcome later (raising if the connection failed meanwhile)."""
-        reply = self._commands.send([
-            ("EVAL", _CLAIM, 2, keys.messages_of(message_id), keys.live(keys.pool_of(message_id)),
-             message_id, holder, int(ttl * 1000), RESULTS_TTL, 0)])
+        reply = self._commands.send([_claim(message_id, holder, ttl, renewal=False)])
         return lambda: _claim_outcome(reply.get()[0])
 
     def take_over(self, message_id: str, gone: str, holder: str, ttl: float) -> bool:
@@ -249,6 +245,11 @@ class RedisStore:
         self._commands.close()
         self._popping.close()
         self._redis.close()
+
+
+def _claim(message_id: str, holder: str, ttl: float, renewal: bool) -> tuple[Any, ...]:
+    return ("EVAL", _CLAIM, 2, keys.messages_of(message_id), keys.live(keys.pool_of(message_id)),
+            message_id, holder, int(ttl * 1000), RESULTS_TTL, int(renewal))
 
 
 def _claim_outcome(found: Any) -> ClaimOutcome:

@@ -210,18 +210,21 @@ def expand_host(name: str) -> str:
 
 def _tend_all(slots: Sequence[_Slot], recovery: Recovery, start: Callable[[_Slot], None],
               now: float, starts: int = STARTS_PER_LOOK) -> bool:
-    """One look at every slot: tend the live ones, start at most ``starts`` of those due
-    (the others at the next look). False: give up."""
+    """One look at every slot: tend the live ones, then start at most ``starts`` of those
+    due (the others at the next look). Tending all first puts back every dead slot's
+    messages on one connection, which the starts then close once, before their forks."""
     for slot in slots:
-        if slot.process is not None:
-            delay = _tend(slot, recovery)
-            if delay is None:
-                continue
+        if slot.process is None:
+            continue
+        delay = _tend(slot, recovery)
+        if delay is not None:
             slot.process = None
             slot.restart_at = now + delay
-        if slot.restart_at <= now and starts > 0:
-            start(slot)
-            starts -= 1
+    for slot in [slot for slot in slots if slot.process is None and slot.restart_at <= now]:
+        if starts <= 0:
+            break
+        start(slot)
+        starts -= 1
     if all(slot.backoff.failing(GIVE_UP_FAILURES) for slot in slots):
         logger.error("giving up: every slot has failed %d times in a row, none stayed up "
                      "%g s since; this node serves nothing, so it stops (exit status 1)",
