@@ -190,11 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     with LocalCluster(workers=PROCESSES) as cluster:
         kinds = [
             Pools("multiprocessing", lambda: multiprocessing.Pool(PROCESSES),
-                  lambda: multiprocessing.Pool(PROCESSES)),
+                  lambda: multiprocessing.Pool(PROCESSES),
+                  new_process=("multiprocessing", {})),
             Pools("distpool",
                   lambda: distpool.Pool(PROCESSES, broker=cluster.broker_url,
                                         secret=cluster.secret),
-                  lambda: distpool.Pool(PROCESSES), redis_url=cluster.broker_url),
+                  lambda: distpool.Pool(PROCESSES), redis_url=cluster.broker_url,
+                  new_process=("distpool", {"DISTPOOL_BROKER_URL": cluster.broker_url,
+                                            "DISTPOOL_SECRET": cluster.secret})),
         ]
         with kinds[1].attached() as pool:  # wait until the cluster's workers are up
             pool.apply(time.sleep, (0,))
@@ -206,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url=cluster.broker_url,
                 # Its JSON messages carry no arrays, and its workers run only the functions
                 # registered in celery_baseline: none of the data workloads'.
-                unsupported=frozenset({"imap_10M_memory",
+                unsupported=frozenset({"imap_10M_memory", "first_result_new_process",
                                        *(workload.name for workload in DATA_WORKLOADS)})))
         if not args.without_ray and ray_baseline.available():
             kinds.append(Pools(
                 "ray", lambda: ray_baseline.attached_pool(PROCESSES),
                 lambda: ray_baseline.fresh_pool(PROCESSES),
-                session=lambda: ray_baseline.running_runtime(PROCESSES)))
+                session=lambda: ray_baseline.running_runtime(PROCESSES),
+                unsupported=frozenset({"first_result_new_process"})))
         for workload in workloads:
             rows.append(compare(workload, kinds, size, repeat))
 

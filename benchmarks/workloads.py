@@ -8,8 +8,13 @@ pool refer to them by name.
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -49,6 +54,7 @@ class Pools:
     session: Callable[[], AbstractContextManager[Any]] = nullcontext
     unsupported: frozenset[str] = frozenset()
     redis_url: str | None = None
+    new_process: tuple[str, Mapping[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,32 @@ def first_result_fresh(pools: Pools, size: float) -> float:
     return elapsed
 
 
+#: A new interpreter's first pool: its import, then ``Pool()`` to the first result, timed apart.
+NEW_PROCESS_POOL = """
+import json, sys, time
+started = time.perf_counter()
+Pool = __import__(sys.argv[1], fromlist=["Pool"]).Pool
+imported = time.perf_counter()
+with Pool(2) as pool:
+    pool.apply(abs, (0,))
+    print(json.dumps([imported - started, time.perf_counter() - imported]))
+"""
+
+
+def first_result_new_process(pools: Pools, size: float) -> float:
+    """``Pool()`` to its first result in a new process, after ``from ... import Pool`` (whose
+    time goes to stderr): what a script that opens one pool and exits waits for."""
+    assert pools.new_process is not None, f"{pools.kind} has no new-process pool"
+    module, environment = pools.new_process
+    completed = subprocess.run(
+        [sys.executable, "-c", NEW_PROCESS_POOL, module], capture_output=True, text=True,
+        timeout=120, check=True, env={**os.environ, **environment})
+    imported, first_result = json.loads(completed.stdout)
+    print(f"  {pools.kind}: import {imported * 1000:.1f} ms, then Pool() to first result "
+          f"{first_result * 1000:.1f} ms", file=sys.stderr)
+    return float(first_result) * 1000
+
+
 def imap_memory(pools: Pools, size: float) -> float:
     """Growth of this process's memory (MB) while imap consumes a long generator."""
     n = int(10_000_000 * size)
@@ -164,6 +196,9 @@ WORKLOADS = [
              ">= 95% of multiprocessing", lambda mp: 0.95 * mp, cpu_bound_throughput),
     Workload("first_result_attached", "Pool() on running workers to first result", "ms",
              False, "<= 50 ms", lambda mp: 50.0, first_result_attached),
+    Workload("first_result_new_process",
+             "Pool() on running workers to first result, in a new process (after its import)",
+             "ms", False, "<= 50 ms", lambda mp: 50.0, first_result_new_process),
     Workload("first_result_fresh", "Pool(2) from nothing to first result (local cluster)", "s",
              False, "<= 1.5 s", lambda mp: 1.5, first_result_fresh),
     Workload("imap_10M_memory", "imap over a 10-million-item generator, client memory growth",

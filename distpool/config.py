@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .brokers.profiles import profile_for
 from .errors import SecretKeyMissingError
+from .store.endpoint import Endpoint
 
 #: Where ``distpool worker`` connects when no broker is configured. A pool with no broker
 #: configured starts a private local cluster instead (see distpool.cluster).
@@ -154,11 +155,15 @@ def _secret(explicit: str | bytes | None, path: str | None,
 
 def _result_url(broker_url: str, configured: str | None) -> str:
     """The result store's URL: the one configured, else the broker's if it can hold results
-    (Redis). Raises ValueError for a broker distpool does not support, or one that cannot
-    hold results with none configured: each worker would look for the pool's keys in a
-    Redis of its own guessing."""
+    (Redis). Raises ValueError for a broker distpool does not support, a result store URL
+    it cannot read, or a broker that cannot hold results with none configured: each worker
+    would look for the pool's keys in a Redis of its own guessing."""
     profile = profile_for(broker_url)
     if configured is not None:
+        try:
+            Endpoint.from_url(configured)
+        except ValueError as exc:
+            raise ValueError(f"result_url {mask_url(configured)}: {exc}") from None
         return configured
     if not profile.stores_results:
         raise ValueError(

@@ -16,7 +16,8 @@ doubles as result store   yes                         no: ``result_url`` needed
 
 ``redis+socket://`` and ``sentinel://`` brokers are refused: distpool's transport has not been
 tested on them, and kombu's own pop loses a message when its consumer dies at the wrong
-instant (see :mod:`.held_messages`). They remain fine as the *result store*.
+instant (see :mod:`.held_messages`). A Redis on a Unix socket can be the *result store*
+(``unix:///path?db=N``, see :mod:`distpool.store.endpoint`); Sentinel cannot.
 
 This module imports nothing outside the standard library, so that settings can be checked
 without loading Celery.
@@ -63,6 +64,6 @@ def profile_for(broker_url: str) -> BrokerProfile:
     if profile is None:
         raise ValueError(
             f"distpool does not support {scheme or broker_url!r} brokers: use redis://, "
-            "rediss:// (TLS) or amqp:// / amqps:// (RabbitMQ). redis+socket:// and "
-            "sentinel:// work as the result store (result_url), not as the broker")
+            "rediss:// (TLS) or amqp:// / amqps:// (RabbitMQ); a Redis on a Unix socket "
+            "can be the result store (result_url='unix:///path?db=N'), not the broker")
     return profile

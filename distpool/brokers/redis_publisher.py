@@ -28,19 +28,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-
-from ..store.connection import OwnConnection
-from ..store.redis_identity import client_identity
+from ..store.connection import OwnConnection, RetryPolicy
 from .celery_app import TASK_NAME
 
-#: Tries after a publish's first fails, and the backoff between them (seconds): about what
-#: kombu's ``ensure`` did with the client's retry policy, so a publish that cannot reach the
-#: broker gives up after about two seconds.
-RETRIES = 3
-BACKOFF = ExponentialBackoff(cap=1.0, base=0.2)
+#: Tries after a publish's first fails, and the backoff between them (0.4, 0.8, 1 s): about
+#: what kombu's ``ensure`` did with the client's retry policy, so a publish that cannot reach
+#: the broker gives up after about two seconds.
+RETRY = RetryPolicy(retries=3, base=0.2, cap=1.0, jitter=False)
 
 #: Celery's ``embed`` part of a protocol-2 body: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -94,14 +88,12 @@ def message_document(message: TaskMessage, queue: str, origin: str,
 
 class RedisPublisher:
     """Pushes task messages onto ``queue`` of the Redis broker at ``url``, on a connection of
-    its own (TLS and its options from the URL, as redis-py reads them), whose name in the
+    its own (TLS and its options from the URL, as redis-py reads them: see
+    :mod:`distpool.store.endpoint`), whose name in the
     broker's keys starts with ``key_prefix`` (kombu's ``global_keyprefix``)."""
 
     def __init__(self, url: str, queue: str, key_prefix: str = "") -> None:
-        self._redis = redis.Redis.from_url(
-            url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30,
-            retry_on_timeout=True, retry=Retry(BACKOFF, RETRIES), **client_identity())
-        self._connection = OwnConnection(self._redis.connection_pool)
+        self._connection = OwnConnection(url, retry=RETRY)
         self._queue = queue
         self._key = key_prefix + queue
         self._origin = origin()
@@ -120,4 +112,3 @@ class RedisPublisher:
 
     def close(self) -> None:
         self._connection.close()
-        self._redis.connection_pool.disconnect()

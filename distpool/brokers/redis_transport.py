@@ -39,8 +39,8 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
-from ..store.redis_identity import client_identity
 from . import held_messages
+from .redis_identity import client_identity
 
 logger = logging.getLogger("distpool")
 

@@ -25,12 +25,11 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
-import redis
-
 from ..errors import EnvelopeError, PayloadTooLargeError
 from ..wire.payload import BlobRef, Frame, Payload, describe_size
 from . import keys
 from .connection import OwnConnection
+from .resp import ReplyError
 
 #: Bytes per stored part: Redis (jemalloc) handled 10 MB in 1 MiB parts with a quarter of
 #: the CPU it took in 8 MiB parts (7 against 34 ms, written and read once).
@@ -89,7 +88,7 @@ class Blobs:
                 self.delete(pool_id, [(name, payload.nbytes)])
             except Exception:  # the connection is down: the expiry removes what was written
                 pass
-            if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            if isinstance(exc, ReplyError) and exc.code == "OOM":
                 raise PayloadTooLargeError(
                     f"{what}, {describe_size(payload.nbytes)}, does not fit in the result "
                     f"store: {self._memory_limit()}; Redis said: {exc}") from None

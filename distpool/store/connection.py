@@ -1,15 +1,54 @@
-"""One connection to Redis, kept out of redis-py's pool and shared by a process's threads."""
+"""One connection to Redis of distpool's own, shared by a process's threads.
+
+distpool's clients, and the store's side of its workers, speak to Redis through this module
+and :mod:`distpool.store.resp` alone: a handful of commands, sent packed, their raw replies
+read back. redis-py (imported with its asyncio client, whatever is used) cost a fresh client
+process more time than everything else before its first result; the workers' kombu
+transport still uses it. What redis-py's connections did for distpool, this one does too:
+it connects on first use (TLS, ``AUTH``, ``SELECT``, and names itself to ``CLIENT LIST``),
+pings a connection idle for ``health_check_interval`` before using it, reconnects in a
+forked child instead of sharing its parent's socket, and retries a call whose connection
+failed, on a new connection, after a backoff.
+"""
 
 from __future__ import annotations
 
+import os
+import random
+import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, Union
+from typing import Any, NamedTuple, TypeVar
 
-import redis
+from .._version import __version__
+from .endpoint import Endpoint
+from .resp import Buffer, RedisConnectionError, ReplyError, ReplyReader, pack
 
 T = TypeVar("T")
-Buffer = Union[bytes, bytearray, memoryview]
+
+#: How distpool's own connections name their library to ``CLIENT LIST`` (Redis 7.2 and later;
+#: older servers refuse ``CLIENT SETINFO``, which is then left unsaid).
+LIBRARY_NAME = "distpool"
+
+
+class RetryPolicy(NamedTuple):
+    """How often a call whose connection failed is tried again, and how long to wait before
+    each try: ``base * 2 ** failures`` seconds, at most ``cap`` (with ``jitter``, a random
+    part of that)."""
+
+    retries: int
+    base: float = 0.01
+    cap: float = 1.0
+    jitter: bool = True
+
+    def delay(self, failures: int) -> float:
+        longest = min(self.cap, self.base * 2 ** failures)
+        return random.uniform(0, longest) if self.jitter else longest
+
+
+#: redis-py's own default, which the store had before: about 3 s of tries in all.
+DEFAULT_RETRY = RetryPolicy(retries=10)
 
 
 class Reply:
@@ -23,8 +62,8 @@ class Reply:
         self._error: BaseException | None = None
 
     def get(self) -> list[Any]:
-        """The replies; raises what reading them raised (the connection failed: whether Redis
-        ran the commands is then unknown)."""
+        """The replies (a failed command's as its :class:`ReplyError`); raises what reading
+        them raised (the connection failed: whether Redis ran the commands is then unknown)."""
         if self._values is None and self._error is None:
             self._connection.run([])  # reads every outstanding reply
         if self._error is not None:
@@ -34,25 +73,38 @@ class Reply:
 
 
 class OwnConnection:
-    """A connection of a client's pool, kept out of the pool and shared by threads, that
-    sends each call's commands as one packed write and reads their raw replies: about 20 µs
-    less per call than a connection borrowed from the pool, 40 µs less than redis-py's
-    pipeline, and one connection however many threads use it. Commands can also be sent
-    without waiting (:meth:`send`): Redis runs one connection's commands in order, and their
-    replies are read before those of the next call."""
+    """A connection to the Redis at ``url``, shared by threads, that sends each call's
+    commands as one packed write and reads their raw replies (see :mod:`.resp`). Commands
+    can also be sent without waiting (:meth:`send`): Redis runs one connection's commands in
+    order, and their replies are read before those of the next call.
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool = pool
+    ``timeout`` bounds each connect and each wait for a reply (None: a reply may take for
+    ever, as a blocking pop's does; the URL's ``socket_timeout`` and
+    ``socket_connect_timeout`` override it)."""
+
+    def __init__(self, url: str, *, timeout: float | None = None,
+                 connect_timeout: float | None = 5.0, retry: RetryPolicy = DEFAULT_RETRY,
+                 health_check_interval: float = 30.0) -> None:
+        endpoint = Endpoint.from_url(url)
+        self.endpoint = endpoint
+        self._timeout = timeout
+        self._connect_timeout = endpoint.options.get("socket_connect_timeout", connect_timeout)
+        self._retry = retry
+        self._health_check_interval = endpoint.options.get("health_check_interval",
+                                                          health_check_interval)
         self._lock = threading.Lock()
-        self._connection: Any = None
+        self._sock: socket.socket | None = None
+        self._reader: ReplyReader | None = None
+        self._pid = 0  # of the process that opened the socket
+        self._used = 0.0  # monotonic time of the last reply
         self._unread: list[Reply] = []
+        self._closed = False
 
     def send(self, commands: list[tuple[Any, ...]]) -> Reply:
         reply = Reply(self, len(commands))
         with self._lock:
-            connection = self._open()
             try:
-                connection.send_packed_command(connection.pack_commands(commands))
+                self._open().sendall(b"".join(pack(command) for command in commands))
             except BaseException as exc:
                 self._lose_unread(exc)
                 reply._error = exc
@@ -60,110 +112,165 @@ class OwnConnection:
             self._unread.append(reply)
         return reply
 
-    def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Each command's reply, in order, as Redis sends it (bytes, ints, lists; a
-        transaction's in EXEC's list); a failed command raises its error."""
-        with self._lock:
-            connection = self._open()
-            self._read_unread(connection)
-            if not commands:
-                return []
-            packed = connection.pack_commands(commands)
+        transaction's in EXEC's list); a failed command raises its :class:`ReplyError`
+        once every reply is read."""
+        packed = b"".join(pack(command) for command in commands)
 
-            def send() -> list[Any]:
-                connection.send_packed_command(packed)
-                return [connection.read_response() for _ in commands]
+        def call(sock: socket.socket, reader: ReplyReader) -> list[Any]:
+            if packed:
+                sock.sendall(packed)
+            return _replies(reader, len(commands))
 
-            return self._with_retry(connection, send)
+        return self._call(call)
 
-    # Bulk values go straight between their own memory and the socket: redis-py would copy a
-    # value into one command buffer to send it, and a reply into a bytes object to read it,
-    # each costing as much as the transfer (fresh pages fault in one by one).
+    # Bulk values go straight between their own memory and the socket: packing a value into
+    # one command buffer to send it, or a reply into a bytes object to read it, would each
+    # cost as much as the transfer (fresh pages fault in one by one).
 
     def write_values(self, commands: list[tuple[tuple[str, ...], Buffer]],
                      then: Sequence[tuple[Any, ...]] = ()) -> list[Any]:
         """The replies to ``commands``, each a command and a value to send as its last
         argument, from the value's own memory, and to the plain commands ``then``; all sent
         before any reply is read."""
-        heads = [_pack(command, more=1) + b"$%d\r\n" % memoryview(value).nbytes
+        heads = [pack(command, more=1) + b"$%d\r\n" % memoryview(value).nbytes
                  for command, value in commands]
-        tail = b"".join(_pack(command) for command in then)
-        with self._lock:
-            connection = self._open()
-            self._read_unread(connection)
+        tail = b"".join(pack(command) for command in then)
 
-            def send() -> list[Any]:
-                sock = _socket(connection)
-                try:
-                    for head, (_, value) in zip(heads, commands):
-                        sock.sendall(head)
-                        sock.sendall(value)
-                        sock.sendall(b"\r\n")
-                    sock.sendall(tail)
-                except OSError as exc:
-                    raise redis.ConnectionError(f"sending a value: {exc}") from exc
-                return _replies(connection, len(commands) + len(then))
+        def call(sock: socket.socket, reader: ReplyReader) -> list[Any]:
+            for head, (_, value) in zip(heads, commands):
+                sock.sendall(head)
+                sock.sendall(value)
+                sock.sendall(b"\r\n")
+            sock.sendall(tail)
+            return _replies(reader, len(commands) + len(then))
 
-            return self._with_retry(connection, send)
+        return self._call(call)
 
     def read_values_into(self, commands: list[tuple[str, ...]],
                          buffer: memoryview) -> list[int | None]:
         """Run ``commands``, whose replies are bulk strings, receiving them one after another
         straight into ``buffer``; return their lengths (None for a nil reply). Raises
         ``ValueError`` (dropping the connection, mid-reply) if they do not fit in it."""
-        packed = b"".join(_pack(command) for command in commands)
-        with self._lock:
-            connection = self._open()
-            self._read_unread(connection)
+        packed = b"".join(pack(command) for command in commands)
 
-            def send() -> list[int | None]:
-                sock = _socket(connection)
-                sizes: list[int | None] = []
-                offset = 0
+        def call(sock: socket.socket, reader: ReplyReader) -> list[int | None]:
+            sock.sendall(packed)
+            sizes: list[int | None] = []
+            offset = 0
+            for index in range(len(commands)):
                 try:
-                    sock.sendall(packed)
-                    for _ in commands:
-                        size = _receive_bulk(sock, buffer[offset:])
-                        sizes.append(size)
-                        offset += size or 0
-                except OSError as exc:
-                    raise redis.ConnectionError(f"receiving a value: {exc}") from exc
-                return sizes
+                    size = reader.read_bulk_into(buffer[offset:])
+                except ReplyError:
+                    _replies(reader, len(commands) - index - 1)  # the stream stays in step
+                    raise
+                sizes.append(size)
+                offset += size or 0
+            return sizes
 
-            return self._with_retry(connection, send)
-
-    def _with_retry(self, connection: Any, call: Callable[[], T]) -> T:
-        try:
-            # As redis-py retries its own commands: on a new connection, after a backoff.
-            return connection.retry.call_with_retry(  # type: ignore[no-any-return]
-                call, lambda _error: connection.disconnect())
-        except BaseException:
-            connection.disconnect()  # a reply may be left unread; reconnects on next use
-            raise
+        return self._call(call)
 
     def close(self) -> None:
-        # Without the lock: a pop may hold it, blocked, until its timeout.
-        connection = self._connection
-        if connection is not None:
-            connection.disconnect()
-
-    def _open(self) -> Any:
-        if self._connection is None:
-            self._connection = self._pool.make_connection()
-        return self._connection
-
-    def _read_unread(self, connection: Any) -> None:
-        for reply in self._unread:
-            values: list[Any] = []
-            for _ in range(reply._count):
+        """Close the connection for good: what uses it next raises."""
+        # Without the lock: a pop may hold it, blocked, until its timeout; shutting the
+        # socket down wakes it (but not a parent's socket, which a forked child shares).
+        self._closed = True
+        sock = self._sock
+        if sock is not None:
+            if self._pid == os.getpid():
                 try:
-                    values.append(connection.read_response())
-                except redis.ResponseError as exc:  # its command's own error: read on
-                    values.append(exc)
-                except BaseException as exc:
-                    self._lose_unread(exc)
-                    return
-            reply._values = values
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            sock.close()
+
+    def _call(self, call: Callable[[socket.socket, ReplyReader], T]) -> T:
+        """``call`` on the open connection, with its unread replies read first; again on a
+        new connection, after a backoff, while the connection fails and tries are left."""
+        with self._lock:
+            failures = 0
+            while True:
+                try:
+                    sock = self._open()
+                    self._read_unread()
+                    assert self._reader is not None
+                    result = call(sock, self._reader)
+                    self._used = time.monotonic()
+                    return result
+                except ReplyError:  # a command's own error: every reply was read
+                    raise
+                except OSError as exc:  # socket errors and timeouts, RedisConnectionError
+                    self._drop()
+                    failures += 1
+                    if self._closed or failures > self._retry.retries:
+                        raise _named(exc, self.endpoint) from exc
+                    time.sleep(self._retry.delay(failures))
+                except BaseException:
+                    self._drop()  # a reply may be left unread; reconnects on next use
+                    raise
+
+    def _open(self) -> socket.socket:
+        if self._closed:
+            raise RedisConnectionError(f"{self.endpoint}: the connection was closed")
+        if self._sock is not None and self._pid != os.getpid():
+            self._forget()  # a forked child's copy: its parent's to use and close
+        if self._sock is not None and (time.monotonic() - self._used
+                                       > self._health_check_interval):
+            self._check_health()
+        if self._sock is None:
+            self._connect()
+        assert self._sock is not None
+        return self._sock
+
+    def _connect(self) -> None:
+        endpoint = self.endpoint
+        try:
+            sock = endpoint.open_socket(self._connect_timeout)
+            sock.settimeout(endpoint.options.get("socket_timeout", self._timeout))
+        except OSError as exc:
+            raise _named(exc, endpoint) from exc
+        self._sock, self._reader, self._pid = sock, ReplyReader(sock), os.getpid()
+        hello: list[tuple[Any, ...]] = []
+        if endpoint.password is not None:
+            hello.append(("AUTH", *filter(None, (endpoint.username, endpoint.password))))
+        hello.append(("CLIENT", "SETINFO", "LIB-NAME", LIBRARY_NAME))
+        hello.append(("CLIENT", "SETINFO", "LIB-VER", __version__))
+        if endpoint.db:
+            hello.append(("SELECT", endpoint.db))
+        try:
+            sock.sendall(b"".join(pack(command) for command in hello))
+            replies = [self._reader.read() for _ in hello]
+        except BaseException:
+            self._drop()
+            raise
+        refused = [reply for command, reply in zip(hello, replies)
+                   if isinstance(reply, ReplyError) and command[0] != "CLIENT"]
+        if refused:
+            self._drop()
+            raise ReplyError(f"{endpoint} refused the connection: {refused[0]}")
+        self._used = time.monotonic()
+
+    def _check_health(self) -> None:
+        """PING a connection that was idle long: Redis may have closed it meanwhile (a
+        restart, its idle timeout), and a command had better not go down a dead socket."""
+        assert self._sock is not None and self._reader is not None
+        try:
+            self._read_unread()
+            self._sock.sendall(pack(("PING",)))
+            self._reader.read()
+        except OSError:
+            self._drop()
+
+    def _read_unread(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        for reply in self._unread:
+            try:
+                reply._values = [reader.read() for _ in range(reply._count)]
+            except BaseException as exc:
+                self._lose_unread(exc)
+                raise
         self._unread.clear()
 
     def _lose_unread(self, exc: BaseException) -> None:
@@ -172,70 +279,29 @@ class OwnConnection:
             if reply._values is None:
                 reply._error = exc
         self._unread.clear()
-        if self._connection is not None:
-            self._connection.disconnect()
+        self._drop()
+
+    def _drop(self) -> None:
+        sock = self._sock
+        self._forget()
+        if sock is not None:
+            sock.close()
+
+    def _forget(self) -> None:
+        self._sock = self._reader = None
 
 
-def _socket(connection: Any) -> Any:
-    """The connected socket under a redis-py connection (TLS included), with no reply
-    pending: the caller has read every reply to what it sent."""
-    connection.connect()  # nothing if connected
-    return connection._sock
-
-
-def _pack(command: tuple[Any, ...], more: int = 0) -> bytes:
-    """``command`` (text and numbers) in RESP, announcing ``more`` arguments that follow."""
-    args = [str(arg).encode() for arg in command]
-    return b"*%d\r\n" % (len(args) + more) + b"".join(
-        b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
-
-
-def _replies(connection: Any, count: int) -> list[Any]:
+def _replies(reader: ReplyReader, count: int) -> list[Any]:
     """``count`` replies; the first error among them is raised once all are read."""
-    replies: list[Any] = []
-    for _ in range(count):
-        try:
-            replies.append(connection.read_response())
-        except redis.ResponseError as exc:
-            replies.append(exc)
+    replies = [reader.read() for _ in range(count)]
     for reply in replies:
-        if isinstance(reply, redis.ResponseError):
+        if isinstance(reply, ReplyError):
             raise reply
     return replies
 
 
-def _receive_bulk(sock: Any, buffer: memoryview) -> int | None:
-    """Receive one bulk-string reply into ``buffer``; its length, or None if nil."""
-    header = _read_line(sock)
-    if header[:1] == b"-":
-        raise redis.ResponseError(header[1:].decode("utf-8", "replace"))
-    if header in (b"$-1", b"_"):
-        return None
-    if header[:1] != b"$" or not header[1:].isdigit():
-        raise redis.ConnectionError(f"unexpected reply {header[:40]!r}")
-    size = int(header[1:])
-    if size > buffer.nbytes:
-        raise ValueError(f"a value of {size} bytes, where at most {buffer.nbytes} fit")
-    received = 0
-    while received < size:
-        count = sock.recv_into(buffer[received:size])
-        if not count:
-            raise OSError("connection closed by Redis")
-        received += count
-    if _read_line(sock) != b"":
-        raise redis.ConnectionError("bulk reply without its end")
-    return size
-
-
-def _read_line(sock: Any) -> bytes:
-    """One reply line, without its CRLF, read a byte at a time so that nothing after it is
-    taken from the socket (reply headers are a few bytes)."""
-    line = bytearray()
-    while not line.endswith(b"\r\n"):
-        byte = sock.recv(1)
-        if not byte:
-            raise OSError("connection closed by Redis")
-        line += byte
-        if len(line) > 1024:
-            raise OSError("reply line too long")
-    return bytes(line[:-2])
+def _named(exc: OSError, endpoint: Endpoint) -> RedisConnectionError:
+    """``exc`` as the connection error it is, saying which server."""
+    if isinstance(exc, RedisConnectionError) and str(endpoint) in str(exc):
+        return exc
+    return RedisConnectionError(f"{endpoint}: {exc}")

@@ -21,13 +21,8 @@ import json
 import time
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from . import keys
-from .connection import OwnConnection
-from .redis_identity import client_identity
+from .connection import OwnConnection, RetryPolicy
 
 #: How long a lapsed node stays listed (as lapsed) before it is swept.
 LAPSED_KEPT = 600.0
@@ -62,10 +57,8 @@ class NodeRecords:
     """
 
     def __init__(self, url: str, timeout: float = 2.0) -> None:
-        self._redis = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=timeout,
-            socket_keepalive=True, retry=Retry(NoBackoff(), 0), **client_identity())
-        self._commands = OwnConnection(self._redis.connection_pool)
+        self._commands = OwnConnection(url, timeout=timeout, connect_timeout=timeout,
+                                       retry=RetryPolicy(retries=0))
 
     def publish(self, queue: str, name: str, record: dict[str, Any], ttl: float) -> None:
         """Publish ``record`` of node ``name``, alive ``ttl`` seconds unless renewed."""
@@ -102,7 +95,6 @@ class NodeRecords:
 
     def close(self) -> None:
         self._commands.close()
-        self._redis.close()
 
 
 def read_nodes(now: float, expiries: dict[str, float], records: dict[str, bytes],

@@ -8,13 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import redis
-
 from ..wire.envelope import MESSAGE_DONE
 from . import keys
 from .blobs import Blobs
 from .connection import OwnConnection
-from .redis_identity import client_identity
 
 #: Unread results of a pool whose client vanished are dropped after this long.
 RESULTS_TTL = 24 * 3600
@@ -88,18 +85,10 @@ class ClaimOutcome(NamedTuple):
 
 class RedisStore:
     def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=5,
-            socket_keepalive=True,
-            health_check_interval=30,
-            retry_on_timeout=True,
-            **client_identity(),
-        )
         # Every command on one connection, but the collector's blocking pop on another:
         # a process holds at most two, whichever of its threads use the store.
-        self._commands = OwnConnection(self._redis.connection_pool)
-        self._popping = OwnConnection(self._redis.connection_pool)
+        self._commands = OwnConnection(url)
+        self._popping = OwnConnection(url)
         self.blobs = Blobs(self._commands)
 
     # -- pools ------------------------------------------------------------------------
@@ -117,9 +106,17 @@ class RedisStore:
 
     def pools(self) -> dict[str, dict[str, Any]]:
         """Pool id -> info, for every pool whose client reports itself alive."""
-        names = list(self._redis.scan_iter(match=keys.info("*"), count=1000))
+        names: list[bytes] = []
+        cursor = b"0"
+        while True:
+            [(cursor, page)] = self._commands.run([("SCAN", cursor, "MATCH", keys.info("*"),
+                                                    "COUNT", 1000)])
+            names += page
+            if cursor == b"0":
+                break
         found: dict[str, dict[str, Any]] = {}
-        for key, raw in zip(names, self._redis.mget(names) if names else []):
+        [infos] = self._commands.run([("MGET", *names)]) if names else [[]]
+        for key, raw in zip(names, infos):
             try:
                 info = json.loads(raw) if raw is not None else None
             except (ValueError, RecursionError):  # not what a client wrote
@@ -244,7 +241,6 @@ class RedisStore:
     def close(self) -> None:
         self._commands.close()
         self._popping.close()
-        self._redis.close()
 
 
 def _claim(message_id: str, holder: str, ttl: float, renewal: bool) -> tuple[Any, ...]:

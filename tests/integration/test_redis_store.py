@@ -11,6 +11,7 @@ import redis
 
 from distpool.store.keys import pool_of
 from distpool.store.redis_store import POOL_GONE
+from distpool.store.resp import RedisConnectionError
 from distpool.wire.envelope import MESSAGE_DONE as DONE
 from tests.support import message_of_a_live_pool
 
@@ -95,6 +96,6 @@ def test_a_reply_lost_with_its_connection_raises_when_asked_for(store, redis_ser
     redis.Redis.from_url(redis_server.url(5)).client_kill_filter(_type="normal", skipme=True)
     outcome = store.claim_soon(message, "host:1:a", ttl=5)  # written to a dead socket
     store.ping()  # finds it dead, reconnects
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(RedisConnectionError):
         outcome()
     assert store.claim(message, "host:1:a", ttl=5).outcome == "claimed"

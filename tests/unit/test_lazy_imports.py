@@ -1,6 +1,6 @@
-"""What a process imports with distpool: nothing heavy before it is used, and no Celery or
-kombu in a client of a Redis broker (they took most of a first pool's time to its first
-result). Each check runs in a fresh interpreter."""
+"""What a process imports with distpool: nothing heavy before it is used, and no Celery,
+kombu or redis-py in a client of a Redis broker (they took most of a first pool's time to its
+first result). Each check runs in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -26,16 +26,18 @@ def test_importing_distpool_loads_none_of_its_dependencies_nor_its_client():
     assert not heavy & loaded
 
 
-def test_a_redis_client_loads_neither_celery_nor_kombu():
-    # Everything a pool on a Redis broker uses, up to its backend's publisher.
+def test_a_redis_client_loads_neither_celery_nor_kombu_nor_redis_py():
+    # Everything a pool on a Redis broker uses, up to its backend's publisher and store.
     loaded = modules_after(
         "import distpool\n"
         "from distpool.backends.celery import CeleryBackend, _publisher\n"
         "from distpool.config import resolve\n"
+        "from distpool.store.redis_store import RedisStore\n"
         "_publisher(resolve(broker='redis://127.0.0.1:1/0', secret='k' * 32, environ={}))\n"
+        "RedisStore('redis://127.0.0.1:1/0')\n"
         "distpool.Pool, distpool.Executor, distpool.TimeoutError")
     assert "distpool.brokers.redis_publisher" in loaded
-    assert not {"celery", "kombu", "numpy"} & loaded
+    assert not {"celery", "kombu", "redis", "asyncio", "ssl", "numpy"} & loaded
 
 
 def test_every_export_resolves_and_is_listed():

@@ -46,5 +46,15 @@ def test_distpool_worker_refuses_an_amqp_broker_without_a_result_store(capsys):
 
 
 def test_a_result_store_may_be_what_is_refused_as_a_broker():
-    settings = resolve(broker="redis://h:1/0", result_url="sentinel://s1:26379", environ={})
-    assert settings.result_url == "sentinel://s1:26379"
+    settings = resolve(broker="redis://h:1/0", result_url="unix:///run/r.sock?db=2", environ={})
+    assert settings.result_url == "unix:///run/r.sock?db=2"
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("sentinel://s1:26379", "starts with redis://, rediss:// or unix://, not sentinel://"),
+    ("redis://:pw@h/0?retries=2", "option 'retries' is not one distpool reads"),
+])
+def test_a_result_store_url_distpool_cannot_read_is_refused_at_once(url, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        resolve(broker="redis://h:1/0", result_url=url, environ={})
+    assert "pw" not in str(raised.value)

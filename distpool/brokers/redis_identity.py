@@ -1,12 +1,12 @@
-"""How distpool's Redis connections name themselves to the server (``CLIENT SETINFO``).
+"""How the workers' redis-py connections (kombu's transport) name themselves to the server
+(``CLIENT SETINFO``).
 
-Every connection distpool opens, through redis-py directly or through kombu, reports the
-library name ``redis-py(distpool_v<version>)``, so that ``CLIENT LIST`` on a shared Redis
-tells distpool's connections apart (Celery's Redis result backend does the same for its own).
+They report the library name ``redis-py(distpool_v<version>)``, so that ``CLIENT LIST`` on a
+shared Redis tells distpool's connections apart (Celery's Redis result backend does the same
+for its own); distpool's own connections report ``distpool`` (:mod:`distpool.store.connection`).
 
 Saying it also saves time: left to itself, redis-py looks its own version up in the installed
-packages' metadata for every client object it builds, about 0.3 ms each, and a pool that
-opens on running workers builds several before its first result.
+packages' metadata for every client object it builds, about 0.3 ms each.
 """
 
 from __future__ import annotations
