@@ -94,7 +94,10 @@ class Sources:
         if first is None:
             return []
         function = function_key(first.envelope.function)
-        per_message = self.task_times.batch_size(function)
+        # A worker's process is replaced only between messages: a pool with
+        # maxtasksperchild sends one task a message, so no process runs more than that.
+        per_message = (1 if first.envelope.max_tasks is not None
+                       else self.task_times.batch_size(function))
         tasks = [first]
         data = first.envelope.arguments.size
         while len(tasks) < free or (len(tasks) < free * per_message

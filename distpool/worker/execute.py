@@ -20,6 +20,11 @@ It keeps the pool's callables too, loaded once, by the hash of their payload: a 
 travels as a blob (with a large global, say) is fetched once per process, not once per task.
 Blobs are fetched through the ``fetch`` the backend gives, which checks them against their
 signed reference.
+
+``maxtasksperchild`` counts tasks (a chunk of a map is one), as multiprocessing does. Once a
+process has begun that many of a pool, :func:`spent` says so: a slot ends after its message
+and its parent starts a fresh process. Where the process lives on (Celery's prefork and
+threads pools, the eager backend), the pool's state in it starts afresh instead.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class _PoolState:
 
 
 _pools: OrderedDict[str, _PoolState] = OrderedDict()
+#: Set once a pool's ``maxtasksperchild`` has run out in this process (see :func:`spent`).
+_spent = False
 
 
 def execute(envelope: TaskEnvelope, fetch: Fetch | None = None) -> ResultRecord:
@@ -64,13 +71,13 @@ def execute(envelope: TaskEnvelope, fetch: Fetch | None = None) -> ResultRecord:
     fetch = fetch or _no_blobs
     try:
         state = _state_for(envelope, fetch)
+        _count(state, envelope.max_tasks)
         function = _callable(state, envelope.function, fetch)
         arguments = serialization.loads(_payload(envelope.arguments, fetch),
                                         namespace=state.namespace)
         started = time.perf_counter()
         value = _run(envelope.kind, function, arguments)
         elapsed = time.perf_counter() - started
-        state.tasks_run += 1
         try:
             payload = serialization.dumps(value, namespace=state.namespace)
         except BaseException as exc:  # a __reduce__ of the user's may raise anything
@@ -126,10 +133,27 @@ def _run(kind: str, function: Callable[..., Any], arguments: Any) -> Any:
     return [function(*item) for item in arguments]  # starmap
 
 
+def spent() -> bool:
+    """Whether this process has begun ``maxtasksperchild`` tasks of some pool: a slot then
+    ends once its message is done, and its parent starts a fresh process in its place
+    (:class:`distpool.worker.slots.child.SlotPool`)."""
+    return _spent
+
+
+def _count(state: _PoolState, max_tasks: int | None) -> None:
+    """Count a task begun, whatever its outcome: multiprocessing counts every task its
+    worker takes, failed ones included."""
+    global _spent
+    state.tasks_run += 1
+    if max_tasks is not None and state.tasks_run >= max_tasks:
+        _spent = True
+
+
 def _state_for(envelope: TaskEnvelope, fetch: Fetch) -> _PoolState:
     state = _pools.get(envelope.pool_id)
-    # maxtasksperchild: after that many tasks the pool's state in this process starts
-    # afresh, the initializer included (see README for how this relates to processes).
+    # maxtasksperchild where the process lives on past it (Celery's prefork or threads
+    # pool, the eager backend, tasks of one message past the limit): the pool's state in
+    # this process starts afresh, the initializer included.
     max_tasks = envelope.max_tasks
     if state is not None and max_tasks is not None and state.tasks_run >= max_tasks:
         state = None

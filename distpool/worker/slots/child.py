@@ -6,6 +6,17 @@ included). It cuts what a forked slot inherits of its parent, starts the watch t
 the slot down if the parent dies, and runs the worker's Celery app
 (:mod:`distpool.worker.app`) configured for a slot: its pool (:class:`SlotPool`) and the
 state file through which it tells the parent what it runs (:mod:`.state`).
+
+Retiring. A slot ends itself once a pool's ``maxtasksperchild`` has run out in its process
+(:func:`distpool.worker.execute.spent`), or after the node's ``--max-tasks-per-child``
+messages, and its parent forks a fresh one at once: as multiprocessing replaces a worker
+process, and with it what the tasks left in the old one (C extensions' state, leaked memory,
+licence handles). The order loses and repeats nothing: the message's results are pushed and
+its claim marked done in the task; Celery's warm shutdown is asked for before the message is
+acknowledged, so that the consumer stops before it asks for another; one it has taken all
+the same goes back to the queue unrun (the task rejects it), as do those taken and not yet
+recorded (the parent restores the slot's held list). The slot exits with status 0, which the
+parent does not count as a failure.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from celery.worker import state as worker_state
 
 from ...brokers.celery_app import TASK_NAME
 from ...config import Settings
+from .. import execute
 from ..app import create_app, new_holder, run_worker
 from ..runner import EXIT_POOL_GONE
 from .state import SlotState
@@ -41,6 +53,8 @@ logger = logging.getLogger("distpool")
 PARENT_HANDLER = "distpool-slots-parent"
 #: How often a slot looks for its parent (where it cannot wait on it).
 PARENT_CHECK_INTERVAL = 1.0
+#: How long a retiring slot waits for threads its tasks left running before it ends anyway.
+RETIRE_GRACE = 5.0
 #: What a slot's Celery worker imports as it starts (its command line, consumer, remote
 #: control, events, transports), measured: about 290 modules, prompt_toolkit's among them
 #: (Celery's command line imports click-repl). The parent imports them before it forks
@@ -109,8 +123,11 @@ def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[
         app.conf.broker_transport_options = {**app.conf.broker_transport_options,
                                              "distpool_holder": holder}
     configure_slot(app, SlotState(state_path, holder))
-    sys.exit(run_worker(settings, concurrency=1, name=name, loglevel=loglevel,
-                        extra_args=extra_args, app=app, banner=False))
+    status = run_worker(settings, concurrency=1, name=name, loglevel=loglevel,
+                        extra_args=extra_args, app=app, banner=False)
+    if app.distpool_retiring:
+        _end_despite_leftover_threads(status)
+    sys.exit(status)
 
 
 def configure_slot(app: Celery, state: SlotState) -> None:
@@ -127,6 +144,31 @@ def drop_parent_logging() -> None:
         if handler.get_name() == PARENT_HANDLER:
             logger.removeHandler(handler)
     logger.setLevel(logging.NOTSET)  # the slot's Celery sets the level, on the root logger
+
+
+def _end_despite_leftover_threads(status: int) -> None:
+    """End a retiring slot even if its tasks left threads running, once they have had
+    :data:`RETIRE_GRACE` seconds to finish. The interpreter's exit would wait for them for
+    ever (as a multiprocessing worker's does), and the slot, which no longer consumes, would
+    never be replaced. Returns if none is left: the slot then exits as usual."""
+    deadline = time.monotonic() + RETIRE_GRACE
+    for thread in _leftover_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = _leftover_threads()
+    if not left:
+        return
+    logger.warning("slot retiring with threads of its tasks still running, ended without "
+                   "them: %s", ", ".join(thread.name for thread in left))
+    logging.shutdown()  # flushes the handlers, which os._exit would not
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # none without a console (pythonw, a Windows service)
+            stream.flush()
+    os._exit(status)
+
+
+def _leftover_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate()
+            if not thread.daemon and thread is not threading.current_thread()]
 
 
 def _stop_with_parent() -> None:
@@ -166,12 +208,13 @@ class SlotPool(ThreadTaskPool):  # type: ignore[misc]
         def finished(result: Any) -> None:
             if self._tasks_left is not None:
                 self._tasks_left -= 1
-                if self._tasks_left <= 0:
-                    # Celery's warm shutdown; the parent starts a fresh slot in its place.
-                    # Before the acknowledgement, which lets the consumer take another
-                    # message: one it takes all the same goes back (see the task).
-                    self.app.distpool_retiring = True
-                    worker_state.should_stop = 0
+            # A pool's maxtasksperchild, or the node's --max-tasks-per-child, ran out.
+            if execute.spent() or (self._tasks_left is not None and self._tasks_left <= 0):
+                # Celery's warm shutdown; the parent starts a fresh slot in its place.
+                # Before the acknowledgement, which lets the consumer take another
+                # message: one it takes all the same goes back (see the task).
+                self.app.distpool_retiring = True
+                worker_state.should_stop = 0
             if callback is not None:
                 callback(result)  # acknowledges the message
 
@@ -187,7 +230,7 @@ def report_to_parent(state: SlotState) -> None:
     killed (its hard time limit), for the parent in :mod:`.parent`."""
 
     def received(request: Any, **_: Any) -> None:
-        if request.name != TASK_NAME:
+        if request.type != TASK_NAME:  # (its name is the user's function's: the shadow)
             return
         hard_limit, _soft = request.time_limits
         state.running(request.id, request.message.delivery_tag,

@@ -28,8 +28,9 @@ which gets the settings pickled. A slot shuts down warmly when its parent dies (
 
 Restarts. A slot that dies running a message, or that the parent kills for its time limit,
 is replaced at once: that death is its task's, whose attempts are bounded. So is a slot that
-ended itself cleanly (``--max-tasks-per-child``). A slot that fails on its own (exits with
-an error or is killed while idle) is restarted after a backoff of its own
+ended itself cleanly (a pool's ``maxtasksperchild``, ``--max-tasks-per-child``: see
+:mod:`.child`, Retiring). A slot that fails on its own (exits with an error or is killed
+while idle) is restarted after a backoff of its own
 (:class:`~.restarts.Backoff`): 1 s after its first failure in a row, then 2, 4, ... up to
 60 s; once it has stayed up 60 s, its next failure is a first again. One flapping slot thus
 costs a fork a minute and never takes the healthy slots down with it. Starts are staggered:
@@ -267,7 +268,7 @@ def _tend(slot: _Slot, recovery: Recovery) -> float | None:
         slot.backoff.ended()
         slot.replacing = True
         return 0.0
-    if process.exitcode == 0:  # it chose to end: --max-tasks-per-child
+    if process.exitcode == 0:  # it retired: maxtasksperchild, --max-tasks-per-child
         logger.info("slot %d (pid %s) ended itself", slot.index, process.pid)
         slot.backoff.ended()
         return 0.0

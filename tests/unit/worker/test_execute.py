@@ -80,6 +80,26 @@ def test_initializer_runs_once_per_pool_and_process():
     assert _calls["init"] == 1
 
 
+@pytest.fixture(autouse=True)
+def _process_not_spent(monkeypatch):
+    """Each test starts as a process that no pool's maxtasksperchild has run out in."""
+    monkeypatch.setattr(worker, "_spent", False)
+
+
+def test_the_process_is_spent_once_it_has_begun_max_tasks_of_a_pool_failed_ones_included():
+    worker.execute(envelope(square, ((2,), {}), pool_id="spending", max_tasks=3))
+    worker.execute(envelope(square, (("x",), {}), pool_id="spending", max_tasks=3))  # fails
+    worker.execute(envelope(square, ((2,), {}), pool_id="unlimited"))
+    assert not worker.spent()
+    worker.execute(envelope(square, ((2,), {}), pool_id="spending", max_tasks=3))
+    assert worker.spent()
+
+
+def test_a_chunk_is_one_task():
+    worker.execute(envelope(square, (1, 2, 3), kind="map", pool_id="chunks", max_tasks=2))
+    assert not worker.spent()
+
+
 def test_max_tasks_starts_the_pool_state_afresh():
     _calls["init"] = 0
     init = (count_init, ("case-B",))

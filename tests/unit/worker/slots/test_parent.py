@@ -117,9 +117,10 @@ def test_a_slot_that_keeps_failing_while_idle_is_restarted_with_a_growing_delay(
 
 
 def test_a_slot_that_ended_itself_cleanly_is_replaced_at_once_every_time(tmp_path):
-    process = StandInProcess(exitcode=0)  # --max-tasks-per-child
+    process = StandInProcess(exitcode=0)  # retired: maxtasksperchild, --max-tasks-per-child
     tended = slot(tmp_path, process)
     assert all(_tend(tended, StandInRecovery(process)) == 0 for _ in range(20))
+    assert tended.backoff.failures == 0  # never a reason to give up
 
 
 class Node:
