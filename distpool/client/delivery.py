@@ -18,7 +18,7 @@ import queue
 import threading
 from typing import Any, Callable
 
-from ..errors import RemoteTraceback, add_note
+from ..errors import add_note
 from ..wire import serialization
 from ..wire.payload import Payload
 from .results import JobResult
@@ -93,7 +93,7 @@ def deliver(result: JobResult, index: int, ok: bool, value: Any,
         value = serialization.loads(payload if isinstance(payload, Payload) else payload())
         if not ok:
             error, remote_traceback = value
-            error.__cause__ = RemoteTraceback(remote_traceback)
+            error.__cause__ = result.remote_traceback(remote_traceback)
             value = error
     except Exception as exc:
         ok, value = False, exc

@@ -4,6 +4,10 @@ Like ``ProcessPoolExecutor``, a future is marked running when its task is handed
 cluster, which happens only as slots free up (the pool keeps at most ``max_workers`` tasks in
 flight). Until then ``Future.cancel()`` succeeds, and a cancelled task is never sent. It is
 built on the pool's :class:`~distpool.client.pool.Calls`.
+
+``shutdown(cancel_futures=True)`` lets the free slots take their tasks before it cancels the
+rest, as ``ProcessPoolExecutor``'s manager thread fills its call queue before it cancels: a
+burst of submissions followed at once by that shutdown still runs some of its tasks.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .pool import Calls, Function, Pool, chunked
+from .results import FutureResult
 
 T = TypeVar("T")
 
@@ -33,15 +38,18 @@ class Executor(concurrent.futures.Executor):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._pool = Pool(max_workers, initializer, initargs, **pool_options)
+        #: As ProcessPoolExecutor's: how many tasks run at once (dask sizes its work by it).
+        self._max_workers: int = self._pool._processes
         self._calls = Calls(self._pool)
-        self._lock = threading.Lock()
-        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._changed = threading.Condition(threading.Lock())
+        self._pending: set[concurrent.futures.Future[Any]] = set()  # not done
+        self._running: set[concurrent.futures.Future[Any]] = set()  # sent, not done
         self._shutdown = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._lock:
+        with self._changed:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._pending.add(future)
@@ -55,11 +63,18 @@ class Executor(concurrent.futures.Executor):
             if not future.cancelled():
                 future.set_exception(exc)
 
+        def start() -> bool:
+            with self._changed:  # as one with _forget, which a terminate may run at once
+                if not future.set_running_or_notify_cancel():
+                    return False
+                self._running.add(future)
+                self._changed.notify_all()
+            return True
+
         try:
             # From map() comes a Function: serialised once for all its items.
             function = fn if isinstance(fn, Function) else Function(fn)
-            self._calls.submit(function, args, kwargs, resolve, reject,
-                               start=future.set_running_or_notify_cancel)
+            self._calls.submit(function, args, kwargs, resolve, reject, start, FutureResult)
         except BaseException:
             self._forget(future)
             raise
@@ -78,18 +93,29 @@ class Executor(concurrent.futures.Executor):
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._lock:
+        pending: list[concurrent.futures.Future[Any]] = []
+        with self._changed:
             self._shutdown = True
-            pending = list(self._pending) if cancel_futures else []
+            if cancel_futures:
+                # First the free slots take their tasks (see the module's docstring).
+                self._changed.wait_for(self._slots_taken)
+                pending = list(self._pending)
         for future in pending:
             future.cancel()
         self._pool.close()
         if wait:
             self._pool.join()
 
+    def _slots_taken(self) -> bool:
+        """Whether the dispatcher can start no more futures now (called under the lock)."""
+        return (len(self._running) >= self._max_workers
+                or len(self._running) == len(self._pending))
+
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
-        with self._lock:
+        with self._changed:
             self._pending.discard(future)
+            self._running.discard(future)
+            self._changed.notify_all()
 
 
 def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:

@@ -226,13 +226,14 @@ class Pool:
 
     def _apply(self, function: Function[T], args: Iterable[Any], kwds: Mapping[str, Any],
                callback: Callback, error_callback: Callback,
-               start: Callable[[], bool] | None = None) -> ApplyResult[T]:
+               start: Callable[[], bool] | None = None,
+               result_type: type[ApplyResult[Any]] = ApplyResult) -> ApplyResult[T]:
         """``apply_async``, and :meth:`Calls.submit` when ``start`` is given."""
         engine = self._running_engine()
         payload = function.payload()
         arguments = _dumps((tuple(args), dict(kwds)), "the arguments")
         job = engine.new_job()
-        result: ApplyResult[T] = ApplyResult(job, engine.job_done, callback, error_callback)
+        result: ApplyResult[T] = result_type(job, engine.job_done, callback, error_callback)
         task = self._tasks.task(job, 0, "apply", payload, arguments)
         engine.submit(job, result, iter([task]) if start is None else _gated(task, result,
                                                                               start))
@@ -342,11 +343,13 @@ class Calls:
 
     def submit(self, function: Function[T], args: Iterable[Any], kwds: Mapping[str, Any],
                callback: Callback, error_callback: Callback,
-               start: Callable[[], bool]) -> ApplyResult[T]:
+               start: Callable[[], bool], result_type: type[ApplyResult[Any]]) -> ApplyResult[T]:
         """``apply_async(function, args, kwds, callback, error_callback)``, except that
         ``start`` is asked just before the task is sent: if it returns False, the task is
-        dropped and its result fails with :class:`concurrent.futures.CancelledError`."""
-        return self._pool._apply(function, args, kwds, callback, error_callback, start)
+        dropped and its result fails with :class:`concurrent.futures.CancelledError`. The
+        result is a ``result_type``."""
+        return self._pool._apply(function, args, kwds, callback, error_callback, start,
+                                 result_type)
 
 
 def _shut_down(engine: Engine, cluster: LocalCluster | None) -> None:

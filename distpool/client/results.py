@@ -21,11 +21,12 @@ exactly once, and never for a result that was already complete.
 from __future__ import annotations
 
 import collections
+import concurrent.futures.process
 import threading
 from collections.abc import Iterator
-from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Optional, Protocol, TypeVar
 
-from ..errors import TimeoutError
+from ..errors import RemoteTraceback, TimeoutError
 
 T = TypeVar("T")
 Callback = Optional[Callable[[Any], object]]
@@ -39,6 +40,8 @@ class JobResult(Protocol):
     #: on the collector thread, without a hop to the delivery thread.
     @property
     def quiet(self) -> bool: ...
+    #: Made of a task's formatted traceback, as the ``__cause__`` of its exception.
+    remote_traceback: ClassVar[type[Exception]]
     def set_outcome(self, index: int, success: bool, value: Any) -> None: ...
     def input_failed(self, sent: int, exc: BaseException) -> None: ...
     def abort(self, exc: BaseException) -> None: ...
@@ -81,6 +84,8 @@ class Progress:
 
 class ApplyResult(Generic[T]):
     """The result of ``apply_async``; ``multiprocessing.pool.AsyncResult`` by another name."""
+
+    remote_traceback: ClassVar[type[Exception]] = RemoteTraceback
 
     def __init__(self, job: int, on_done: OnDone, callback: Callback = None,
                  error_callback: Callback = None, total: int = 1,
@@ -158,6 +163,12 @@ class ApplyResult(Generic[T]):
 AsyncResult = ApplyResult
 
 
+class FutureResult(ApplyResult[T]):
+    """The result of an Executor's task: a failure's cause is ProcessPoolExecutor's."""
+
+    remote_traceback = concurrent.futures.process._RemoteTraceback
+
+
 class MapResult(ApplyResult[list[T]]):
     """The result of ``map_async``/``starmap_async``: chunks fill a list in input order."""
 
@@ -215,10 +226,14 @@ class IMapIterator(Generic[T]):
     """Iterator returned by ``imap``: results in input order, each failure raised in place.
 
     ``next(timeout)`` raises ``multiprocessing.TimeoutError`` if no result is ready in time.
-    A chunk that fails raises its exception once, in place of all its items. Results are
+    A chunk that fails raises its exception once, in place of all its items; with
+    ``chunksize > 1`` that ends the iteration, as multiprocessing's generator over the chunks
+    ends (the rest of the input still runs, and its results are dropped). Results are
     kept a chunk at a time; ``on_consumed`` is called each time the caller finishes one, so
     that the engine can send more input (imap's buffer is bounded by what is not consumed).
     """
+
+    remote_traceback: ClassVar[type[Exception]] = RemoteTraceback
 
     def __init__(self, job: int, on_done: OnDone,
                  on_consumed: Callable[[], None] | None = None, chunksize: int = 1,
@@ -239,12 +254,15 @@ class IMapIterator(Generic[T]):
         self._length: int | None = None
         self._unsorted: dict[int, tuple[bool, Any]] = {}
         self._claimed = False  # by the delivery that completes the job, or by abort
+        self._stopped = False  # a failed chunk ended the iteration
 
     def __iter__(self) -> Iterator[T]:
         return self
 
     def next(self, timeout: float | None = None) -> T:
         with self._cond:
+            if self._stopped:
+                raise StopIteration
             if not self._chunks and not self._exhausted():
                 self._cond.wait(timeout)
             if not self._chunks:
@@ -258,10 +276,14 @@ class IMapIterator(Generic[T]):
                 finished = self._position == len(value)
             else:
                 finished = True
+                self._stopped = self._chunksize > 1
             if finished:
                 self._chunks.popleft()
                 self._position = 0
                 self.chunks_consumed += 1
+            if self._stopped:  # what is in, and what comes, is dropped as consumed
+                self.chunks_consumed += len(self._chunks)
+                self._chunks.clear()
         if finished and self._on_consumed is not None:
             self._on_consumed()
         if success:
@@ -285,6 +307,9 @@ class IMapIterator(Generic[T]):
             else:
                 self._unsorted[index] = (success, value)
             done = self._received(success, value)
+            stopped = self._stopped
+        if stopped and self._on_consumed is not None:
+            self._on_consumed()
         if done:
             self._finish()
 
@@ -304,10 +329,10 @@ class IMapIterator(Generic[T]):
         self._on_done(self._job)
 
     def _append(self, success: bool, value: Any) -> None:
-        if not success or value:
-            self._chunks.append((success, value))
-        else:  # an empty chunk has nothing to consume
+        if self._stopped or (success and not value):  # nobody will consume it
             self.chunks_consumed += 1
+        else:
+            self._chunks.append((success, value))
         self._chunks_seen += 1
 
     def abort(self, exc: BaseException) -> None:
@@ -355,5 +380,8 @@ class IMapUnorderedIterator(IMapIterator[T]):
             self._append(success, value)
             self._cond.notify()
             done = self._received(success, value)
+            stopped = self._stopped
+        if stopped and self._on_consumed is not None:
+            self._on_consumed()
         if done:
             self._finish()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import os
 import time
+from typing import Any
 
 import pytest
 
@@ -44,6 +46,9 @@ def make_executor(request):
         executors.append(executor)
         return executor
 
+    # max_workers=None: the CPU count, or the slots of the workers on the queue.
+    make.default_width = os.cpu_count() if request.param == "concurrent.futures" else sum(
+        worker.concurrency for worker in compat.cluster.workers)
     yield make
     for executor in executors:
         executor.shutdown(wait=True, cancel_futures=True)
@@ -103,3 +108,28 @@ def test_shutdown_cancels_pending_futures_and_refuses_new_ones(make_executor, tm
 def test_tasks_run_in_other_processes(make_executor):
     executor = make_executor()
     assert executor.submit(os.getpid).result(timeout=30) != os.getpid()
+
+
+def test_shutdown_cancels_a_burst_once_work_has_started(make_executor: Any) -> None:
+    # CPython's ExecutorShutdownTest.test_cancel_futures: some of the burst is running by
+    # the time shutdown cancels the rest.
+    executor = make_executor(2)
+    futures = [executor.submit(time.sleep, 0.1) for _ in range(50)]
+    executor.shutdown(cancel_futures=True)
+    cancelled = [f for f in futures if f.cancelled()]
+    others = [f for f in futures if not f.cancelled()]
+    assert len(cancelled) > 20 and others
+    assert all(f.done() and f.exception() is None for f in others)
+
+
+def test_exception_cause_is_the_process_pool_remote_traceback(make_executor: Any) -> None:
+    # CPython's ProcessPoolExecutorTest.test_traceback
+    future = make_executor().submit(fail, 7)
+    cause = future.exception(timeout=30).__cause__
+    assert type(cause) is concurrent.futures.process._RemoteTraceback
+    assert 'raise ValueError(f"bad {x}")' in cause.tb
+
+
+def test_max_workers_is_the_executors_width(make_executor: Any) -> None:
+    assert make_executor(3)._max_workers == 3
+    assert make_executor(None)._max_workers == make_executor.default_width

@@ -6,12 +6,15 @@ name ``multiprocessing.Pool`` directly and so cannot be pointed at distpool unch
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import pickle
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+from typing import Any, Callable
 
 import pytest
 
@@ -254,6 +257,44 @@ def test_input_iterable_exception_propagates(make_pool):
         next(it)
     with pytest.raises(StopIteration):
         next(it)
+
+
+def outcomes(iterator: Iterator[int]) -> list[int | str]:
+    """What ``iterator`` yields until it stops, ``"error"`` for each SimulationError."""
+    seen: list[int | str] = []
+    while True:
+        try:
+            seen.append(next(iterator))
+        except SimulationError:
+            seen.append("error")
+        except StopIteration:
+            return seen
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_imap_after_a_failure(make_pool: Callable[..., Any], method: str, chunksize: int) -> None:
+    # With chunksize > 1, multiprocessing's imap is a generator over the chunks' results:
+    # the failed chunk raises once, and that ends it. One by one, each failure is raised
+    # in place and iteration goes on.
+    pool = make_pool(2)
+    iterator = getattr(pool, method)(functools.partial(fail_on, bad=4), range(12), chunksize)
+    seen = outcomes(iterator)
+    if chunksize == 1:
+        expected: list[int | str] = [0, 1, 2, 3, "error", *range(5, 12)]
+        assert (seen if method == "imap" else sorted(seen, key=str)) == (
+            expected if method == "imap" else sorted(expected, key=str))
+    elif method == "imap":
+        assert seen == [0, 1, 2, "error"]
+    else:  # the whole chunks that came before it, never the failed chunk's items
+        assert seen[-1] == "error"
+        chunks = {item // 3 for item in seen[:-1] if isinstance(item, int)}
+        assert 1 not in chunks and sorted(seen[:-1], key=str) == sorted(
+            (x for chunk in chunks for x in range(3 * chunk, 3 * chunk + 3)), key=str)
+    with pytest.raises(StopIteration):
+        next(iterator)
+    pool.close()
+    pool.join()  # the rest of the input ran all the same
 
 
 def test_initializer_state_is_visible_to_tasks(make_pool):

@@ -17,7 +17,7 @@ from distpool import backends
 from distpool.backends.eager import EagerBackend
 from distpool.client import engine
 from distpool.client.pool import Calls, Function
-from distpool.client.results import MapResult
+from distpool.client.results import ApplyResult, MapResult
 from distpool.errors import AuthenticationError
 from distpool.wire import serialization
 from distpool.wire.envelope import ResultRecord, Signer
@@ -146,7 +146,8 @@ def test_a_job_whose_input_raises_fails_with_that_error_and_the_pool_goes_on(sto
         def refuse():
             raise KeyError("cannot prepare the task")
 
-        refused = Calls(pool).submit(Function(square), (2,), {}, None, None, start=refuse)
+        refused = Calls(pool).submit(Function(square), (2,), {}, None, None, start=refuse,
+                                     result_type=ApplyResult)
         with pytest.raises(KeyError, match="cannot prepare"):
             refused.get(timeout=5)
 

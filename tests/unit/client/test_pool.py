@@ -221,6 +221,26 @@ def test_close_lifts_the_imap_buffer_so_join_finishes_without_a_consumer(manual)
     assert list(it) == [x * x for x in range(10)]
 
 
+def fail_on_3(x: int) -> int:
+    if x == 3:
+        raise KeyError(x)
+    return x
+
+
+def test_the_rest_of_an_imap_ended_by_a_failed_chunk_runs_without_a_consumer(manual):
+    with distpool.Pool(2) as pool:
+        it = pool.imap(fail_on_3, range(20), chunksize=2, buffersize=2)
+        _run_everything_queued(manual)
+        assert next(it) == 0 and next(it) == 1
+        with pytest.raises(KeyError):
+            next(it)
+        with pytest.raises(StopIteration):
+            it.next(timeout=1)
+        # As in multiprocessing, every chunk still runs; nobody waits for their results.
+        _run_everything_queued(manual)
+        assert len(manual.published) == 10 and it.progress.completed == 20
+
+
 def test_buffersize_must_be_positive(eager_pool):
     with pytest.raises(ValueError, match="buffersize"):
         eager_pool.imap(square, [1], buffersize=0)

@@ -101,6 +101,29 @@ def test_imap_orders_chunks_and_raises_failures_in_place():
     assert list(it) == [4, 5] and done.jobs == [1]
 
 
+@pytest.mark.parametrize("kind", [IMapIterator, IMapUnorderedIterator])
+def test_a_failed_chunk_ends_the_iteration_and_the_rest_counts_as_consumed(
+        kind: type[IMapIterator[str]]) -> None:
+    done, wakes = Done(), []
+    it = kind(1, done, lambda: wakes.append(it.chunks_consumed), chunksize=2)
+    it.set_outcome(0, True, ["a", "b"])
+    it.set_outcome(1, False, KeyError("chunk 1"))
+    it.set_outcome(3, True, ["g", "h"])
+    assert [next(it), next(it)] == ["a", "b"]
+    with pytest.raises(KeyError):
+        next(it)
+    with pytest.raises(StopIteration):
+        it.next(timeout=0.01)
+    # Nobody can take what comes next: the engine may send more input at once.
+    assert it.chunks_consumed == (2 if kind is IMapIterator else 3)
+    it.set_outcome(2, True, ["e", "f"])
+    it.input_ended(4, 8)
+    assert it.chunks_consumed == 4 and wakes[-1] == 4 and done.jobs == [1]
+    with pytest.raises(StopIteration):
+        next(it)
+    assert it.progress.completed == 8
+
+
 def test_imap_unordered_yields_in_arrival_order():
     it = IMapUnorderedIterator(1, Done())
     it.set_outcome(2, True, ["c"])
