@@ -26,7 +26,13 @@ from ..store.blobs import result_name
 from ..store.nodes import NodeRecords
 from ..store.redis_store import RedisStore
 from ..wire.envelope import Data, Signer, TaskEnvelope
-from ..wire.payload import INLINE_CALLABLE_LIMIT, INLINE_LIMIT, BlobRef, Payload
+from ..wire.payload import (
+    INLINE_CALLABLE_LIMIT,
+    INLINE_LIMIT,
+    BlobRef,
+    Payload,
+    describe_size,
+)
 from .base import Backend
 from .blob_ledger import BlobLedger
 
@@ -124,14 +130,12 @@ class CeleryBackend(Backend):
         timeout = self._settings.task_timeout
         outgoing = []
         for envelopes in messages:
-            first = envelopes[0].task_id
-            described = first if len(envelopes) == 1 else f"{first} and {len(envelopes) - 1} more"
             # The soft limit raises in the task, the hard one kills its process.
             soft = None if timeout is None else timeout * len(envelopes)
             outgoing.append(TaskMessage(
-                first, [envelope.to_wire(self._signer) for envelope in envelopes],
-                f"<distpool task {described}>", soft,
-                None if soft is None else soft + TIME_LIMIT_GRACE))
+                envelopes[0].task_id, [envelope.to_wire(self._signer) for envelope in envelopes],
+                describe(envelopes), soft, None if soft is None else soft + TIME_LIMIT_GRACE,
+                shadow=envelopes[0].label))
         self._publisher.publish(outgoing)
 
     def fetch_results(self, pool_id: str, timeout: float) -> list[bytes]:
@@ -166,6 +170,17 @@ class CeleryBackend(Backend):
             self.close()
         except Exception:  # noqa: S110 - already failing with a better error
             pass
+
+
+def describe(envelopes: Sequence[TaskEnvelope]) -> str:
+    """A message's tasks as operators see them in place of its arguments (Celery's
+    ``argsrepr``): its pool, its tasks (``job:chunk``) and the size of their arguments."""
+    pool_id, first = envelopes[0].task_id.split(":", 1)
+    tasks = (f"task {first}" if len(envelopes) == 1 else
+             f"tasks {first} to {envelopes[-1].task_id.split(':', 1)[1]} ({len(envelopes)})")
+    size = sum(envelope.arguments.size if isinstance(envelope.arguments, BlobRef)
+               else envelope.arguments.nbytes for envelope in envelopes)
+    return f"pool {pool_id[:8]}: {tasks}, arguments {describe_size(size)}"
 
 
 def _publisher(settings: Settings) -> Publisher:

@@ -52,6 +52,7 @@ class CeleryPublisher:
             built = self._app.amqp.as_task_v2(
                 message.task_id, TASK_NAME, args=tuple(message.args),
                 argsrepr=message.argsrepr, kwargsrepr="{}", ignore_result=True,
+                shadow=message.shadow,
                 soft_time_limit=message.soft_time_limit, time_limit=message.time_limit)
             self._send(self._producer, TASK_NAME, built, queue=self._queue,
                        declare=self._declare, retry=True, retry_policy=PUBLISH_RETRY_POLICY)

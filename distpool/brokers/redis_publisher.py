@@ -42,13 +42,16 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 class TaskMessage(NamedTuple):
     """One Celery task message of distpool's task: its id, its positional arguments (the
-    task envelopes), how the worker's log shows them, and Celery's time limits (seconds)."""
+    task envelopes), how the workers' logs, ``celery inspect`` and Flower show them (Celery's
+    ``argsrepr``, and its ``shadow`` name in place of distpool's task's), and Celery's time
+    limits (seconds)."""
 
     task_id: str
     args: Sequence[Any]
     argsrepr: str
     soft_time_limit: float | None
     time_limit: float | None
+    shadow: str | None = None
 
 
 def origin() -> str:
@@ -63,7 +66,7 @@ def message_document(message: TaskMessage, queue: str, origin: str,
     task_id = message.task_id
     body = json.dumps((list(message.args), {}, _EMBED))
     headers: dict[str, Any] = {
-        "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None,
+        "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": message.shadow, "eta": None,
         "expires": None, "group": None, "group_index": None, "retries": 0,
         "timelimit": [message.time_limit, message.soft_time_limit], "root_id": task_id,
         "parent_id": None, "argsrepr": message.argsrepr, "kwargsrepr": "{}",

@@ -32,7 +32,7 @@ from .engine import Engine
 from .progress import TqdmDisplay
 from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
 from .sources import ReadAhead
-from .tasks import Task, TaskMaker
+from .tasks import Task, TaskMaker, label_of
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -234,7 +234,7 @@ class Pool:
         arguments = _dumps((tuple(args), dict(kwds)), "the arguments")
         job = engine.new_job()
         result: ApplyResult[T] = result_type(job, engine.job_done, callback, error_callback)
-        task = self._tasks.task(job, 0, "apply", payload, arguments)
+        task = self._tasks.task(job, 0, "apply", payload, arguments, function.label)
         engine.submit(job, result, iter([task]) if start is None else _gated(task, result,
                                                                               start))
         return result
@@ -251,7 +251,8 @@ class Pool:
                 chunksize += 1
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        function = _dumps(func, "the function")
+        function = Function(func)
+        function.payload()  # raises here, naming it, if it cannot travel
         job = engine.new_job()
         result: MapResult[Any] = MapResult(job, engine.job_done, length, chunksize,
                                            callback, error_callback,
@@ -261,13 +262,13 @@ class Pool:
         engine.submit(job, result, self._map_tasks(job, kind, function, items, chunksize))
         return result
 
-    def _map_tasks(self, job: int, kind: str, function: Payload, items: Sequence[Any],
+    def _map_tasks(self, job: int, kind: str, function: Function[Any], items: Sequence[Any],
                    chunksize: int) -> Iterator[Task]:
         """map's source: serialises each chunk as the engine asks for it. An item that
         cannot be serialised raises here, which fails the map (see ``Sources``)."""
         for index, chunk in enumerate(chunked(iter(items), chunksize)):
-            yield self._tasks.task(job, index, kind, function,
-                                   _dumps_chunk(chunk, index * chunksize))
+            yield self._tasks.task(job, index, kind, function.payload(),
+                                   _dumps_chunk(chunk, index * chunksize), function.label)
 
     def _imap(self, result_type: type, func: Callable[..., Any], iterable: Iterable[Any],
               chunksize: int, buffersize: int | None, progress: bool) -> IMapIterator[Any]:
@@ -276,7 +277,8 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         if buffersize is not None and buffersize < 1:
             raise ValueError(f"buffersize must be None or > 0, not {buffersize}")
-        function = _dumps(func, "the function")
+        function = Function(func)
+        function.payload()
         items = iter(iterable)
         job = engine.new_job()
         length = len(iterable) if isinstance(iterable, Sized) else None
@@ -287,7 +289,7 @@ class Pool:
                       ReadAhead(buffersize or max(16, 4 * self._processes), result))
         return result
 
-    def _lazy_tasks(self, job: int, result: IMapIterator[Any], function: Payload,
+    def _lazy_tasks(self, job: int, result: IMapIterator[Any], function: Function[Any],
                     items: Iterator[Any], chunksize: int) -> Iterator[Task]:
         """imap's source: reads and serialises the input only as the engine asks.
 
@@ -306,7 +308,7 @@ class Pool:
                 result.set_outcome(index, False, exc)
                 index += 1
                 break
-            yield self._tasks.task(job, index, "map", function, data)
+            yield self._tasks.task(job, index, "map", function.payload(), data, function.label)
             index += 1
             count += len(chunk)
         result.input_ended(index, count)
@@ -316,11 +318,13 @@ DistributedPool = Pool
 
 
 class Function(Generic[T]):
-    """A callable, and its serialised form, made once, when a call first needs it: what
+    """A callable, its name for operators (``label``), and its serialised form, made once,
+    when a call first needs it: what
     :meth:`Calls.submit` runs, so that many calls of one callable serialise it once."""
 
     def __init__(self, call: Callable[..., T]) -> None:
         self.call = call
+        self.label = label_of(call)  # what operators see it called
         self._payload: Payload | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:

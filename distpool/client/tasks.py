@@ -9,6 +9,12 @@ one place that name is made. Nothing in the client parses it back: the engine ke
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
 from ..wire.envelope import TaskEnvelope
 from ..wire.payload import Payload
 
@@ -42,8 +48,9 @@ class TaskMaker:
         return f"{self._pool_id}:{job}:{index}"
 
     def task(self, job: int, index: int, kind: str, function: Payload,
-             arguments: Payload) -> Task:
-        """Task ``(job, index)``: ``function`` applied to ``arguments`` as ``kind`` says."""
+             arguments: Payload, label: str | None = None) -> Task:
+        """Task ``(job, index)``: ``function`` (called ``label``) applied to ``arguments``
+        as ``kind`` says."""
         return Task(job, index, TaskEnvelope(
             pool_id=self._pool_id,
             task_id=self.wire_id(job, index),
@@ -52,4 +59,28 @@ class TaskMaker:
             arguments=arguments,
             initializer=self._initializer,
             max_tasks=self._max_tasks,
+            label=label,
         ))
+
+
+def label_of(function: Callable[..., Any]) -> str:
+    """What operators see ``function`` called: ``module.qualname`` (``forecast.simulate``),
+    through ``functools.partial``; a callable object by its class. A function of the main
+    script is named after the script (``forecast.py``: ``forecast``), not ``__main__``."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    named = function if hasattr(function, "__qualname__") else type(function)
+    module = (getattr(named, "__module__", None)  # a method of a built-in type has none:
+              or getattr(getattr(named, "__objclass__", None), "__module__", "?"))
+    if module == "__main__":
+        module = _main_module_name()
+    return f"{module}.{getattr(named, '__qualname__', type(function).__name__)}"
+
+
+def _main_module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:  # python -m package.module
+        return str(spec.name)
+    path = getattr(main, "__file__", None)
+    return os.path.splitext(os.path.basename(path))[0] if path else "__main__"

@@ -107,6 +107,9 @@ class TaskEnvelope:
     arguments: Data
     initializer: Data | None = None
     max_tasks: int | None = None
+    #: What ``function`` is called (``module.qualname``), for operators: the message's name
+    #: in Celery's logs, ``inspect`` and Flower. Not part of the envelope on the wire.
+    label: str | None = None
 
     KINDS = ("apply", "map", "starmap")
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import Reject
+from celery.worker.request import Request
 
 from ..brokers.celery_app import (
     TASK_NAME,
@@ -29,6 +30,15 @@ from ..config import Settings
 from ..wire.envelope import Signer
 from .runner import MAX_ATTEMPTS, ProcessLocalRunner
 from .steps import hold_renewal_step, registration_step
+
+
+class DescribedRequest(Request):  # type: ignore[misc]
+    """A distpool message as ``celery inspect active`` shows it: its description (the
+    ``argsrepr`` the client wrote: pool, tasks, size) in place of its arguments, which are
+    signed envelopes, long and of no use to a person."""
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        return super().info(safe=True)  # type: ignore[no-any-return]
 
 
 def new_holder() -> str:
@@ -65,7 +75,7 @@ def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1)
     # after it, so a second pool's app would keep the first app's task and warn.
     @app.task(name=TASK_NAME, bind=True, ignore_result=True,  # type: ignore[untyped-decorator]
               shared=False, retry_on_worker_lost=True, max_retries=MAX_ATTEMPTS - 1,
-              default_retry_delay=0)
+              default_retry_delay=0, Request=DescribedRequest)
     def run_distpool_tasks(task: Any, *messages: Any) -> None:
         if app.distpool_retiring:  # a slot past --max-tasks-per-child, shutting down
             raise Reject("this slot is being replaced", requeue=True)

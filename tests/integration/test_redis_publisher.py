@@ -24,6 +24,8 @@ MESSAGES = [
     TaskMessage("p:1:0", [ENVELOPE, {**ENVELOPE, "task": "p:1:1", "kind": "map"}],
                 "<distpool task p:1:0 and 1 more>", 14.0, 19.0),
     TaskMessage("p:2:0", [{**ENVELOPE, "text": "é\u2028\"\\"}], "<distpool task p:2:0>", 7, 12),
+    TaskMessage("p:3:0", [ENVELOPE], "pool p: task 3:0, arguments 12 bytes", None, None,
+                shadow="forecast.simulate"),
 ]
 
 
