@@ -238,9 +238,18 @@ class OwnConnection:
         hello.append(("CLIENT", "SETINFO", "LIB-VER", __version__))
         if endpoint.db:
             hello.append(("SELECT", endpoint.db))
+        replies: list[Any] = []
         try:
             sock.sendall(b"".join(pack(command) for command in hello))
-            replies = [self._reader.read() for _ in hello]
+            for _ in hello:
+                replies.append(self._reader.read())
+        except OSError as exc:
+            self._drop()
+            said = [reply for reply in replies if isinstance(reply, ReplyError)]
+            if said:  # Redis said why before it closed (its maxclients, say): retried
+                raise RedisConnectionError(f"{endpoint} refused the connection: "
+                                           f"{said[0]}") from exc
+            raise
         except BaseException:
             self._drop()
             raise

@@ -167,3 +167,19 @@ def test_a_unix_socket_url_reaches_redis(tmp_path):
         connection.close()
     finally:
         stop_process_group(server)
+
+
+def test_a_redis_at_its_client_limit_is_named_as_the_reason_and_tried_again(redis_server):
+    admin = redis.Redis.from_url(redis_server.url())
+    limit = admin.config_get("maxclients")["maxclients"]
+    connection = OwnConnection(redis_server.url(),
+                               retry=RetryPolicy(retries=2, base=0.05, jitter=False))
+    admin.config_set("maxclients", int(admin.info("clients")["connected_clients"]))
+    try:
+        with pytest.raises(RedisConnectionError, match="refused the connection: "
+                                                       "ERR max number of clients reached"):
+            connection.run([("PING",)])
+    finally:
+        admin.config_set("maxclients", limit)
+    assert connection.run([("PING",)]) == [b"PONG"]  # a room again: it connects
+    connection.close()
