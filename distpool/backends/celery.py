@@ -17,7 +17,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..brokers.celery_app import broker_key_prefix, new_app, urls
+from ..brokers.celery_app import new_app, urls
 from ..brokers.profiles import REDIS, profile_for
 from ..brokers.redis_publisher import RedisPublisher, TaskMessage
 from ..config import Settings, mask_url
@@ -186,7 +186,7 @@ def describe(envelopes: Sequence[TaskEnvelope]) -> str:
 def _publisher(settings: Settings) -> Publisher:
     broker_url, _ = urls(settings)
     if profile_for(broker_url) is REDIS:
-        return RedisPublisher(broker_url, settings.queue, broker_key_prefix(settings))
+        return RedisPublisher(broker_url, settings.queue)
     from ..brokers.celery_publisher import CeleryPublisher
 
     return CeleryPublisher(_client_app(settings))

@@ -92,12 +92,6 @@ def transport_options(settings: Settings, holder: str | None = None,
     }
 
 
-def broker_key_prefix(settings: Settings) -> str:
-    """What kombu's Redis transport puts before every key (``global_keyprefix``): a client
-    that publishes without kombu (:mod:`.redis_publisher`) names the queue's list with it,
-    exactly as the workers do."""
-    return str(transport_options(settings).get("global_keyprefix", ""))
-
 
 def hold_renewal_interval(settings: Settings) -> int:
     """How often holds are renewed, and lapsed ones swept: four times per timeout."""

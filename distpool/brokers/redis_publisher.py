@@ -90,15 +90,13 @@ def message_document(message: TaskMessage, queue: str, origin: str,
 
 
 class RedisPublisher:
-    """Pushes task messages onto ``queue`` of the Redis broker at ``url``, on a connection of
-    its own (TLS and its options from the URL, as redis-py reads them: see
-    :mod:`distpool.store.endpoint`), whose name in the
-    broker's keys starts with ``key_prefix`` (kombu's ``global_keyprefix``)."""
+    """Pushes task messages onto ``queue`` of the Redis broker at ``url`` (the list of that
+    name: distpool sets no ``global_keyprefix``), on a connection of its own (TLS and its
+    options from the URL, as redis-py reads them: see :mod:`distpool.store.endpoint`)."""
 
-    def __init__(self, url: str, queue: str, key_prefix: str = "") -> None:
+    def __init__(self, url: str, queue: str) -> None:
         self._connection = OwnConnection(url, retry=RETRY)
         self._queue = queue
-        self._key = key_prefix + queue
         self._origin = origin()
 
     def ping(self) -> None:
@@ -111,7 +109,7 @@ class RedisPublisher:
                                                  str(uuid.uuid4())))
                      for message in messages]
         # One LPUSH per message, as kombu sends them: the workers take from the right.
-        self._connection.run([("LPUSH", self._key, document) for document in documents])
+        self._connection.run([("LPUSH", self._queue, document) for document in documents])
 
     def close(self) -> None:
         self._connection.close()

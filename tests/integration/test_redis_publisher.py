@@ -11,7 +11,7 @@ import textwrap
 
 import redis
 
-from distpool.brokers.celery_app import broker_key_prefix, new_app
+from distpool.brokers.celery_app import new_app
 from distpool.brokers.celery_publisher import CeleryPublisher
 from distpool.brokers.redis_publisher import RedisPublisher, TaskMessage
 from distpool.config import resolve
@@ -60,23 +60,6 @@ def test_what_it_pushes_is_what_celery_pushes_key_for_key(redis_server):
     assert [json.dumps(document) for document in ours] == [
         json.dumps(document) for document in theirs]
     assert set(client.keys("*")) == {b"celery-sent", b"own-sent"}
-
-
-def test_the_queue_list_is_named_with_the_transport_key_prefix(redis_server):
-    url = redis_server.url(6)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    settings = resolve(broker=url, queue="prefixed", secret="k" * 32, environ={})
-    assert broker_key_prefix(settings) == new_app(settings).conf.broker_transport_options.get(
-        "global_keyprefix", "")
-    publisher = RedisPublisher(url, "prefixed", key_prefix="tenant:")
-    try:
-        publisher.ping()
-        publisher.publish(MESSAGES[:1])
-    finally:
-        publisher.close()
-    [document] = pushed(client, "tenant:prefixed")
-    assert document["properties"]["delivery_info"]["routing_key"] == "prefixed"
 
 
 def test_a_first_pool_in_a_fresh_process_runs_without_celery_or_kombu(shared_cluster):
