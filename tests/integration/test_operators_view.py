@@ -30,7 +30,7 @@ def simulate_outage(seconds: float) -> int:
     return os.getpid()
 
 
-def test_celery_inspect_shows_the_users_function_and_what_the_message_carries(make_cluster):
+def test_celery_inspect_and_the_worker_log_show_the_users_function(make_cluster):
     cluster = make_cluster(concurrency=1)
     app = new_app(resolve(**cluster.pool_kwargs(), environ={}))
     with distpool.Pool(1, **cluster.pool_kwargs()) as pool:
@@ -45,6 +45,9 @@ def test_celery_inspect_shows_the_users_function_and_what_the_message_carries(ma
     assert task["name"] == LABEL
     assert task["type"] == "distpool.execute"
     assert task["args"].startswith("pool ") and ": task 0:0, arguments " in task["args"]
+    log = cluster.workers[0].log()
+    assert f"Task {LABEL}[{task['id']}] received" in log
+    assert "distpool.execute[" not in log
 
 
 @pytest.fixture
