@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 #: A task past its soft time limit (the pool's task_timeout) gets this long to stop before
 #: its process is killed.
 TIME_LIMIT_GRACE = 5.0
+#: How late the broker's or the result store's reply may be before the client's call fails
+#: (a pop's, beyond its own wait): a frozen Redis (stopped, its VM paused, or cut off by a
+#: partition that drops packets) would otherwise hold the caller, or the collector, for ever.
+#: The collector goes on trying, and fails the tasks in flight after pool_ttl of that.
+REPLY_TIMEOUT = 10.0
 
 
 class Publisher(Protocol):
@@ -55,7 +60,7 @@ class CeleryBackend(Backend):
         self._settings = settings
         self._signer = Signer(settings.secret)
         broker_url, result_url = urls(settings)
-        self._store = RedisStore(result_url)
+        self._store = RedisStore(result_url, REPLY_TIMEOUT)
         self._blobs = BlobLedger()
         try:
             self._publisher = _publisher(settings)
@@ -186,7 +191,7 @@ def describe(envelopes: Sequence[TaskEnvelope]) -> str:
 def _publisher(settings: Settings) -> Publisher:
     broker_url, _ = urls(settings)
     if profile_for(broker_url) is REDIS:
-        return RedisPublisher(broker_url, settings.queue)
+        return RedisPublisher(broker_url, settings.queue, REPLY_TIMEOUT)
     from ..brokers.celery_publisher import CeleryPublisher
 
     return CeleryPublisher(_client_app(settings))
@@ -210,7 +215,7 @@ def cluster_status(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
     and reply."""
     broker_url, result_url = urls(settings)
     records = NodeRecords(result_url, timeout)
-    store = RedisStore(result_url)
+    store = RedisStore(result_url, timeout)
     try:
         nodes = records.read(settings.queue)
         pools = store.pools()

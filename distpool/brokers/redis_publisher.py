@@ -92,10 +92,11 @@ def message_document(message: TaskMessage, queue: str, origin: str,
 class RedisPublisher:
     """Pushes task messages onto ``queue`` of the Redis broker at ``url`` (the list of that
     name: distpool sets no ``global_keyprefix``), on a connection of its own (TLS and its
-    options from the URL, as redis-py reads them: see :mod:`distpool.store.endpoint`)."""
+    options from the URL, as redis-py reads them: see :mod:`distpool.store.endpoint`), whose
+    replies may be ``reply_timeout`` seconds late (None: for ever)."""
 
-    def __init__(self, url: str, queue: str) -> None:
-        self._connection = OwnConnection(url, retry=RETRY)
+    def __init__(self, url: str, queue: str, reply_timeout: float | None = None) -> None:
+        self._connection = OwnConnection(url, timeout=reply_timeout, retry=RETRY)
         self._queue = queue
         self._origin = origin()
 

@@ -78,16 +78,18 @@ class OwnConnection:
     can also be sent without waiting (:meth:`send`): Redis runs one connection's commands in
     order, and their replies are read before those of the next call.
 
-    ``timeout`` bounds each connect and each wait for a reply (None: a reply may take for
-    ever, as a blocking pop's does; the URL's ``socket_timeout`` and
-    ``socket_connect_timeout`` override it)."""
+    ``timeout`` bounds each wait for a reply (None: a reply may take for ever), and
+    ``connect_timeout`` each connect; the URL's ``socket_timeout`` and
+    ``socket_connect_timeout`` override them. A call whose reply is late fails at once, not
+    retried: a server that does not answer (stopped, paused, cut off by a partition that
+    drops packets) would not answer a new connection either."""
 
     def __init__(self, url: str, *, timeout: float | None = None,
                  connect_timeout: float | None = 5.0, retry: RetryPolicy = DEFAULT_RETRY,
                  health_check_interval: float = 30.0) -> None:
         endpoint = Endpoint.from_url(url)
         self.endpoint = endpoint
-        self._timeout = timeout
+        self._timeout = endpoint.options.get("socket_timeout", timeout)
         self._connect_timeout = endpoint.options.get("socket_connect_timeout", connect_timeout)
         self._retry = retry
         self._health_check_interval = endpoint.options.get("health_check_interval",
@@ -104,7 +106,8 @@ class OwnConnection:
         reply = Reply(self, len(commands))
         with self._lock:
             try:
-                self._open().sendall(b"".join(pack(command) for command in commands))
+                self._open(self._timeout).sendall(
+                    b"".join(pack(command) for command in commands))
             except BaseException as exc:
                 self._lose_unread(exc)
                 reply._error = exc
@@ -112,10 +115,12 @@ class OwnConnection:
             self._unread.append(reply)
         return reply
 
-    def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def run(self, commands: Sequence[tuple[Any, ...]],
+            reply_timeout: float | None = None) -> list[Any]:
         """Each command's reply, in order, as Redis sends it (bytes, ints, lists; a
         transaction's in EXEC's list); a failed command raises its :class:`ReplyError`
-        once every reply is read."""
+        once every reply is read. ``reply_timeout``: how long the replies may take, for
+        this call (a blocking command's), instead of the connection's ``timeout``."""
         packed = b"".join(pack(command) for command in commands)
 
         def call(sock: socket.socket, reader: ReplyReader) -> list[Any]:
@@ -123,7 +128,7 @@ class OwnConnection:
                 sock.sendall(packed)
             return _replies(reader, len(commands))
 
-        return self._call(call)
+        return self._call(call, reply_timeout)
 
     # Bulk values go straight between their own memory and the socket: packing a value into
     # one command buffer to send it, or a reply into a bytes object to read it, would each
@@ -185,14 +190,17 @@ class OwnConnection:
                     pass
             sock.close()
 
-    def _call(self, call: Callable[[socket.socket, ReplyReader], T]) -> T:
+    def _call(self, call: Callable[[socket.socket, ReplyReader], T],
+              reply_timeout: float | None = None) -> T:
         """``call`` on the open connection, with its unread replies read first; again on a
-        new connection, after a backoff, while the connection fails and tries are left."""
+        new connection, after a backoff, while the connection fails (but for a late reply)
+        and tries are left."""
+        wait = self._timeout if reply_timeout is None else reply_timeout
         with self._lock:
             failures = 0
             while True:
                 try:
-                    sock = self._open()
+                    sock = self._open(wait)
                     self._read_unread()
                     assert self._reader is not None
                     result = call(sock, self._reader)
@@ -203,31 +211,34 @@ class OwnConnection:
                 except OSError as exc:  # socket errors and timeouts, RedisConnectionError
                     self._drop()
                     failures += 1
-                    if self._closed or failures > self._retry.retries:
+                    if (self._closed or failures > self._retry.retries
+                            or isinstance(exc, (socket.timeout, TimeoutError))):
                         raise _named(exc, self.endpoint) from exc
                     time.sleep(self._retry.delay(failures))
                 except BaseException:
                     self._drop()  # a reply may be left unread; reconnects on next use
                     raise
 
-    def _open(self) -> socket.socket:
+    def _open(self, wait: float | None) -> socket.socket:
+        """The connected socket, whose replies may take ``wait`` seconds (None: for ever)."""
         if self._closed:
             raise RedisConnectionError(f"{self.endpoint}: the connection was closed")
         if self._sock is not None and self._pid != os.getpid():
             self._forget()  # a forked child's copy: its parent's to use and close
-        if self._sock is not None and (time.monotonic() - self._used
-                                       > self._health_check_interval):
-            self._check_health()
+        if self._sock is not None:
+            self._sock.settimeout(wait)
+            if time.monotonic() - self._used > self._health_check_interval:
+                self._check_health()
         if self._sock is None:
-            self._connect()
+            self._connect(wait)
         assert self._sock is not None
         return self._sock
 
-    def _connect(self) -> None:
+    def _connect(self, wait: float | None) -> None:
         endpoint = self.endpoint
         try:
             sock = endpoint.open_socket(self._connect_timeout)
-            sock.settimeout(endpoint.options.get("socket_timeout", self._timeout))
+            sock.settimeout(wait)
         except OSError as exc:
             raise _named(exc, endpoint) from exc
         self._sock, self._reader, self._pid = sock, ReplyReader(sock), os.getpid()

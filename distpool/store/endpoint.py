@@ -93,29 +93,27 @@ class Endpoint(NamedTuple):
         return f"Redis at {where}"
 
     def open_socket(self, timeout: float | None) -> socket.socket:
-        """A connected socket to the server (TLS done), whose reads wait ``timeout`` seconds
-        at most (None: forever, as a blocking pop must), unless the URL says otherwise."""
-        connect_timeout = self.options.get("socket_connect_timeout", timeout)
+        """A connected socket to the server, TLS done, each step within ``timeout`` seconds
+        (None: no limit); the caller sets how long its reads may wait."""
         if self.path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.settimeout(connect_timeout)
+                sock.settimeout(timeout)
                 sock.connect(self.path)
             except BaseException:
                 sock.close()
                 raise
         else:
-            sock = socket.create_connection((self.host, self.port), connect_timeout)
+            sock = socket.create_connection((self.host, self.port), timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.options.get("socket_keepalive", True):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        try:
-            if self.tls:
+        if self.tls:
+            try:
                 sock = self._tls_context().wrap_socket(sock, server_hostname=self.host)
-            sock.settimeout(self.options.get("socket_timeout", timeout))
-        except BaseException:
-            sock.close()
-            raise
+            except BaseException:
+                sock.close()
+                raise
         return sock
 
     def _tls_context(self) -> ssl.SSLContext:

@@ -84,11 +84,16 @@ class ClaimOutcome(NamedTuple):
 
 
 class RedisStore:
-    def __init__(self, url: str) -> None:
+    """The store in the Redis at ``url``. ``reply_timeout``: how late a reply may be (a pop's
+    beyond its own wait) before the call fails (None: waits for ever, as workers do: they
+    carry on where they were when a frozen Redis wakes)."""
+
+    def __init__(self, url: str, reply_timeout: float | None = None) -> None:
         # Every command on one connection, but the collector's blocking pop on another:
         # a process holds at most two, whichever of its threads use the store.
-        self._commands = OwnConnection(url)
-        self._popping = OwnConnection(url)
+        self._commands = OwnConnection(url, timeout=reply_timeout)
+        self._popping = OwnConnection(url, timeout=reply_timeout)
+        self._reply_timeout = reply_timeout
         self.blobs = Blobs(self._commands)
 
     # -- pools ------------------------------------------------------------------------
@@ -146,7 +151,9 @@ class RedisStore:
         trip: Redis runs the pipelined LPOP as soon as the BLPOP is served. For one thread
         at a time (a pool's collector): its connection is blocked meanwhile."""
         key = keys.results(pool_id)
-        first, rest = self._popping.run([("BLPOP", key, timeout), ("LPOP", key, FETCH_BATCH - 1)])
+        first, rest = self._popping.run(
+            [("BLPOP", key, timeout), ("LPOP", key, FETCH_BATCH - 1)],
+            reply_timeout=None if self._reply_timeout is None else timeout + self._reply_timeout)
         records: list[bytes] = [] if first is None else [first[1], *(rest or [])]
         return [record for record in records if record != WAKE_UP]
 

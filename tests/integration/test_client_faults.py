@@ -3,6 +3,8 @@ its user's callbacks do, never stops a pool."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -10,7 +12,7 @@ import pytest
 import redis
 
 import distpool
-from distpool.errors import AuthenticationError
+from distpool.errors import AuthenticationError, BrokerUnavailableError
 from tests.hostile import HOSTILE_RECORDS
 
 pytestmark = pytest.mark.integration
@@ -61,3 +63,27 @@ def test_a_callback_longer_than_pool_ttl_fails_nothing(shared_cluster):
         in_flight = pool.apply_async(nap, (5.0,))  # runs on a worker while the callback does
         assert in_flight.get(timeout=30) == 5.0
         assert slow.get(timeout=30) == 9 and seen == [9]
+
+
+def test_a_frozen_redis_fails_the_callers_wait_in_bounded_time(make_cluster_on_own_redis,
+                                                                monkeypatch):
+    # A Redis that stops answering (SIGSTOP here; a paused VM, or a partition that drops
+    # packets) held the collector's pop for ever: get() without a timeout never returned.
+    monkeypatch.setattr("distpool.backends.celery.REPLY_TIMEOUT", 1.0)
+    cluster = make_cluster_on_own_redis(concurrency=1)
+    pool = distpool.Pool(1, **cluster.pool_kwargs(), pool_ttl=3)
+    try:
+        assert pool.apply(square, (2,)) == 4
+        running = pool.apply_async(nap, (30,))
+        time.sleep(1)
+        os.kill(cluster.redis.process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            with pytest.raises(BrokerUnavailableError, match="unreachable .* pool_ttl"):
+                running.get(timeout=40)
+            assert time.monotonic() - started < 15
+        finally:
+            os.kill(cluster.redis.process.pid, signal.SIGCONT)
+    finally:
+        pool.terminate()
+        pool.join()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -113,3 +114,15 @@ def test_replies_of_commands_sent_without_waiting_are_read_in_order(scripted):
     assert connection.run([("INCR", "n")]) == [4]
     assert first.get() == [1, 2] and second.get() == [3]
     connection.close()
+
+
+def test_a_late_reply_fails_the_call_at_its_timeout_and_is_not_tried_again(scripted):
+    server = scripted(lambda command: (time.sleep(3), b"+PONG\r\n")[1]
+                      if command[0] in (b"PING", b"ECHO") else answer_ok(command))
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError, match="timed out"):
+        OwnConnection(server.url, timeout=0.2).run([("PING",)])
+    with pytest.raises(RedisConnectionError, match="timed out"):  # this call's own limit
+        OwnConnection(server.url).run([("ECHO", "x")], reply_timeout=0.2)
+    assert time.monotonic() - started < 2
+    assert server.connections == 2  # one each: a frozen server is not asked again
