@@ -24,6 +24,9 @@ from .results import FutureResult
 
 T = TypeVar("T")
 
+#: Longest ``shutdown(cancel_futures=True)`` waits for the free slots to take their tasks.
+START_WAIT = 5.0
+
 
 class Executor(concurrent.futures.Executor):
     """``Executor(max_workers=None, initializer=None, initargs=(), **pool_options)``.
@@ -97,8 +100,9 @@ class Executor(concurrent.futures.Executor):
         with self._changed:
             self._shutdown = True
             if cancel_futures:
-                # First the free slots take their tasks (see the module's docstring).
-                self._changed.wait_for(self._slots_taken)
+                # First the free slots take their tasks (see the module's docstring), if the
+                # dispatcher can send them at all: a broker that is away does not hold this.
+                self._changed.wait_for(self._slots_taken, timeout=START_WAIT)
                 pending = list(self._pending)
         for future in pending:
             future.cancel()

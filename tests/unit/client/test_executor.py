@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import threading
 import time
 from multiprocessing.pool import RemoteTraceback
+from typing import Any
 
 import pytest
 
@@ -42,3 +44,27 @@ def test_a_task_exception_has_process_pool_executors_cause_and_pool_keeps_its_ow
     with distpool.Pool(1, eager=True) as pool, pytest.raises(ValueError) as info:
         pool.apply(fail, (2,))
     assert type(info.value.__cause__) is RemoteTraceback
+
+
+def test_shutdown_does_not_wait_for_a_dispatcher_that_cannot_send(
+        manual: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("distpool.client.executor.START_WAIT", 0.3)
+    publishing, release = threading.Event(), threading.Event()
+    publish = manual.publish
+
+    def stuck(messages: Any) -> None:  # a broker that does not answer
+        publishing.set()
+        release.wait(10)
+        publish(messages)
+
+    manual.publish = stuck
+    executor = distpool.Executor(2)
+    first = executor.submit(time.sleep, 0)
+    assert publishing.wait(5)  # the dispatcher is held in its publish
+    later = [executor.submit(time.sleep, 0) for _ in range(10)]
+    started = time.monotonic()
+    executor.shutdown(wait=False, cancel_futures=True)
+    assert time.monotonic() - started < 3
+    assert first.running() and all(future.cancelled() for future in later)
+    release.set()
+    executor._pool.terminate()
