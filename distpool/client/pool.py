@@ -319,8 +319,7 @@ DistributedPool = Pool
 
 class Function(Generic[T]):
     """A callable, its name for operators (``label``), and its serialised form, made once,
-    when a call first needs it: what
-    :meth:`Calls.submit` runs, so that many calls of one callable serialise it once."""
+    when a call first needs it: many calls of one callable serialise it once."""
 
     def __init__(self, call: Callable[..., T]) -> None:
         self.call = call
@@ -348,10 +347,9 @@ class Calls:
     def submit(self, function: Function[T], args: Iterable[Any], kwds: Mapping[str, Any],
                callback: Callback, error_callback: Callback,
                start: Callable[[], bool], result_type: type[ApplyResult[Any]]) -> ApplyResult[T]:
-        """``apply_async(function, args, kwds, callback, error_callback)``, except that
-        ``start`` is asked just before the task is sent: if it returns False, the task is
-        dropped and its result fails with :class:`concurrent.futures.CancelledError`. The
-        result is a ``result_type``."""
+        """``apply_async(function, args, kwds, callback, error_callback)`` whose result is a
+        ``result_type``, except that ``start`` is asked just before the task is sent: if it
+        returns False, the task is dropped and its result fails with ``CancelledError``."""
         return self._pool._apply(function, args, kwds, callback, error_callback, start,
                                  result_type)
 
