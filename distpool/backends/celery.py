@@ -180,9 +180,10 @@ class CeleryBackend(Backend):
 def describe(envelopes: Sequence[TaskEnvelope]) -> str:
     """A message's tasks as operators see them in place of its arguments (Celery's
     ``argsrepr``): its pool, its tasks (``job:chunk``) and the size of their arguments."""
-    pool_id, first = envelopes[0].task_id.split(":", 1)
-    tasks = (f"task {first}" if len(envelopes) == 1 else
-             f"tasks {first} to {envelopes[-1].task_id.split(':', 1)[1]} ({len(envelopes)})")
+    pool_id = envelopes[0].pool_id
+    first, last = (e.task_id[len(pool_id) + 1:] for e in (envelopes[0], envelopes[-1]))
+    tasks = (f"task {first}" if len(envelopes) == 1
+             else f"tasks {first} to {last} ({len(envelopes)})")
     size = sum(envelope.arguments.size if isinstance(envelope.arguments, BlobRef)
                else envelope.arguments.nbytes for envelope in envelopes)
     return f"pool {pool_id[:8]}: {tasks}, arguments {describe_size(size)}"
