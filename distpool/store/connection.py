@@ -308,6 +308,14 @@ class OwnConnection:
             sock.close()
 
     def _forget(self) -> None:
+        """Let go of the socket: replies still unread on it will never be read (a forked
+        child's copy of its parent's, say, which would wait on a new socket for them)."""
+        lost = RedisConnectionError(f"{self.endpoint}: the connection was let go of before "
+                                    "these replies were read")
+        for reply in self._unread:
+            if reply._values is None:
+                reply._error = lost
+        self._unread.clear()
         self._sock = self._reader = None
 
 

@@ -142,6 +142,27 @@ def test_a_forked_child_opens_its_own_socket_and_leaves_its_parents_alone(redis_
     connection.close()
 
 
+def test_a_forked_child_does_not_wait_for_replies_its_parent_was_sent(redis_server):
+    connection = OwnConnection(redis_server.url())
+    connection.run([("DEL", "forked-counter")])
+    sent = connection.send([("INCR", "forked-counter")])  # its reply comes on the parent's socket
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours = connection.run([("GET", "forked-counter")], reply_timeout=5)
+            try:
+                sent.get()
+                os._exit(3)  # read a reply that was its parent's
+            except RedisConnectionError:
+                os._exit(0 if ours == [b"1"] else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sent.get() == [1]  # the parent reads its own
+    connection.close()
+
+
 def test_a_reply_that_takes_longer_than_the_timeout_fails_the_call(redis_server):
     connection = OwnConnection(redis_server.url(), timeout=0.2, retry=NO_RETRY)
     started = time.monotonic()
