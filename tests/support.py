@@ -15,8 +15,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
 from distpool.local.supervisor import find_redis_server, free_port
@@ -25,6 +27,35 @@ from distpool.store.redis_store import RedisStore
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+#: How long a process told to stop (Ctrl-C) may take to exit in a test: ample on a loaded
+#: 2-core machine, and far short of a hang. How soon it exits is the benchmarks' business.
+EXIT_TIMEOUT = 60.0
+#: Put before a command's own code (``python -c``): SIGUSR1 then writes every thread's stack
+#: to standard error, which :func:`exit_status` shows of a process that does not exit.
+DUMP_STACKS_ON_SIGUSR1 = ("import faulthandler, signal; "
+                          "faulthandler.register(signal.SIGUSR1, all_threads=True); ")
+
+
+def wait_until(condition: Callable[[], object], timeout: float = START_TIMEOUT,
+               what: str = "the condition") -> None:
+    """Return once ``condition()`` is true; fail the test, naming ``what``, after ``timeout``
+    seconds. Tests wait for the state they assert instead of racing it."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.02)
+
+
+def exit_status(process: subprocess.Popen, within: float, stacks_in: Path) -> int:
+    """The process's exit status, once it exits; if it has not within ``within`` seconds,
+    fail with the stacks of its threads, which it writes to its standard error,
+    ``stacks_in``, on SIGUSR1 (see :data:`DUMP_STACKS_ON_SIGUSR1`)."""
+    try:
+        return process.wait(within)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        pytest.fail(f"no exit within {within:g} s; its threads:\n{stacks_in.read_text()}")
 
 
 def environment_without_distpool(**extra: str) -> dict[str, str]:

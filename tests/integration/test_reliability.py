@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import distpool
 from distpool.errors import TaskTimeoutError, WorkerLostError
-from tests.support import ignore_the_soft_limit, stop_process_group
+from tests.support import EXIT_TIMEOUT, exit_status, ignore_the_soft_limit, stop_process_group
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -157,16 +157,21 @@ def test_terminate_leaves_nothing_queued_in_the_broker(make_cluster):
 
 def test_ctrl_c_in_the_client_stops_the_pools_work(make_cluster, tmp_path):
     cluster = make_cluster(nodes=1, concurrency=2)
-    client = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "submit_and_wait.py"), cluster.broker, cluster.queue,
-         str(tmp_path), "60"], stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]),
-             "DISTPOOL_SECRET": cluster.secret})
+    errors = tmp_path / "client.err"
+    with open(errors, "w") as stderr:
+        client = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "submit_and_wait.py"), cluster.broker, cluster.queue,
+             str(tmp_path), "60"], stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]),
+                 "DISTPOOL_SECRET": cluster.secret})
     try:
         assert client.stdout.readline().strip() == "submitted"
         time.sleep(1.0)
         client.send_signal(signal.SIGINT)
-        assert client.wait(15) != 0  # KeyboardInterrupt
+        # What matters is that it exits, and stops its work; how soon, the benchmarks say
+        # (about 0.3 s quiet, 0.7 s on a loaded machine).
+        assert exit_status(client, within=EXIT_TIMEOUT, stacks_in=errors) != 0
+        assert "KeyboardInterrupt" in errors.read_text()
         assert_logs_stop_growing(tmp_path, within=5)
     finally:
         stop_process_group(client)

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from distpool.worker.slots.state import DIRECTORY_PREFIX, OWNER_FILE
-from tests.support import REPO_ROOT, START_TIMEOUT, environment_without_distpool, stop_process_group
+from tests.support import (
+    REPO_ROOT,
+    START_TIMEOUT,
+    environment_without_distpool,
+    stop_process_group,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +63,8 @@ def test_the_directory_of_a_node_killed_outright_goes_when_the_next_starts(redis
         assert not killed.directory.exists()
         # The live node's, untouched: its lock said its parent lives.
         assert (live.directory / OWNER_FILE).read_text().strip() == str(live.process.pid)
-        assert (live.directory / "slot-0").exists()
+        # Written when its parent starts the slot, once it has preloaded: maybe not yet.
+        wait_until((live.directory / "slot-0").exists, what="the live node's slot file")
         stop_process_group(live.process)  # SIGTERM: a node that stops removes its own
         assert not live.directory.exists()
     finally:
