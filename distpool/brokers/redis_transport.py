@@ -124,11 +124,13 @@ class QoS(kombu_redis.QoS):
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         """kombu's sweep for lapsed holds (kombu calls it on a timer), with the held lists
         swept too; of ``distpool_sweepers`` consumers taking turns, each sweeps at one call
-        in that many, from a random first one, so that between them a sweep happens about
-        every call, however many started together."""
+        in that many, from its own first one (its ``distpool_sweep_turn``, a slot's index;
+        else a random one), so that between them a sweep happens about every call, however
+        many started together."""
         sweepers = max(1, self.channel.distpool_sweepers)
         if self._sweep_turn is None:
-            self._sweep_turn = random.randrange(sweepers)
+            turn = self.channel.distpool_sweep_turn
+            self._sweep_turn = random.randrange(sweepers) if turn is None else turn
         turn, self._sweep_turn = self._sweep_turn, self._sweep_turn + 1
         if turn % sweepers:
             return
@@ -232,12 +234,15 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     _command_client: Any = None
     from_transport_options = (  # type: ignore[assignment]
-        *kombu_redis.Channel.from_transport_options, "distpool_holder", "distpool_sweepers")
+        *kombu_redis.Channel.from_transport_options, "distpool_holder", "distpool_sweepers",
+        "distpool_sweep_turn")
     #: This consumer's id for its held list and lease; set per worker process (see
     #: ``create_app``), else one of its own.
     distpool_holder: str | None = None
-    #: How many consumers take turns sweeping lapsed holds (a node's slots): see QoS.
+    #: How many consumers take turns sweeping lapsed holds (a node's slots), and this one's
+    #: turn among them: see QoS.
     distpool_sweepers: int = 1
+    distpool_sweep_turn: int | None = None
     _held_item: bytes | None = None
     _lease_renewed_at = float("-inf")
 

@@ -96,12 +96,13 @@ def preload(settings: Settings, siblings: int) -> Celery:
 
 
 def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[str],
-             state_path: str, siblings: int = 1, app: Celery | None = None) -> None:
+             state_path: str, siblings: int = 1, app: Celery | None = None,
+             index: int = 0) -> None:
     """Run the Celery worker of one slot, node ``name``, reporting what it runs in the file
     ``state_path``, until it stops; then exit with its status. ``extra_args``: ``celery
     worker`` options; ``siblings``: the node's slots, this one included, which take turns
-    at the broker's chores; ``app``: the one :func:`preload` made, which a forked slot
-    inherits (a spawned one makes its own)."""
+    at the broker's chores, this one's turn being its ``index``; ``app``: the one
+    :func:`preload` made, which a forked slot inherits (a spawned one makes its own)."""
     # A forked slot inherits the parent's SIGTERM handler until Celery installs its own, and
     # its log handler, which would log each of the slot's records a second time.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -119,9 +120,10 @@ def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[
     holder = new_holder()
     if app is None:
         app = create_app(settings, holder, sweepers=siblings)
-    else:  # read when its broker connection is made, in this process
-        app.conf.broker_transport_options = {**app.conf.broker_transport_options,
-                                             "distpool_holder": holder}
+    # Read when its broker connection is made, in this process.
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                         "distpool_holder": holder,
+                                         "distpool_sweep_turn": index}
     configure_slot(app, SlotState(state_path, holder))
     status = run_worker(settings, concurrency=1, name=name, loglevel=loglevel,
                         extra_args=extra_args, app=app, banner=False)

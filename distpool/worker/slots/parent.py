@@ -155,7 +155,7 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
             slot.process = context.Process(
                 target=run_slot, name=f"distpool-slot-{slot.index}",
                 args=(settings, slot_name(name, slot.index), loglevel, list(extra_args),
-                      slot.state.path, concurrency, app))
+                      slot.state.path, concurrency, app, slot.index))
             slot.process.start()
             slot.backoff.started()
             logger.log(logging.WARNING if slot.replacing else logging.INFO,
