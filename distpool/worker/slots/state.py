@@ -21,11 +21,12 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ...platform import lock
 
 logger = logging.getLogger("distpool")
 
@@ -121,7 +122,7 @@ class StateDirectory:
                               os.O_RDWR | os.O_CREAT | _O_BINARY, 0o600)
         # Blocking: a starting node may be probing the new file for an instant. The pid is
         # written once locked: an empty owner file tells a prober it is being set up.
-        if _lock(self._owner, wait=True):
+        if lock(self._owner, wait=True):
             os.write(self._owner, f"{os.getpid()}\n".encode("ascii"))
         else:
             logger.warning("cannot lock %s; if this node is killed, the directory stays",
@@ -150,7 +151,7 @@ def _abandoned(path: str) -> bool:
     except OSError:  # not a node's, another user's, or an older distpool's: not ours to judge
         return False
     try:
-        if not _lock(owner, wait=False):
+        if not lock(owner, wait=False):
             return False  # its parent lives
         os.lseek(owner, 0, os.SEEK_SET)
         return bool(os.read(owner, 64).strip())  # empty: its parent is still setting it up
@@ -181,27 +182,3 @@ def _remove(path: str, before_the_owner_file: Callable[[], None] = lambda: None)
         os.rmdir(path)
     except OSError:
         pass
-
-
-if sys.platform == "win32":
-    import msvcrt
-
-    def _lock(descriptor: int, wait: bool) -> bool:
-        """Lock the file's first byte for this process, until it closes the file or ends."""
-        os.lseek(descriptor, 0, os.SEEK_SET)
-        try:  # LK_LOCK retries for 10 s: long enough for a prober to let go
-            msvcrt.locking(descriptor, msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-else:
-    import fcntl
-
-    def _lock(descriptor: int, wait: bool) -> bool:
-        """Lock the file for this process (not its forked slots), until it closes the file
-        or ends."""
-        try:
-            fcntl.lockf(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        return True
