@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,15 @@ class Node:
     repository (its tasks import the benchmarks), logging to a temporary file."""
 
     def __init__(self, url: str, queue: str, slots: int, secret: str,
-                 worker_lost_timeout: float | None = None, tmpdir: str | None = None) -> None:
+                 worker_lost_timeout: float | None = None, tmpdir: str | None = None,
+                 options: Sequence[str] = (), environment: Mapping[str, str] = {}) -> None:
+        """``options``: more of ``distpool worker``'s; ``environment``: what the node's
+        adds (``PYTHONPATH`` replaces the repository's)."""
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the node
-        options = ([] if worker_lost_timeout is None
-                   else ["--worker-lost-timeout", str(worker_lost_timeout)])
-        environment = {**os.environ, "PYTHONPATH": str(REPO), "DISTPOOL_SECRET": secret}
+        options = [*options, *([] if worker_lost_timeout is None
+                               else ["--worker-lost-timeout", str(worker_lost_timeout)])]
+        environment = {**os.environ, "PYTHONPATH": str(REPO), "DISTPOOL_SECRET": secret,
+                       **environment}
         if tmpdir is not None:
             environment["TMPDIR"] = tmpdir
         self.process = subprocess.Popen(

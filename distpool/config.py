@@ -7,7 +7,7 @@ configured through the environment needs no arguments on either side.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ DEFAULT_WORKER_LOST_TIMEOUT = 30.0
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+#: What a pool ships of the user's own modules by default (see distpool.client.shipping).
+SHIP_AUTO = ("auto",)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Settings:
     task_timeout: float | None = None  # None: tasks may run as long as they like
     secret: bytes | None = None  # the key that signs tasks and results
     insecure: bool = False  # run without a key, on purpose
+    ship: tuple[str, ...] = SHIP_AUTO  # the user's modules that travel: () for none
+    strict_versions: bool = False  # a worker with other versions refuses tasks
 
     def with_broker(self, broker_url: str, secret: bytes | None = None) -> Settings:
         """These settings with ``broker_url`` as the broker, and as the result store too
@@ -71,7 +75,8 @@ class Settings:
             f"worker_lost_timeout={self.worker_lost_timeout!r}, "
             f"task_timeout={self.task_timeout!r}, "
             f"secret={'<set>' if self.secret is not None else None}, "
-            f"insecure={self.insecure!r})"
+            f"insecure={self.insecure!r}, ship={self.ship!r}, "
+            f"strict_versions={self.strict_versions!r})"
         )
 
 
@@ -86,6 +91,8 @@ def resolve(
     secret: str | bytes | None = None,
     secret_file: str | None = None,
     insecure: bool | None = None,
+    ship: str | bool | Iterable[str | os.PathLike[str]] | None = None,
+    strict_versions: bool | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Return the settings in force, each from the first of: argument, environment, default."""
@@ -108,6 +115,9 @@ def resolve(
                               "DISTPOOL_TASK_TIMEOUT"),
         secret=_secret(secret, secret_file, env),
         insecure=_flag(insecure, env.get("DISTPOOL_INSECURE"), "DISTPOOL_INSECURE"),
+        ship=_ship(ship, env.get("DISTPOOL_SHIP")),
+        strict_versions=_flag(strict_versions, env.get("DISTPOOL_STRICT_VERSIONS"),
+                              "DISTPOOL_STRICT_VERSIONS"),
     )
 
 
@@ -182,12 +192,47 @@ def _flag(explicit: bool | None, raw: str | None, name: str) -> bool:
         return bool(explicit)
     if raw is None:
         return False
-    value = raw.strip().lower()
+    value = parse_flag(raw)
+    if value is None:
+        raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+    return value
+
+
+def parse_flag(text: str) -> bool | None:
+    """``text`` as a yes or a no (1/0, true/false, yes/no, on/off, any case); None if it is
+    neither. The one reading of a flag, in the environment or in a URL."""
+    value = text.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+    return None
+
+
+def _ship(explicit: str | bool | Iterable[str | os.PathLike[str]] | None,
+          raw: str | None) -> tuple[str, ...]:
+    """The ``ship`` entries: ``("auto",)``, ``()`` (off), or modules and paths, from the
+    argument (``"auto"``, False, a comma-separated string or a list), else DISTPOOL_SHIP."""
+    if explicit is None:
+        if raw is None or not raw.strip():
+            return SHIP_AUTO
+        flag = parse_flag(raw)
+        if flag is not None:
+            return SHIP_AUTO if flag else ()
+        explicit = raw
+    if isinstance(explicit, bool):
+        return SHIP_AUTO if explicit else ()
+    if isinstance(explicit, str):
+        entries: list[str] = [entry.strip() for entry in explicit.split(",") if entry.strip()]
+    else:
+        try:
+            entries = [os.fspath(entry) for entry in explicit]
+        except TypeError:
+            raise TypeError("ship must be 'auto', False, or a list of modules and paths; got "
+                            f"{explicit!r}") from None
+    if not entries:
+        raise ValueError("ship names nothing: give ship=False to ship no modules")
+    return tuple(entries)
 
 
 def _seconds(explicit: float | None, raw: str | None, argument: str,

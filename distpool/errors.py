@@ -21,12 +21,15 @@ __all__ = [
     "EnvelopeError",
     "IncompatibleEnvelopeError",
     "MaybeEncodingError",
+    "ModuleConflictError",
     "PayloadTooLargeError",
     "PoolTerminatedError",
     "RemoteTraceback",
     "SecretKeyMissingError",
     "TaskTimeoutError",
     "TimeoutError",
+    "VersionMismatchError",
+    "VersionSkewWarning",
     "WorkerLostError",
     "add_note",
 ]
@@ -85,6 +88,28 @@ class WorkerLostError(DistpoolError):
 
 class TaskTimeoutError(DistpoolError):
     """The task ran past the pool's ``task_timeout`` and its worker process was killed."""
+
+
+class ModuleConflictError(DistpoolError):
+    """A task needs a version of the user's module that its worker process cannot load: the
+    process imported another already. ``replaceable``: a fresh process would not have."""
+
+    def __init__(self, message: str, replaceable: bool = False) -> None:
+        super().__init__(message)
+        self.replaceable = replaceable
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (str(self), self.replaceable))
+
+
+class VersionMismatchError(DistpoolError):
+    """With ``strict_versions``: a worker's installed modules that the task relies on are
+    not of the client's versions, so it did not run the task (the message names them)."""
+
+
+class VersionSkewWarning(UserWarning):
+    """A worker's installed modules that a task relied on are not of the client's versions
+    (the message names the module, both versions and the host); the task ran all the same."""
 
 
 def add_note(exc: BaseException, note: str) -> None:

@@ -166,7 +166,8 @@ class Worker:
 
     def __init__(self, broker: str, queue: str, concurrency: int = 2,
                  result_url: str | None = None, extra_args: list[str] = (),
-                 secret: str | None = None, start_method: str | None = None) -> None:
+                 secret: str | None = None, start_method: str | None = None,
+                 environment: dict[str, str] | None = None) -> None:
         self.queue = queue
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.concurrency = concurrency
@@ -179,7 +180,8 @@ class Worker:
                    "--loglevel", "INFO", *extra_args]
         if result_url:
             command += ["--result-url", result_url]
-        environment = environment_without_distpool(PYTHONPATH=str(REPO_ROOT))
+        environment = environment_without_distpool(
+            **{"PYTHONPATH": str(REPO_ROOT), **(environment or {})})
         if secret is not None:
             environment["DISTPOOL_SECRET"] = secret
         with open(self.log_path, "wb") as log:
@@ -220,7 +222,10 @@ class Cluster:
 
     def __init__(self, redis_server: RedisServer, nodes: int = 1, concurrency: int = 2,
                  broker: str | None = None, extra_args: list[str] = (),
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None,
+                 environment: dict[str, str] | None = None) -> None:
+        """``environment``: what the workers' environment adds (``PYTHONPATH`` replaces the
+        repository, which they otherwise import distpool from)."""
         self.redis = redis_server
         self.queue = f"test-{uuid.uuid4().hex[:12]}"
         self.secret = secrets.token_hex(16)
@@ -231,7 +236,8 @@ class Cluster:
             for _ in range(nodes):
                 self.workers.append(Worker(self.broker, self.queue, concurrency,
                                            self.result_url, extra_args, secret=self.secret,
-                                           start_method=start_method))
+                                           start_method=start_method,
+                                           environment=environment))
             wait_for_slots(self.result_url, self.queue, nodes * concurrency, self.workers)
         except BaseException:
             self.stop()

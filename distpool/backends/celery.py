@@ -25,7 +25,8 @@ from ..errors import BrokerUnavailableError
 from ..store.blobs import result_name
 from ..store.nodes import NodeRecords
 from ..store.redis_store import RedisStore
-from ..wire.envelope import Data, Signer, TaskEnvelope
+from ..wire.bundles import BundleRef
+from ..wire.envelope import Bundle, Data, Signer, TaskEnvelope
 from ..wire.payload import (
     INLINE_CALLABLE_LIMIT,
     INLINE_LIMIT,
@@ -62,6 +63,9 @@ class CeleryBackend(Backend):
         broker_url, result_url = urls(settings)
         self._store = RedisStore(result_url, REPLY_TIMEOUT)
         self._blobs = BlobLedger()
+        # Bundles stay for the pool's life, for workers that join late (the pool's end, or
+        # its expiry if its client dies, deletes them): pool id -> their hashes.
+        self._bundles: dict[str, set[str]] = {}
         try:
             self._publisher = _publisher(settings)
         except BaseException:
@@ -100,11 +104,24 @@ class CeleryBackend(Backend):
                                 "the arguments of task", task)
         initializer = None if envelope.initializer is None else self._place(
             pool_id, message_id, envelope.initializer, True, "the initializer of task", task)
+        bundles = tuple(self._bundle(pool_id, bundle) for bundle in envelope.bundles)
         if (function is envelope.function and arguments is envelope.arguments
-                and initializer is envelope.initializer):
+                and initializer is envelope.initializer and bundles == envelope.bundles):
             return envelope  # all inline: the common case of small tasks, as cheap as can be
         return dataclasses.replace(envelope, function=function, arguments=arguments,
-                                   initializer=initializer)
+                                   initializer=initializer, bundles=bundles)
+
+    def _bundle(self, pool_id: str, bundle: Bundle) -> BundleRef:
+        """The reference to ``bundle``, written as a blob of the pool the first time."""
+        if isinstance(bundle, BundleRef):
+            return bundle
+        ref = bundle.archive.ref()
+        stored = self._bundles.setdefault(pool_id, set())
+        if ref.digest not in stored:
+            self._store.blobs.put(pool_id, ref.digest, bundle.archive,
+                                  f"the bundle of {bundle.name}", self._settings.pool_ttl)
+            stored.add(ref.digest)
+        return BundleRef(bundle.name, ref.digest, ref.size)
 
     def _place(self, pool_id: str, message_id: str, data: Data, code: bool, what: str,
                task: str) -> Data:
@@ -164,6 +181,7 @@ class CeleryBackend(Backend):
                                    signal="SIGKILL")
 
     def close_pool(self, pool_id: str) -> None:
+        self._bundles.pop(pool_id, None)
         self._store.close_pool(pool_id)
 
     def close(self) -> None:

@@ -30,7 +30,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..backends.base import Backend
@@ -40,6 +41,7 @@ from ..errors import (
     DistpoolError,
     EnvelopeError,
     PoolTerminatedError,
+    VersionSkewWarning,
 )
 from ..wire.envelope import ResultRecord, TaskEnvelope
 from ..wire.payload import Payload
@@ -91,6 +93,7 @@ class Engine:
         self._resend: collections.deque[list[TaskEnvelope]] = collections.deque()
         self._jobs: dict[int, JobResult] = {}
         self._job_ids = itertools.count()
+        self._warned: set[str] = set()
         self._closing = False
         self._terminated = False
         self._released = False
@@ -327,6 +330,8 @@ class Engine:
             if exc.task_id is not None:
                 self._complete(exc.task_id, False, exc)
             return
+        if record.warnings:
+            self._warn(record.warnings)
         if record.rejected is not None:
             self._complete(record.task_id, False, AuthenticationError(
                 f"a worker refused task {record.task_id}: {record.rejected}",
@@ -336,6 +341,14 @@ class Engine:
             record.payload, Payload) else functools.partial(
                 self._backend.fetch_result, self.pool_id, record.task_id, record.payload)
         self._complete(record.task_id, record.ok, None, record.elapsed, payload)
+
+    def _warn(self, texts: Iterable[str]) -> None:
+        """Tell the user what a worker had to say (an installed module of another version
+        there: :class:`~distpool.errors.VersionSkewWarning`), each thing once per pool."""
+        for text in texts:
+            if text not in self._warned:
+                self._warned.add(text)
+                warnings.warn(text, VersionSkewWarning, stacklevel=1)
 
     def _complete(self, task_id: str, ok: bool, error: BaseException | None,
                   elapsed: float | None = None, payload: Payload | Fetch | None = None) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
-import reprlib
 import uuid
 import warnings
 import weakref
@@ -24,21 +23,16 @@ from multiprocessing.pool import CLOSE, RUN, TERMINATE
 from typing import Any, Callable, Generic, TypeVar
 
 from .. import backends, config
-from ..errors import add_note
 from ..local.cluster import LocalCluster
-from ..wire import serialization
-from ..wire.payload import Payload
 from .engine import Engine
 from .progress import TqdmDisplay
 from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
+from .shipping import Serialised, Serialiser, Shipping
 from .sources import ReadAhead
 from .tasks import Task, TaskMaker, label_of
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_short_repr = reprlib.Repr()
-_short_repr.maxstring = _short_repr.maxother = 80
 
 
 class Pool:
@@ -52,9 +46,13 @@ class Pool:
     tasks in this process, for tests), ``pool_ttl`` (seconds after which workers drop the
     tasks of a pool whose client stopped refreshing it), ``task_timeout`` (seconds a task
     may run before it fails and its process is replaced), ``secret`` (the key shared with
-    the workers, which signs every task and result) and ``insecure`` (run without a key).
-    Unset, each comes from its ``DISTPOOL_*`` environment variable, then from the defaults
-    (see README). With no broker at all, the pool starts a private local cluster.
+    the workers, which signs every task and result), ``insecure`` (run without a key),
+    ``ship`` (which of the user's own modules travel to the workers: ``"auto"``, False, or
+    a list of modules and paths; see :mod:`distpool.client.shipping`) and
+    ``strict_versions`` (refuse to run a task on a worker whose installed modules it relies
+    on are of other versions than here, instead of warning). Unset, each comes from its
+    ``DISTPOOL_*`` environment variable, then from the defaults (see README). With no broker
+    at all, the pool starts a private local cluster.
     """
 
     def __init__(
@@ -73,6 +71,8 @@ class Pool:
         task_timeout: float | None = None,
         secret: str | bytes | None = None,
         insecure: bool | None = None,
+        ship: str | bool | Iterable[str | os.PathLike[str]] | None = None,
+        strict_versions: bool | None = None,
     ) -> None:
         # Set first, so that __del__ and __repr__ work on a half-built pool.
         self._state = "INIT"
@@ -86,8 +86,16 @@ class Pool:
             raise TypeError("initializer must be a callable")
         settings = config.resolve(broker=broker, result_url=result_url, queue=queue,
                                   eager=eager, pool_ttl=pool_ttl, task_timeout=task_timeout,
-                                  secret=secret, insecure=insecure)
-        initializer_payload = None if initializer is None else _dumps(
+                                  secret=secret, insecure=insecure, ship=ship,
+                                  strict_versions=strict_versions)
+        # Nothing to ship, nor versions to compare, where the workers are this process (eager)
+        # or run from its files and environment (a private local cluster); a ship entry that
+        # names nothing fails here all the same.
+        shipping = Shipping(settings.ship)
+        self._serialiser = Serialiser(None if settings.eager or settings.broker_url is None
+                                      else shipping)
+        self._serialise = self._serialiser.serialise
+        initializer_payload = None if initializer is None else self._serialise(
             (initializer, tuple(initargs)), "the initializer and its initargs")
         self._cluster: LocalCluster | None = None
         if settings.broker_url is None and not settings.eager:
@@ -108,7 +116,8 @@ class Pool:
             try:
                 self._processes = processes or backend.worker_slots() or os.cpu_count() or 1
                 self._pool_id = uuid.uuid4().hex
-                self._tasks = TaskMaker(self._pool_id, initializer_payload, maxtasksperchild)
+                self._tasks = TaskMaker(self._pool_id, initializer_payload, maxtasksperchild,
+                                        settings.strict_versions)
                 self._engine = Engine(
                     backend, self._pool_id, self._processes, settings.pool_ttl,
                     settings.worker_lost_timeout,
@@ -230,11 +239,11 @@ class Pool:
                result_type: type[ApplyResult[Any]] = ApplyResult) -> ApplyResult[T]:
         """``apply_async``, and :meth:`Calls.submit` when ``start`` is given."""
         engine = self._running_engine()
-        payload = function.payload()
-        arguments = _dumps((tuple(args), dict(kwds)), "the arguments")
+        code = function.serialised(self._serialise)
+        arguments = self._serialise((tuple(args), dict(kwds)), "the arguments")
         job = engine.new_job()
         result: ApplyResult[T] = result_type(job, engine.job_done, callback, error_callback)
-        task = self._tasks.task(job, 0, "apply", payload, arguments, function.label)
+        task = self._tasks.task(job, 0, "apply", code, arguments, function.label)
         engine.submit(job, result, iter([task]) if start is None else _gated(task, result,
                                                                               start))
         return result
@@ -252,7 +261,7 @@ class Pool:
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         function = Function(func)
-        function.payload()  # raises here, naming it, if it cannot travel
+        function.serialised(self._serialise)  # raises here, naming it, if it cannot travel
         job = engine.new_job()
         result: MapResult[Any] = MapResult(job, engine.job_done, length, chunksize,
                                            callback, error_callback,
@@ -266,9 +275,11 @@ class Pool:
                    chunksize: int) -> Iterator[Task]:
         """map's source: serialises each chunk as the engine asks for it. An item that
         cannot be serialised raises here, which fails the map (see ``Sources``)."""
+        code = function.serialised(self._serialise)
         for index, chunk in enumerate(chunked(iter(items), chunksize)):
-            yield self._tasks.task(job, index, kind, function.payload(),
-                                   _dumps_chunk(chunk, index * chunksize), function.label)
+            yield self._tasks.task(job, index, kind, code,
+                                   self._serialiser.chunk(chunk, index * chunksize),
+                                   function.label)
 
     def _imap(self, result_type: type, func: Callable[..., Any], iterable: Iterable[Any],
               chunksize: int, buffersize: int | None, progress: bool) -> IMapIterator[Any]:
@@ -278,18 +289,19 @@ class Pool:
         if buffersize is not None and buffersize < 1:
             raise ValueError(f"buffersize must be None or > 0, not {buffersize}")
         function = Function(func)
-        function.payload()
+        code = function.serialised(self._serialise)
         items = iter(iterable)
         job = engine.new_job()
         length = len(iterable) if isinstance(iterable, Sized) else None
         display = TqdmDisplay(length, func) if progress else None
         result: IMapIterator[Any] = result_type(job, engine.job_done, engine.wake_dispatcher,
                                                 chunksize, display)
-        engine.submit(job, result, self._lazy_tasks(job, result, function, items, chunksize),
+        engine.submit(job, result, self._lazy_tasks(job, result, function.label, code, items,
+                                                    chunksize),
                       ReadAhead(buffersize or max(16, 4 * self._processes), result))
         return result
 
-    def _lazy_tasks(self, job: int, result: IMapIterator[Any], function: Function[Any],
+    def _lazy_tasks(self, job: int, result: IMapIterator[Any], label: str, code: Serialised,
                     items: Iterator[Any], chunksize: int) -> Iterator[Task]:
         """imap's source: reads and serialises the input only as the engine asks.
 
@@ -303,12 +315,12 @@ class Pool:
                 chunk = next(chunks, None)
                 if chunk is None:
                     break
-                data = _dumps_chunk(chunk, count)
+                data = self._serialiser.chunk(chunk, count)
             except Exception as exc:
                 result.set_outcome(index, False, exc)
                 index += 1
                 break
-            yield self._tasks.task(job, index, "map", function.payload(), data, function.label)
+            yield self._tasks.task(job, index, "map", code, data, label)
             index += 1
             count += len(chunk)
         result.input_ended(index, count)
@@ -324,16 +336,16 @@ class Function(Generic[T]):
     def __init__(self, call: Callable[..., T]) -> None:
         self.call = call
         self.label = label_of(call)  # what operators see it called
-        self._payload: Payload | None = None
+        self._serialised: Serialised | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         return self.call(*args, **kwargs)
 
-    def payload(self) -> Payload:
-        """The callable as tasks carry it; raises, naming it, if it cannot travel."""
-        if self._payload is None:
-            self._payload = _dumps(self.call, "the function")
-        return self._payload
+    def serialised(self, serialise: Callable[[Any, str], Serialised]) -> Serialised:
+        """The callable as tasks carry it, made by ``serialise`` the first time."""
+        if self._serialised is None:
+            self._serialised = serialise(self.call, "the function")
+        return self._serialised
 
 
 class Calls:
@@ -377,26 +389,3 @@ def chunked(items: Iterator[Any], size: int) -> Iterator[tuple[Any, ...]]:
         if not chunk:
             return
         yield chunk
-
-
-def _dumps(obj: Any, what: str) -> Payload:
-    try:
-        return serialization.dumps(obj)
-    except Exception as exc:
-        add_note(exc, f"distpool cannot serialise {what}: {_short_repr.repr(obj)}")
-        raise
-
-
-def _dumps_chunk(chunk: tuple[Any, ...], first_index: int) -> Payload:
-    try:
-        return serialization.dumps(chunk)
-    except Exception as exc:
-        # Only on failure: find which item it was, to name it.
-        for offset, item in enumerate(chunk):
-            try:
-                serialization.dumps(item)
-            except Exception:
-                add_note(exc, f"distpool cannot serialise item {first_index + offset} of the "
-                              f"input: {_short_repr.repr(item)}")
-                break
-        raise

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..wire.envelope import TaskEnvelope
-from ..wire.payload import Payload
+from .shipping import Serialised
 
 
 class Task:
@@ -37,28 +37,35 @@ class Task:
 class TaskMaker:
     """Makes one pool's tasks: what every envelope of the pool carries, and their names."""
 
-    def __init__(self, pool_id: str, initializer: Payload | None,
-                 max_tasks: int | None) -> None:
+    def __init__(self, pool_id: str, initializer: Serialised | None,
+                 max_tasks: int | None, strict_versions: bool = False) -> None:
         self._pool_id = pool_id
         self._initializer = initializer
         self._max_tasks = max_tasks
+        self._strict_versions = strict_versions
 
     def wire_id(self, job: int, index: int) -> str:
         """The name of task ``(job, index)`` on the wire."""
         return f"{self._pool_id}:{job}:{index}"
 
-    def task(self, job: int, index: int, kind: str, function: Payload,
-             arguments: Payload, label: str | None = None) -> Task:
+    def task(self, job: int, index: int, kind: str, function: Serialised,
+             arguments: Serialised, label: str | None = None) -> Task:
         """Task ``(job, index)``: ``function`` (called ``label``) applied to ``arguments``
-        as ``kind`` says."""
+        as ``kind`` says, with what the three need on the worker."""
+        needs = function.requirements | arguments.requirements
+        if self._initializer is not None:
+            needs = self._initializer.requirements | needs
         return Task(job, index, TaskEnvelope(
             pool_id=self._pool_id,
             task_id=self.wire_id(job, index),
             kind=kind,
-            function=function,
-            arguments=arguments,
-            initializer=self._initializer,
+            function=function.payload,
+            arguments=arguments.payload,
+            initializer=None if self._initializer is None else self._initializer.payload,
             max_tasks=self._max_tasks,
+            bundles=needs.bundles,
+            versions=needs.versions,
+            strict_versions=self._strict_versions,
             label=label,
         ))
 

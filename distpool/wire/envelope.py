@@ -10,6 +10,9 @@ result store is loaded before it is authenticated:
   another task, into another pool, or after it expires.
 * A **result record** (:class:`ResultRecord`) is a JSON header line and a payload, signed by
   the worker over the pool id, the task id, the header fields and the payload.
+* It also names what the task's code needs beyond the payloads: the *bundles* of the user's
+  own modules (:mod:`distpool.wire.bundles`), each a blob, and the versions of the installed
+  modules it refers to (:mod:`distpool.wire.versions`), which a worker compares with its own.
 * A payload (:mod:`distpool.wire.payload`) rides inside its envelope or record, base64 in the
   JSON, when small; a larger one is a *blob* in the result store, raw bytes under its SHA-256,
   and the envelope or record carries and signs a :class:`~distpool.wire.payload.BlobRef`
@@ -38,13 +41,16 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
 from ..errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
+from .bundles import BundleRef, check_module_name
 from .payload import BlobRef, Payload
 from .serialization import DILL_VERSION, PYTHON_VERSION
 
 #: A payload, or where it is when it travels out of band.
 Data = Union[Payload, BlobRef]
+#: A bundle as the client makes it (its archive, a payload), or as it travels (a reference).
+Bundle = Union["PendingBundle", BundleRef]
 
-ENVELOPE_FORMAT = 2
+ENVELOPE_FORMAT = 3
 #: A message's claim once its results are pushed (see :mod:`distpool.worker.claims`): what
 #: the workers say of a message whose results are on their way.
 MESSAGE_DONE = "done"
@@ -57,6 +63,10 @@ MAX_HEADER = 64 * 1024
 MAX_ELAPSED = 1e9
 #: Largest blob a reference may name: beyond any memory, so a hostile size allocates nothing.
 MAX_BLOB_SIZE = 2**44
+#: Longest module name or version an envelope may carry, and most of either: far beyond any
+#: real one, so that a hostile message costs nothing to read.
+MAX_VERSION_TEXT = 200
+MAX_VERSIONS = 1000
 _HEX = frozenset("0123456789abcdef")
 
 # For error messages about unauthenticated values: bounded in depth and length.
@@ -92,12 +102,22 @@ class Signer:
             raise AuthenticationError("the message's signature does not match this key")
 
 
+class PendingBundle(NamedTuple):
+    """A bundle before it is staged: the top-level module it provides, and its archive."""
+
+    name: str
+    archive: Payload
+
+
 @dataclass(frozen=True)
 class TaskEnvelope:
     """One task: ids, what to run, and on what.
 
     ``kind`` says how ``function`` meets ``arguments``: ``apply`` calls it once with
-    ``(args, kwds)``; ``map`` and ``starmap`` call it for each item of a chunk.
+    ``(args, kwds)``; ``map`` and ``starmap`` call it for each item of a chunk. ``bundles``:
+    the user's own modules the payloads need, which go first on the worker's import path;
+    ``versions``: ``(module, version)`` of the installed ones they rely on, which the worker
+    compares with its own (``strict_versions``: refusing the task if any differs).
     """
 
     pool_id: str
@@ -107,11 +127,18 @@ class TaskEnvelope:
     arguments: Data
     initializer: Data | None = None
     max_tasks: int | None = None
+    bundles: tuple[Bundle, ...] = ()
+    versions: tuple[tuple[str, str], ...] = ()
+    strict_versions: bool = False
     #: What ``function`` is called (``module.qualname``), for operators: the message's name
     #: in Celery's logs, ``inspect`` and Flower. Not part of the envelope on the wire.
     label: str | None = None
 
     KINDS = ("apply", "map", "starmap")
+
+    def bundle_refs(self) -> list[BundleRef]:
+        """The bundles as they travel: references, once staged (raises ValueError before)."""
+        return [_bundle_ref(bundle) for bundle in self.bundles]
 
     def to_wire(self, signer: Signer, now: float | None = None) -> dict[str, Any]:
         """The JSON object for a Celery message, signed, valid for ENVELOPE_LIFETIME."""
@@ -128,6 +155,9 @@ class TaskEnvelope:
             "arguments": _encode(self.arguments),
             "initializer": None if self.initializer is None else _encode(self.initializer),
             "max_tasks": self.max_tasks,
+            "bundles": [ref._asdict() for ref in self.bundle_refs()],
+            "versions": [list(pair) for pair in self.versions],
+            "strict_versions": self.strict_versions,
         }
         wire["signature"] = signer.sign(*self._signed_fields(expires))
         return wire
@@ -137,7 +167,10 @@ class TaskEnvelope:
                 self.pool_id.encode(), self.task_id.encode(), self.kind.encode(),
                 repr(expires).encode(), _signed(self.function), _signed(self.arguments),
                 b"-" if self.initializer is None else _signed(self.initializer),
-                repr(self.max_tasks).encode())
+                repr(self.max_tasks).encode(),
+                _canonical([list(ref) for ref in self.bundle_refs()]),
+                _canonical([list(pair) for pair in self.versions]),
+                b"1" if self.strict_versions else b"0")
 
     @classmethod
     def from_wire(cls, message: Any, signer: Signer, now: float | None = None) -> TaskEnvelope:
@@ -163,6 +196,10 @@ class TaskEnvelope:
         if not isinstance(expires, (int, float)) or isinstance(expires, bool):
             raise EnvelopeError("task envelope without an expiry time", pool_id, task_id)
         initializer = message.get("initializer")
+        strict = message.get("strict_versions")
+        if not isinstance(strict, bool):
+            raise EnvelopeError("task envelope without a strict_versions flag", pool_id,
+                                task_id)
         envelope = cls(
             pool_id=pool_id,
             task_id=task_id,
@@ -171,6 +208,9 @@ class TaskEnvelope:
             arguments=_decode(message.get("arguments"), pool_id, task_id),
             initializer=None if initializer is None else _decode(initializer, pool_id, task_id),
             max_tasks=max_tasks,
+            bundles=_bundles(message.get("bundles"), pool_id, task_id),
+            versions=_versions(message.get("versions"), pool_id, task_id),
+            strict_versions=strict,
         )
         try:
             signer.check(message.get("signature"), *envelope._signed_fields(expires))
@@ -186,6 +226,8 @@ class ResultRecord(NamedTuple):
 
     ``elapsed`` is how long the user's code ran, in seconds, when it ran at all.
     ``rejected`` is set, and the payload empty, when the worker refused the task.
+    ``warnings``: what the worker has to tell the client's user (an installed module at
+    another version than the client's, see :mod:`distpool.wire.versions`).
     """
 
     task_id: str
@@ -193,6 +235,7 @@ class ResultRecord(NamedTuple):
     payload: Data
     elapsed: float | None = None
     rejected: str | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_bytes(self, signer: Signer, pool_id: str) -> bytes:
         header: dict[str, Any] = {"task": self.task_id, "ok": self.ok}
@@ -203,6 +246,8 @@ class ResultRecord(NamedTuple):
         elapsed = None if self.elapsed is None else round(self.elapsed, 6)
         if elapsed is not None:
             header["elapsed"] = elapsed
+        if self.warnings:
+            header["warnings"] = list(self.warnings)
         if isinstance(self.payload, BlobRef):
             header["blob"], header["size"] = self.payload
         header["signature"] = signer.sign(*self._signed_fields(pool_id, elapsed))
@@ -213,7 +258,7 @@ class ResultRecord(NamedTuple):
     def _signed_fields(self, pool_id: str,
                        elapsed: float | None) -> tuple[bytes | memoryview, ...]:
         return (pool_id.encode(), self.task_id.encode(), b"1" if self.ok else b"0",
-                repr(elapsed).encode(), _signed(self.payload))
+                repr(elapsed).encode(), _canonical(list(self.warnings)), _signed(self.payload))
 
     @classmethod
     def rejection(cls, task_id: str, reason: str) -> ResultRecord:
@@ -258,7 +303,11 @@ class ResultRecord(NamedTuple):
         if elapsed is not None and (type(elapsed) not in (int, float)
                                     or not 0 <= elapsed < MAX_ELAPSED):
             raise EnvelopeError("result record with an invalid run time", pool_id, task_id)
-        record = cls(task_id, header["ok"], payload, elapsed)
+        warnings = header.get("warnings", [])
+        if not (isinstance(warnings, list) and len(warnings) <= MAX_VERSIONS
+                and all(isinstance(w, str) and _signable(w) for w in warnings)):
+            raise EnvelopeError("result record with malformed warnings", pool_id, task_id)
+        record = cls(task_id, header["ok"], payload, elapsed, warnings=tuple(warnings))
         try:
             signer.check(header.get("signature"), *record._signed_fields(pool_id, elapsed))
         except AuthenticationError as exc:
@@ -276,6 +325,45 @@ def _signable(*texts: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _canonical(value: Any) -> bytes:
+    """The one JSON text of ``value`` (lists and strings), for a signature to cover."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _bundle_ref(bundle: Bundle) -> BundleRef:
+    if isinstance(bundle, BundleRef):
+        return bundle
+    # Staging (the backend's) makes references of archives; an envelope never travels
+    # with an archive inside.
+    raise ValueError(f"the bundle of {bundle.name} was not staged")
+
+
+def _bundles(value: Any, pool_id: str, task_id: str) -> tuple[BundleRef, ...]:
+    if not isinstance(value, list) or len(value) > MAX_VERSIONS:
+        raise EnvelopeError("task envelope without a list of bundles", pool_id, task_id)
+    bundles = []
+    for item in value:
+        if not isinstance(item, Mapping) or set(item) != {"name", "digest", "size"}:
+            raise EnvelopeError(f"malformed bundle {_describe.repr(item)}", pool_id, task_id)
+        name = item["name"]
+        if not isinstance(name, str) or not check_module_name(name):
+            raise EnvelopeError(f"a bundle names {_describe.repr(name)}, not a module",
+                                pool_id, task_id)
+        ref = _blob_ref({"blob": item["digest"], "size": item["size"]}, pool_id, task_id)
+        bundles.append(BundleRef(name, ref.digest, ref.size))
+    return tuple(bundles)
+
+
+def _versions(value: Any, pool_id: str, task_id: str) -> tuple[tuple[str, str], ...]:
+    if (not isinstance(value, list) or len(value) > MAX_VERSIONS or not all(
+            isinstance(pair, list) and len(pair) == 2
+            and all(isinstance(text, str) and 0 < len(text) <= MAX_VERSION_TEXT
+                    and _signable(text) for text in pair)
+            for pair in value)):
+        raise EnvelopeError("task envelope with malformed module versions", pool_id, task_id)
+    return tuple((module, version) for module, version in value)
 
 
 def _header_line(header: dict[str, Any]) -> bytes:

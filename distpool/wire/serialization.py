@@ -41,30 +41,41 @@ _MAIN_NAME = _MAIN.encode()
 
 # -- payloads ---------------------------------------------------------------------------
 
-def dumps(obj: Any, *, namespace: types.ModuleType | None = None) -> Payload:
+def dumps(obj: Any, *, namespace: types.ModuleType | None = None,
+          modules: set[str] | None = None) -> Payload:
     """Serialise ``obj`` for the other side.
 
     On the client (``namespace`` None), anything of ``__main__`` goes by value through dill.
     On a worker, ``namespace`` is the pool's namespace module: its classes go *by name*, so
     the client rebuilds instances of its own ``__main__`` classes, as multiprocessing does.
+    ``modules``, if given, gets the names of the modules whose functions, classes (or the
+    modules themselves) the payload refers to by name: what the other side must import.
     Raises whatever the picklers raise when neither can serialise ``obj``.
     """
     if namespace is None:
         buffers = _Buffers()
+        found: set[str] = set()
         try:
-            data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffers.keep)
+            if modules is None:
+                data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffers.keep)
+            else:
+                stream = io.BytesIO()
+                _ReferencesPickler(stream, found, buffer_callback=buffers.keep).dump(obj)
+                data = stream.getvalue()
         except Exception:
             pass
         else:
             # C pickle refers to __main__ objects by name; only the client can resolve those.
             if _MAIN_NAME not in data:
+                if modules is not None:
+                    modules |= found
                 return Payload.pack(_C_PICKLE, data, buffers.views)
-        return _dill_dumps(obj, sys.modules[_MAIN])
+        return _dill_dumps(obj, sys.modules[_MAIN], modules)
     stream, buffers = io.BytesIO(), _Buffers()
     try:
         _ByNamePickler(stream, PROTOCOL, buffer_callback=buffers.keep).dump(obj)
     except Exception:
-        return _dill_dumps(obj, namespace)
+        return _dill_dumps(obj, namespace, None)
     return Payload.pack(_C_PICKLE, stream.getbuffer(), buffers.views)
 
 
@@ -121,9 +132,32 @@ class _Buffers:
         return False
 
 
-def _dill_dumps(obj: Any, main: types.ModuleType) -> Payload:
+class _ReferencesPickler(pickle.Pickler):
+    """C pickle, noting the module of each function and class it pickles by name.
+
+    pickle asks ``reducer_override`` of every object but the plainest (ints, floats, strings,
+    exact lists, dicts and tuples...), and memoizes what it has pickled, so a map over many
+    instances of one class asks about each instance and once about the class."""
+
+    def __init__(self, stream: io.BytesIO, found: set[str], buffer_callback: Any) -> None:
+        super().__init__(stream, PROTOCOL, buffer_callback=buffer_callback)
+        self._found = found
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, _BY_NAME):
+            module = getattr(obj, "__module__", None)
+            if isinstance(module, str):
+                self._found.add(module)
+        return NotImplemented
+
+
+#: What pickle saves by name (with ``types.BuiltinFunctionType``, the methods of C types).
+_BY_NAME = (type, types.FunctionType, types.BuiltinFunctionType)
+
+
+def _dill_dumps(obj: Any, main: types.ModuleType, modules: set[str] | None) -> Payload:
     stream, buffers = io.BytesIO(), _Buffers()
-    pickler = _GlobalsCapturingPickler(stream, main, buffers)
+    pickler = _GlobalsCapturingPickler(stream, main, buffers, modules)
     pickler.dump(obj)
     shipped: set[str] = set()
     # Pickling a batch of globals may meet further __main__ functions and classes with
@@ -140,9 +174,11 @@ def _dill_dumps(obj: Any, main: types.ModuleType) -> Payload:
 class _GlobalsCapturingPickler(dill.Pickler):  # type: ignore[misc]
     """dill's pickler, recording every function and class of ``main`` it pickles by value."""
 
-    def __init__(self, file: io.BytesIO, main: types.ModuleType, buffers: _Buffers) -> None:
+    def __init__(self, file: io.BytesIO, main: types.ModuleType, buffers: _Buffers,
+                 modules: set[str] | None) -> None:
         super().__init__(file, PROTOCOL, byref=False, recurse=False,
                          buffer_callback=buffers.keep)
+        self._modules = modules
         self.dispatch = _ArraysOutOfBand(dill.Pickler.dispatch)
         # dill writes functions' globals as a reference to ``self._main``'s namespace.
         self._main = main
@@ -151,13 +187,18 @@ class _GlobalsCapturingPickler(dill.Pickler):  # type: ignore[misc]
         self._pending: list[Any] = []
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
-        if (
-            isinstance(obj, (types.FunctionType, type))
-            and id(obj) not in self._recorded
-            and _belongs_to(obj, self._main_globals)
-        ):
-            self._recorded.add(id(obj))
-            self._pending.append(obj)
+        if isinstance(obj, (types.FunctionType, type)) and id(obj) not in self._recorded:
+            if _belongs_to(obj, self._main_globals):
+                self._recorded.add(id(obj))
+                self._pending.append(obj)
+            elif self._modules is not None and isinstance(obj.__module__, str):
+                self._modules.add(obj.__module__)  # another module's: pickled by name
+        elif self._modules is not None:
+            if isinstance(obj, types.ModuleType) and obj is not self._main:
+                self._modules.add(obj.__name__)  # a module in a function's globals
+            elif isinstance(obj, types.BuiltinFunctionType) and isinstance(
+                    obj.__module__, str):
+                self._modules.add(obj.__module__)
         super().save(obj, save_persistent_id)
 
     def take_referenced_globals(self, shipped: set[str]) -> dict[str, Any]:

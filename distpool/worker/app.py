@@ -8,6 +8,7 @@ slot (:mod:`.slots.child`) configures the app for itself before running it.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -27,9 +28,13 @@ from ..brokers.celery_app import (
     urls,
 )
 from ..config import Settings
+from ..errors import ModuleConflictError
 from ..wire.envelope import Signer
+from . import execute
 from .runner import MAX_ATTEMPTS, ProcessLocalRunner
 from .steps import hold_renewal_step, registration_step
+
+logger = logging.getLogger("distpool")
 
 
 class DescribedRequest(Request):  # type: ignore[misc]
@@ -70,6 +75,9 @@ def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1)
     # Whether the task raises its soft time limit itself: prefork raises it in its pool
     # processes, a slot's threads pool cannot, so a slot sets this (slots.child).
     app.distpool_raises_soft_limit = False
+    # Whether a process that ends is replaced by a fresh one (a slot's is), so that a task it
+    # cannot run for another version of the user's module already imported can be put back.
+    app.distpool_replaces_processes = False
 
     # shared=False: a shared task (Celery's default) is also registered in every app created
     # after it, so a second pool's app would keep the first app's task and warn.
@@ -81,10 +89,18 @@ def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1)
             raise Reject("this slot is being replaced", requeue=True)
         request = task.request
         _, soft_limit = request.timelimit or (None, None)
-        runner.get().run(messages, request.id,
-                         redelivered=bool((request.delivery_info or {}).get("redelivered")),
-                         raise_soft_limit_after=(soft_limit if app.distpool_raises_soft_limit
-                                                 else None))
+        try:
+            runner.get().run(messages, request.id,
+                             redelivered=bool((request.delivery_info or {}).get("redelivered")),
+                             raise_soft_limit_after=(soft_limit if app.distpool_raises_soft_limit
+                                                     else None))
+        except ModuleConflictError as conflict:
+            if not (conflict.replaceable and app.distpool_replaces_processes):
+                runner.get().report_failure(messages, request.id, conflict)
+                return
+            logger.warning("message %s goes back to the queue: %s", request.id, conflict)
+            execute.retire()  # as maxtasksperchild: a fresh process takes this one's place
+            raise Reject(str(conflict), requeue=True) from None
 
     app.steps["consumer"].add(registration_step(settings))
     if renews_holds(broker_url):

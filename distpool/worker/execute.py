@@ -21,6 +21,12 @@ travels as a blob (with a large global, say) is fetched once per process, not on
 Blobs are fetched through the ``fetch`` the backend gives, which checks them against their
 signed reference.
 
+Before anything of the task is loaded, the bundles of the user's own modules it needs go
+first on the import path (:mod:`.bundles`), and the versions of the installed modules it
+relies on are compared with the client's (:mod:`distpool.wire.versions`): a difference is a
+warning in the result record, told once per pool and process, or with ``strict_versions``
+the task's failure, without running it.
+
 ``maxtasksperchild`` counts tasks (a chunk of a map is one), as multiprocessing does. Once a
 process has begun that many of a pool, :func:`spent` says so: a slot ends after its message
 and its parent starts a fresh process. Where the process lives on (Celery's prefork and
@@ -34,12 +40,14 @@ import time
 import traceback
 import types
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Callable
 
-from ..errors import EnvelopeError, MaybeEncodingError
-from ..wire import serialization
+from ..errors import EnvelopeError, MaybeEncodingError, VersionMismatchError
+from ..wire import serialization, versions
 from ..wire.envelope import Data, ResultRecord, TaskEnvelope
 from ..wire.payload import BlobRef, Payload
+from . import bundles
 
 #: How many pools' namespaces one worker process keeps; the least recently used goes first.
 MAX_NAMESPACES = 16
@@ -56,6 +64,7 @@ class _PoolState:
     def __init__(self) -> None:
         self.namespace = serialization.new_namespace()
         self.tasks_run = 0
+        self.warned: set[str] = set()  # version differences told to the client
         # Keyed by an inline payload's bytes, or a blob's hash.
         self.callables: OrderedDict[bytes | str, Callable[..., Any]] = OrderedDict()
 
@@ -69,8 +78,20 @@ def execute(envelope: TaskEnvelope, fetch: Fetch | None = None) -> ResultRecord:
     """Run one task and return its result record, never raising for the task's own faults
     (a blob that cannot be fetched is one of them)."""
     fetch = fetch or _no_blobs
+    differences: list[str] = []
     try:
+        if envelope.versions:
+            differences = versions.differences(envelope.versions)
+            if differences and envelope.strict_versions:
+                raise VersionMismatchError(
+                    "not run (strict_versions): " + "; ".join(differences))
+        if envelope.bundles:
+            bundles.mount(envelope.bundle_refs(), fetch)
         state = _state_for(envelope, fetch)
+        if differences:
+            news = [text for text in differences if text not in state.warned]
+            state.warned.update(news)
+            differences = news
         _count(state, envelope.max_tasks)
         function = _callable(state, envelope.function, fetch)
         arguments = serialization.loads(_payload(envelope.arguments, fetch),
@@ -84,12 +105,14 @@ def execute(envelope: TaskEnvelope, fetch: Fetch | None = None) -> ResultRecord:
             if _process_is_ending():
                 raise
             # As multiprocessing does: the task failed because its result cannot travel.
-            return failure_record(envelope.task_id, MaybeEncodingError(exc, value))
+            return failure_record(envelope.task_id, MaybeEncodingError(exc, value),
+                                  warnings=differences)
     except BaseException as exc:
         if _process_is_ending():
             raise
-        return failure_record(envelope.task_id, exc, namespace=_namespace_of(envelope.pool_id))
-    return ResultRecord(envelope.task_id, True, payload, elapsed)
+        return failure_record(envelope.task_id, exc, namespace=_namespace_of(envelope.pool_id),
+                              warnings=differences)
+    return ResultRecord(envelope.task_id, True, payload, elapsed, warnings=tuple(differences))
 
 
 def _process_is_ending() -> bool:
@@ -109,8 +132,10 @@ def _process_is_ending() -> bool:
 
 
 def failure_record(task_id: str, exc: BaseException,
-                   namespace: types.ModuleType | None = None) -> ResultRecord:
-    """A failure record carrying ``exc`` and its formatted traceback for the client."""
+                   namespace: types.ModuleType | None = None,
+                   warnings: Sequence[str] = ()) -> ResultRecord:
+    """A failure record carrying ``exc`` and its formatted traceback for the client, with
+    ``warnings`` for its user (see :class:`ResultRecord`)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     # The client sets RemoteTraceback(text) as the exception's __cause__, as multiprocessing.
     remote_traceback = f'\n"""\n{text}"""'
@@ -121,7 +146,7 @@ def failure_record(task_id: str, exc: BaseException,
             raise
         substitute = MaybeEncodingError(encoding_error, repr(exc))
         payload = serialization.dumps((substitute, remote_traceback))
-    return ResultRecord(task_id, False, payload)
+    return ResultRecord(task_id, False, payload, warnings=tuple(warnings))
 
 
 def _run(kind: str, function: Callable[..., Any], arguments: Any) -> Any:
@@ -138,6 +163,13 @@ def spent() -> bool:
     ends once its message is done, and its parent starts a fresh process in its place
     (:class:`distpool.worker.slots.child.SlotPool`)."""
     return _spent
+
+
+def retire() -> None:
+    """Have this process end after its current message, as :func:`spent` then says: it
+    cannot run a task that a fresh process can (see :mod:`.bundles`)."""
+    global _spent
+    _spent = True
 
 
 def _count(state: _PoolState, max_tasks: int | None) -> None:

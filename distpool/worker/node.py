@@ -11,12 +11,16 @@ A new process model is one more branch here, and a package of its own beside :mo
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
 from ..config import Settings
+from . import bundles
 from .app import run_worker
 from .slots.parent import run_slots
+
+logger = logging.getLogger("distpool")
 
 #: The ``--pool`` values that choose the slots: none given, or the model's earlier name.
 SLOT_POOLS = (None, "solo")
@@ -43,6 +47,19 @@ def run(settings: Settings, *, concurrency: int | None = None, name: str | None 
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, not {concurrency}")
     name = name or f"distpool-{os.getpid()}@%h"
+    _prune_bundles()
     if pool in SLOT_POOLS:
         return run_slots(settings, concurrency, name, loglevel, extra_args)
     return run_worker(settings, concurrency, name, loglevel, [f"--pool={pool}", *extra_args])
+
+
+def _prune_bundles() -> None:
+    """Remove the bundles of the user's modules that no task needs any more from this
+    machine's cache (:func:`.bundles.prune`)."""
+    try:
+        removed = bundles.prune()
+    except Exception as exc:  # a task that needs a bundle says what is wrong, in its error
+        logger.error("cannot tidy the cache of shipped modules: %s", exc)
+        return
+    if removed:
+        logger.info("removed %d unused bundle(s) of shipped modules", len(removed))

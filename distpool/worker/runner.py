@@ -8,7 +8,10 @@ Nothing is lost and nothing runs twice:
 * a message whose earlier run was interrupted (its process died) is run again, at most
   ``MAX_ATTEMPTS`` times in all, then fails with ``WorkerLostError``;
 * a watchdog thread stops the running task when its pool is gone (terminated, or its client
-  died) or its claim went to another process.
+  died) or its claim went to another process;
+* a message whose tasks need a version of the user's module other than the one this process
+  imported is not claimed (:class:`~distpool.errors.ModuleConflictError`), so that a fresh
+  process can take it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from ..store.keys import pool_of
 from ..store.redis_store import RedisStore
 from ..wire.envelope import ResultRecord, Signer, TaskEnvelope
 from ..wire.payload import INLINE_LIMIT, BlobRef, Payload
-from . import execute
+from . import bundles, execute
 from .claims import Claims, Renewal
 from .failures import gave_up, ran_out_of_time
 
@@ -68,6 +71,9 @@ class TaskRunner:
 
     def run(self, messages: Sequence[Any], message_id: str, redelivered: bool,
             raise_soft_limit_after: float | None) -> None:
+        """Run the message's tasks and push their results. Raises
+        :class:`~distpool.errors.ModuleConflictError`, before it claims the message, if this
+        process cannot load the user's modules its tasks need."""
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="distpool-watchdog",
                                               daemon=True)
@@ -77,6 +83,12 @@ class TaskRunner:
             logger.info("skipped message %s: its pool was terminated or its client is gone",
                         message_id)
             return
+        parsed = [self._parse(message) for message in messages]
+        for item in parsed:
+            if isinstance(item, TaskEnvelope) and item.bundles:
+                problem = bundles.conflict(item.bundle_refs())
+                if problem is not None:
+                    raise problem
         if redelivered or not self._flags_redeliveries:
             # Someone may run it, or have run it: ask before running.
             claim = self._claims.acquire(message_id)
@@ -91,8 +103,8 @@ class TaskRunner:
                 return
             records: dict[str, list[ResultRecord]] = {}
             with _SoftTimeLimit(raise_soft_limit_after):
-                for message in messages:
-                    outcome = self._run_one(message)
+                for item in parsed:
+                    outcome = self._run_one(item) if isinstance(item, TaskEnvelope) else item
                     if outcome is not None:
                         records.setdefault(outcome[0], []).append(outcome[1])
             if not ours():
@@ -161,9 +173,11 @@ class TaskRunner:
                 execute.failure_record(envelope.task_id, error))
         self._push(records, message_id)
 
-    def _run_one(self, message: Any) -> tuple[str, ResultRecord] | None:
+    def _parse(self, message: Any) -> TaskEnvelope | tuple[str, ResultRecord] | None:
+        """The message's envelope, authenticated; else what its pool is told of it, if it
+        names one (``(pool id, record)``), or None."""
         try:
-            envelope = TaskEnvelope.from_wire(message, self._signer)
+            return TaskEnvelope.from_wire(message, self._signer)
         except IncompatibleEnvelopeError as exc:
             logger.error("task %s of pool %s refused: %s", exc.task_id, exc.pool_id, exc)
             assert exc.pool_id is not None and exc.task_id is not None
@@ -176,6 +190,8 @@ class TaskRunner:
                 return None
             reason = str(exc) if isinstance(exc, AuthenticationError) else f"malformed: {exc}"
             return exc.pool_id, ResultRecord.rejection(exc.task_id, reason)
+
+    def _run_one(self, envelope: TaskEnvelope) -> tuple[str, ResultRecord] | None:
         if not self._pool_is_live(envelope.pool_id):
             logger.info("skipped task %s: its pool was terminated or its client is gone",
                         envelope.task_id)

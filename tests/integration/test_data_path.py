@@ -162,7 +162,9 @@ def test_data_survives_restarts_of_a_persistent_redis(make_cluster_on_own_redis,
 def test_data_goes_out_of_band_and_leaves_nothing_behind(shared_cluster):
     client = shared_cluster.redis.client
     arrays = [numpy.random.default_rng(i).random(2 * MB // 8) for i in range(6)]
-    with distpool.Pool(2, **shared_cluster.pool_kwargs(), pool_ttl=20) as pool:
+    # ship=False: the bundle of this test's package would stay among the blobs for the
+    # pool's life (for workers that join late); the workers import it from the repository.
+    with distpool.Pool(2, **shared_cluster.pool_kwargs(), pool_ttl=20, ship=False) as pool:
         blobs = keys.blobs(pool._pool_id)
         seen_ttl = []
         result = pool.map_async(total, arrays, chunksize=1)

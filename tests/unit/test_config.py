@@ -66,3 +66,29 @@ def test_mask_url_hides_passwords(url, masked):
 def test_settings_repr_hides_passwords():
     settings = config.resolve(broker="redis://:topsecret@h:1/0", environ={})
     assert "topsecret" not in repr(settings)
+
+
+@pytest.mark.parametrize("argument, variable, entries", [
+    (None, None, ("auto",)), (None, "auto", ("auto",)), (None, "off", ()), (None, "0", ()),
+    (None, "1", ("auto",)), (None, "forecast, helpers.py", ("forecast", "helpers.py")),
+    (False, "forecast", ()), ("auto", "off", ("auto",)), (["forecast", "auto"], None,
+                                                          ("forecast", "auto")),
+    ("forecast,tables/a.csv", None, ("forecast", "tables/a.csv"))])
+def test_what_to_ship(argument, variable, entries):
+    environ = {} if variable is None else {"DISTPOOL_SHIP": variable}
+    assert config.resolve(ship=argument, environ=environ).ship == entries
+
+
+@pytest.mark.parametrize("argument, error", [([], ValueError), (3, TypeError), ([None], TypeError)])
+def test_a_ship_that_is_neither_a_flag_nor_a_list_of_names_is_refused(argument, error):
+    with pytest.raises(error, match="ship"):
+        config.resolve(ship=argument, environ={})
+
+
+def test_strict_versions_from_the_argument_or_the_environment():
+    assert config.resolve(environ={}).strict_versions is False
+    assert config.resolve(environ={"DISTPOOL_STRICT_VERSIONS": "1"}).strict_versions is True
+    assert config.resolve(strict_versions=False,
+                          environ={"DISTPOOL_STRICT_VERSIONS": "1"}).strict_versions is False
+    with pytest.raises(ValueError, match="DISTPOOL_STRICT_VERSIONS"):
+        config.resolve(environ={"DISTPOOL_STRICT_VERSIONS": "sometimes"})

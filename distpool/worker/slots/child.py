@@ -41,7 +41,7 @@ from celery.worker import state as worker_state
 
 from ...brokers.celery_app import TASK_NAME
 from ...config import Settings
-from .. import execute
+from .. import bundles, execute
 from ..app import create_app, new_holder, run_worker
 from ..runner import EXIT_POOL_GONE
 from .state import SlotState
@@ -112,9 +112,10 @@ def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[
     inherited = len(sys.modules)
 
     @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
-    def report_imports(**_: Any) -> None:
+    def report_imports(sender: Any, **_: Any) -> None:
+        bundles.record_baseline()  # what every fresh slot imports: no task's to replace
         # What preload() missed costs every slot its own copy: visible, so it is noticed.
-        logger.info("slot %s ready, having imported %d modules of its own", name,
+        logger.info("slot %s ready, having imported %d modules of its own", sender.hostname,
                     len(sys.modules) - inherited)
 
     holder = new_holder()
@@ -136,6 +137,7 @@ def configure_slot(app: Celery, state: SlotState) -> None:
     """Make ``app`` a slot's: its pool, and its reports to the parent through ``state``."""
     app.conf.worker_pool = "distpool.worker.slots.child:SlotPool"
     app.distpool_raises_soft_limit = True  # a thread cannot be interrupted by the pool
+    app.distpool_replaces_processes = True  # the parent starts another when one ends
     report_to_parent(state)
 
 

@@ -18,6 +18,7 @@ from distpool.backends.eager import EagerBackend
 from distpool.client import engine
 from distpool.client.pool import Calls, Function
 from distpool.client.results import ApplyResult, MapResult
+from distpool.client.shipping import Serialised
 from distpool.errors import AuthenticationError
 from distpool.wire import serialization
 from distpool.wire.envelope import ResultRecord, Signer
@@ -153,12 +154,12 @@ def test_a_job_whose_input_raises_fails_with_that_error_and_the_pool_goes_on(sto
 
         job = pool._engine.new_job()
         result = MapResult(job, pool._engine.job_done, length=4, chunksize=1)
-        function = Function(square).payload()
+        function = Function(square).serialised(pool._serialise)
 
         def failing_input():
             for index in range(2):
                 yield pool._tasks.task(job, index, "map", function,
-                                       serialization.dumps((index,)))
+                                       Serialised(serialization.dumps((index,))))
             raise KeyError("the input broke")
 
         pool._engine.submit(job, result, failing_input())

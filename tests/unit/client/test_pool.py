@@ -17,6 +17,7 @@ import pytest
 
 import distpool
 import distpool.client.pool
+import distpool.client.shipping
 from distpool import backends
 from distpool.backends.eager import EagerBackend
 from distpool.errors import PoolTerminatedError
@@ -68,14 +69,14 @@ def test_imap_reads_its_input_lazily(manual):
 
 def test_the_callable_is_serialised_once_per_call(manual, monkeypatch):
     calls = []
-    real_dumps = distpool.client.pool.serialization.dumps
+    real_dumps = distpool.client.shipping.serialization.dumps
 
     def counting_dumps(obj, **kwargs):
         if obj is square:
             calls.append(obj)
         return real_dumps(obj, **kwargs)
 
-    monkeypatch.setattr(distpool.client.pool.serialization, "dumps", counting_dumps)
+    monkeypatch.setattr(distpool.client.shipping.serialization, "dumps", counting_dumps)
     with distpool.Pool(2) as pool:
         pool.map_async(square, range(40), chunksize=2)
         manual.wait_published(2)

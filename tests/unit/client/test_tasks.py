@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+from distpool.client.shipping import Serialised
 from distpool.client.tasks import TaskMaker, label_of
 from distpool.wire.envelope import Signer
 from distpool.wire.payload import Payload
@@ -48,7 +49,7 @@ def test_a_function_of_the_main_script_is_named_after_the_script(tmp_path):
 
 
 def test_the_label_rides_with_the_envelope_but_is_not_on_the_wire():
-    payload = Payload.of_bytes(b"x")
+    payload = Serialised(Payload.of_bytes(b"x"))
     task = TaskMaker("p" * 32, None, None).task(3, 1, "map", payload, payload,
                                                 "forecast.simulate")
     assert task.envelope.label == "forecast.simulate"

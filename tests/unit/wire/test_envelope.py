@@ -9,7 +9,14 @@ import time
 import pytest
 
 from distpool.errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
-from distpool.wire.envelope import ENVELOPE_LIFETIME, ResultRecord, Signer, TaskEnvelope
+from distpool.wire.bundles import BundleRef
+from distpool.wire.envelope import (
+    ENVELOPE_LIFETIME,
+    PendingBundle,
+    ResultRecord,
+    Signer,
+    TaskEnvelope,
+)
 from distpool.wire.payload import BlobRef, Payload
 
 KEY = Signer(b"the cluster's key")
@@ -180,3 +187,47 @@ def test_a_result_record_carries_and_signs_a_blob_reference():
         ResultRecord.from_bytes(raw.replace(b"ab" * 32, b"ef" * 32), KEY, "p")
     with pytest.raises(EnvelopeError, match="a blob and a payload"):
         ResultRecord.from_bytes(raw + b"smuggled", KEY, "p")
+
+
+def test_bundles_and_versions_travel_signed():
+    ref = BundleRef("forecast", "ab" * 32, 552)
+    envelope = _envelope(bundles=(ref,), versions=(("numpy", "2.1.0"),), strict_versions=True)
+    wire = json.loads(json.dumps(envelope.to_wire(KEY)))
+    assert TaskEnvelope.from_wire(wire, KEY) == envelope
+    for field, value in [("bundles", [{**wire["bundles"][0], "digest": "cd" * 32}]),
+                         ("versions", [["numpy", "1.26.4"]]), ("strict_versions", False)]:
+        forged = {**wire, field: value}
+        with pytest.raises(AuthenticationError):
+            TaskEnvelope.from_wire(forged, KEY)
+
+
+def test_an_envelope_whose_bundle_was_not_staged_does_not_travel():
+    envelope = _envelope(bundles=(PendingBundle("forecast", Payload([b"zip"])),))
+    with pytest.raises(ValueError, match="not staged"):
+        envelope.to_wire(KEY)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("bundles", None), ("bundles", [{"name": "../x", "digest": "ab" * 32, "size": 1}]),
+    ("bundles", [{"name": "x", "digest": "zz", "size": 1}]),
+    ("bundles", [{"name": "x", "digest": "ab" * 32, "size": -1}]),
+    ("bundles", [{"name": "x", "digest": "ab" * 32}]),
+    ("versions", {"numpy": "1"}), ("versions", [["numpy"]]), ("versions", [["numpy", 1]]),
+    ("versions", [["numpy", "x" * 201]]), ("strict_versions", "yes")])
+def test_malformed_bundles_and_versions_are_refused_naming_their_task(field, value):
+    wire = _envelope().to_wire(KEY)
+    wire[field] = value
+    with pytest.raises(EnvelopeError) as info:
+        TaskEnvelope.from_wire(wire, KEY)
+    assert info.value.task_id == "p1:0:0"
+
+
+def test_a_records_warnings_travel_signed():
+    record = ResultRecord("p1:0:0", True, Payload([b"P"]), 0.5,
+                          warnings=("numpy is 2.1.0 on the client but is 1.26.4 on worker "
+                                    "host w1",))
+    raw = record.to_bytes(KEY, "p1")
+    assert ResultRecord.from_bytes(raw, KEY, "p1") == record
+    forged = raw.replace(b"1.26.4", b"1.26.5")
+    with pytest.raises(AuthenticationError):
+        ResultRecord.from_bytes(forged, KEY, "p1")

@@ -81,6 +81,18 @@ def test_main_function_travels_by_value_with_the_globals_it_uses(script_main):
     assert {"helper", "SCALE", "math", "case", "task"} <= set(vars(namespace))
 
 
+def test_a_payload_names_the_modules_it_refers_to_by_name(script_main):
+    found: set[str] = set()
+    serialization.dumps([textwrap.dedent, numpy.zeros(3)], modules=found)
+    assert {"textwrap", "numpy"} <= {name.partition(".")[0] for name in found}
+    found.clear()
+    serialization.dumps(script_main.task, modules=found)  # by value: its globals' modules
+    assert "math" in found and "__main__" not in found
+    found.clear()
+    serialization.dumps([1, "two", {3: 4.0}], modules=found)
+    assert found == set()
+
+
 def test_initializer_globals_are_seen_by_later_tasks(script_main):
     namespace = serialization.new_namespace()
     initializer = serialization.loads(serialization.dumps(script_main.initializer),
