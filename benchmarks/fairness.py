@@ -13,7 +13,6 @@ in the same run, for reference.
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import json
 import multiprocessing
@@ -22,11 +21,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import distpool
 from benchmarks.celery_baseline import stop_worker
-from benchmarks.run import RESULTS, taken, verdict
+from benchmarks.run import arguments, taken, verdict
 from distpool.local.cluster import LocalCluster
 
 SLOTS = 4
@@ -53,11 +51,7 @@ def makespan(pool: object, durations: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fairness", description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = arguments("benchmarks.fairness", __doc__).parse_args(argv)
     repeat, scale = (1, 0.1) if args.quick else (args.repeat, 1.0)
     workloads = {
         "a": ([2, 0.05, 2, 0.05] + [0.25] * 8, 0.05, "ideal"),

@@ -169,13 +169,19 @@ def _bars(ax: Any, names: list[str], values: list[float], good: Any, label: str)
         ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+def arguments(module: str, description: str | None) -> argparse.ArgumentParser:
+    """The command line every benchmark takes: ``--repeat``, ``--quick`` and ``--output``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median is kept)")
     parser.add_argument("--quick", action="store_true",
-                        help="1 repetition at a tenth of the size: checks they still run")
-    parser.add_argument("--only", nargs="*", help="workload names to run")
+                        help="1 repetition at a smaller size: checks it still runs")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write results")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments("benchmarks.run", __doc__)
+    parser.add_argument("--only", nargs="*", help="workload names to run")
     parser.add_argument("--without-celery", action="store_true",
                         help="leave out the hand-written Celery column")
     parser.add_argument("--without-ray", action="store_true",

@@ -20,7 +20,6 @@ twentieth of the bundle's size of (d)'s, which is the envelopes naming the bundl
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.processes import REPO, Node, RedisServer
-from benchmarks.run import RESULTS, taken, verdict
+from benchmarks.run import arguments, taken, verdict
 from distpool.wire.bundles import build
 
 NODES, SLOTS, TASKS = 2, 2, 40
@@ -131,11 +130,7 @@ def measure(project: Path, ship: bool) -> tuple[dict[str, Any], list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.shipping", description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    args = arguments("benchmarks.shipping", __doc__).parse_args(argv)
     repeat, megabytes = (1, 1.0) if args.quick else (args.repeat, 5.0)
     with tempfile.TemporaryDirectory(prefix="distpool-shipping-project-") as root:
         project = Path(root)

@@ -76,15 +76,21 @@ def test_status_shows_each_hosts_node(hosts):
         ("node@w1", "w1", 2), ("node@w2", "w2", 2)]
 
 
-def test_a_map_survives_a_whole_host_killed_in_its_middle(hosts):
-    fast = ["--worker-lost-timeout", "6"]
+def slow_map_under_way(hosts):
+    """A client mapping 12 one-second tasks over both worker hosts (nodes that give a dead
+    node's messages to others after 6 s), once w1 runs some of them."""
     for host in hosts.worker_hosts:
-        hosts.start_node(host, 2, *fast)
+        hosts.start_node(host, 2, "--worker-lost-timeout", "6")
     hosts.wait_for_slots(4)
     root = project(hosts, **SLOW_TASKS, **{"main.py": SLOW_MAIN})
     client = start_client(hosts, root, 12, 1.0, DISTPOOL_WORKER_LOST_TIMEOUT="6")
     hosts.wait_for(lambda: any(node["busy"] for node in hosts.status()["nodes"]
                                if node["host"] == "w1"), "w1 to run tasks")
+    return client
+
+
+def test_a_map_survives_a_whole_host_killed_in_its_middle(hosts):
+    client = slow_map_under_way(hosts)
     hosts.worker_hosts[0].kill()  # its node, its slots, their tasks: all at once
     results, _ = results_of(client)
     assert sorted(name for name, *_ in results) == sorted(f"case{i}" for i in range(12))
@@ -92,15 +98,8 @@ def test_a_map_survives_a_whole_host_killed_in_its_middle(hosts):
 
 
 def test_a_map_survives_a_host_cut_off_in_its_middle(hosts):
-    fast = ["--worker-lost-timeout", "6"]
-    for host in hosts.worker_hosts:
-        hosts.start_node(host, 2, *fast)
-    hosts.wait_for_slots(4)
-    root = project(hosts, **SLOW_TASKS, **{"main.py": SLOW_MAIN})
-    client = start_client(hosts, root, 12, 1.0, DISTPOOL_WORKER_LOST_TIMEOUT="6")
+    client = slow_map_under_way(hosts)
     cut = hosts.worker_hosts[0]
-    hosts.wait_for(lambda: any(node["busy"] for node in hosts.status()["nodes"]
-                               if node["host"] == cut.name), "w1 to run tasks")
     cut.cut()
     try:
         time.sleep(15)  # past its holds' lapse: its messages go to the other host
