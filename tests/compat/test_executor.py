@@ -81,7 +81,12 @@ def test_as_completed_and_wait(make_executor):
 
 def test_cancel_stops_a_task_that_has_not_started(make_executor, tmp_path):
     executor = make_executor(1)
-    busy = executor.submit(time.sleep, 1.0)
+    busy = executor.submit(time.sleep, 2.0)
+    # ProcessPoolExecutor moves calls into its call queue ahead of time, as far as its size
+    # (max_workers + 1), where they can no longer be cancelled: two more fill it until the
+    # busy call ends, whenever its manager thread gets to run.
+    for _ in range(2):
+        executor.submit(time.sleep, 0)
     marker = tmp_path / "cancelled-task-ran"
     waiting = executor.submit(touch_after, str(marker), 0)
     assert waiting.cancel() and waiting.cancelled()

@@ -131,10 +131,11 @@ LATE_JOINER_MAIN = """\
 
 
 def test_a_node_that_joins_later_still_finds_the_bundle_and_the_pool_leaves_none(
-        make_cluster, tmp_path):
-    # Each node a cache of its own, as on machines of their own.
-    cluster = make_cluster(nodes=1, concurrency=1,
-                           environment={"DISTPOOL_CACHE_DIR": str(tmp_path / "first")})
+        make_cluster_on_own_redis, tmp_path):
+    # Each node a cache of its own, as on machines of their own; a Redis of its own, where
+    # nothing but this pool leaves keys.
+    cluster = make_cluster_on_own_redis(
+        nodes=1, concurrency=1, environment={"DISTPOOL_CACHE_DIR": str(tmp_path / "first")})
     root = project(tmp_path / "project", "one", **{"main.py": LATE_JOINER_MAIN})
     client = subprocess.Popen(
         [sys.executable, "main.py"], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
