@@ -15,7 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .brokers.profiles import profile_for
 from .errors import SecretKeyMissingError
-from .store.endpoint import Endpoint
+from .flags import parse_flag
+from .redis_client.endpoint import Endpoint
 
 #: Where ``distpool worker`` connects when no broker is configured. A pool with no broker
 #: configured starts a private local cluster instead (see distpool.cluster).
@@ -29,8 +30,6 @@ DEFAULT_POOL_TTL = 60.0
 #: another worker after this long (Redis brokers; RabbitMQ does it when the connection drops).
 DEFAULT_WORKER_LOST_TIMEOUT = 30.0
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 #: What a pool ships of the user's own modules by default (see distpool.client.shipping).
 SHIP_AUTO = ("auto",)
 
@@ -196,17 +195,6 @@ def _flag(explicit: bool | None, raw: str | None, name: str) -> bool:
     if value is None:
         raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
     return value
-
-
-def parse_flag(text: str) -> bool | None:
-    """``text`` as a yes or a no (1/0, true/false, yes/no, on/off, any case); None if it is
-    neither. The one reading of a flag, in the environment or in a URL."""
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    return None
 
 
 def _ship(explicit: str | bool | Iterable[str | os.PathLike[str]] | None,

@@ -19,11 +19,7 @@ from kombu.messaging import Producer
 
 from .celery_app import TASK_NAME
 from .profiles import profile_for
-from .redis_publisher import TaskMessage
-
-#: A publish that cannot reach the broker gives up after about this long.
-PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
-                        "interval_max": 1.0}
+from .redis_publisher import PUBLISH_RETRY, TaskMessage
 
 
 class CeleryPublisher:
@@ -55,7 +51,8 @@ class CeleryPublisher:
                 shadow=message.shadow,
                 soft_time_limit=message.soft_time_limit, time_limit=message.time_limit)
             self._send(self._producer, TASK_NAME, built, queue=self._queue,
-                       declare=self._declare, retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+                       declare=self._declare, retry=True,
+                       retry_policy=PUBLISH_RETRY.as_kombu())
 
     def close(self) -> None:
         if self._producer is not None:

@@ -17,7 +17,7 @@ doubles as result store   yes                         no: ``result_url`` needed
 ``redis+socket://`` and ``sentinel://`` brokers are refused: distpool's transport has not been
 tested on them, and kombu's own pop loses a message when its consumer dies at the wrong
 instant (see :mod:`.held_messages`). A Redis on a Unix socket can be the *result store*
-(``unix:///path?db=N``, see :mod:`distpool.store.endpoint`); Sentinel cannot.
+(``unix:///path?db=N``, see :mod:`distpool.redis_client.endpoint`); Sentinel cannot.
 
 This module imports nothing outside the standard library, so that settings can be checked
 without loading Celery.

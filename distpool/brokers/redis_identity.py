@@ -3,7 +3,8 @@
 
 They report the library name ``redis-py(distpool_v<version>)``, so that ``CLIENT LIST`` on a
 shared Redis tells distpool's connections apart (Celery's Redis result backend does the same
-for its own); distpool's own connections report ``distpool`` (:mod:`distpool.store.connection`).
+for its own); distpool's own connections report ``distpool``
+(:mod:`distpool.redis_client.connection`).
 
 Saying it also saves time: left to itself, redis-py looks its own version up in the installed
 packages' metadata for every client object it builds, about 0.3 ms each.

@@ -28,13 +28,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ..store.connection import OwnConnection, RetryPolicy
+from ..redis_client.connection import Connection
+from ..retry import RetryPolicy
 from .celery_app import TASK_NAME
 
-#: Tries after a publish's first fails, and the backoff between them (0.4, 0.8, 1 s): about
-#: what kombu's ``ensure`` did with the client's retry policy, so a publish that cannot reach
-#: the broker gives up after about two seconds.
-RETRY = RetryPolicy(retries=3, base=0.2, cap=1.0, jitter=False)
+#: Tries after a publish's first fails, and the waits between them (0.4, 0.8, 1 s): a
+#: publish that cannot reach the broker gives up after about two seconds. The AMQP publisher
+#: (:mod:`.celery_publisher`) retries by the same policy.
+PUBLISH_RETRY = RetryPolicy(retries=3, base=0.2, cap=1.0, jitter=False)
 
 #: Celery's ``embed`` part of a protocol-2 body: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -92,11 +93,11 @@ def message_document(message: TaskMessage, queue: str, origin: str,
 class RedisPublisher:
     """Pushes task messages onto ``queue`` of the Redis broker at ``url`` (the list of that
     name: distpool sets no ``global_keyprefix``), on a connection of its own (TLS and its
-    options from the URL, as redis-py reads them: see :mod:`distpool.store.endpoint`), whose
+    options from the URL, as redis-py reads them: see :mod:`distpool.redis_client.endpoint`), whose
     replies may be ``reply_timeout`` seconds late (None: for ever)."""
 
     def __init__(self, url: str, queue: str, reply_timeout: float | None = None) -> None:
-        self._connection = OwnConnection(url, timeout=reply_timeout, retry=RETRY)
+        self._connection = Connection(url, timeout=reply_timeout, retry=PUBLISH_RETRY)
         self._queue = queue
         self._origin = origin()
 

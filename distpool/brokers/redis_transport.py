@@ -39,13 +39,14 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
+from ..retry import RetryPolicy
 from . import held_messages
 from .redis_identity import client_identity
 
 logger = logging.getLogger("distpool")
 
-#: Connections tried in turn before a delivery record or acknowledgement fails.
-SEND_ATTEMPTS = 3
+#: New connections tried, at once, before a delivery record or an acknowledgement fails.
+SEND_RETRY = RetryPolicy(retries=2, base=0.0, jitter=False)
 
 #: The value of Celery's ``broker_transport`` setting that selects this transport.
 TRANSPORT = f"{__name__}:Transport"
@@ -178,15 +179,18 @@ class QoS(kombu_redis.QoS):
                 self._unconfirmed.append([("MULTI",), *commands, ("EXEC",)])
             elif not self._unconfirmed:
                 return  # nothing to confirm: no connection needed
-            for attempt in range(1, SEND_ATTEMPTS + 1):
+            failures = 0
+            while True:
                 try:
                     self._write_and_read(confirm)
                     return
                 except (redis.ConnectionError, redis.TimeoutError):
                     # As redis-py's own retries do: a new connection, everything again.
                     self._drop_connection()
-                    if attempt == SEND_ATTEMPTS:
+                    failures += 1
+                    if failures > SEND_RETRY.retries:
                         raise
+                    time.sleep(SEND_RETRY.delay(failures))
 
     def _write_and_read(self, confirm: bool) -> None:
         connection = self._own_connection()

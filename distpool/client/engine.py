@@ -54,8 +54,8 @@ from .watch import MessageWatch
 
 logger = logging.getLogger("distpool")
 
-#: Reads a result that came back as a blob.
-Fetch = Callable[[], Payload]
+#: A result that came back as a blob: fetched when it is delivered.
+BlobResult = Callable[[], Payload]
 
 #: Longest a collector blocks on the backend before it checks for a stop or a refresh.
 COLLECT_TIMEOUT = 1.0
@@ -337,7 +337,7 @@ class Engine:
                 f"a worker refused task {record.task_id}: {record.rejected}",
                 self.pool_id, record.task_id))
             return
-        payload: Payload | Fetch = record.payload if isinstance(
+        payload: Payload | BlobResult = record.payload if isinstance(
             record.payload, Payload) else functools.partial(
                 self._backend.fetch_result, self.pool_id, record.task_id, record.payload)
         self._complete(record.task_id, record.ok, None, record.elapsed, payload)
@@ -351,7 +351,8 @@ class Engine:
                 warnings.warn(text, VersionSkewWarning, stacklevel=1)
 
     def _complete(self, task_id: str, ok: bool, error: BaseException | None,
-                  elapsed: float | None = None, payload: Payload | Fetch | None = None) -> None:
+                  elapsed: float | None = None,
+                  payload: Payload | BlobResult | None = None) -> None:
         """Free the slot of the task named ``task_id`` and queue its outcome for delivery:
         ``error``, or what ``payload`` holds (or fetches, for a result sent as a blob)."""
         with self._cond:

@@ -26,10 +26,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import EnvelopeError, PayloadTooLargeError
+from ..redis_client.connection import Connection
+from ..redis_client.protocol import ReplyError
 from ..wire.payload import BlobRef, Frame, Payload, describe_size
 from . import keys
-from .connection import OwnConnection
-from .resp import ReplyError
 
 #: Bytes per stored part: Redis (jemalloc) handled 10 MB in 1 MiB parts with a quarter of
 #: the CPU it took in 8 MiB parts (7 against 34 ms, written and read once).
@@ -60,7 +60,7 @@ class Blobs:
     """The blobs of every pool, through one connection (parts are sent one command at a
     time, so the connection's other users wait at most a part)."""
 
-    def __init__(self, connection: OwnConnection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
     def put(self, pool_id: str, name: str, payload: Payload, what: str,

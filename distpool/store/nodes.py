@@ -21,8 +21,9 @@ import json
 import time
 from typing import Any
 
+from ..redis_client.connection import Connection
+from ..retry import RetryPolicy
 from . import keys
-from .connection import OwnConnection, RetryPolicy
 
 #: How long a lapsed node stays listed (as lapsed) before it is swept.
 LAPSED_KEPT = 600.0
@@ -57,7 +58,7 @@ class NodeRecords:
     """
 
     def __init__(self, url: str, timeout: float = 2.0) -> None:
-        self._commands = OwnConnection(url, timeout=timeout, connect_timeout=timeout,
+        self._commands = Connection(url, timeout=timeout, connect_timeout=timeout,
                                        retry=RetryPolicy(retries=0))
 
     def publish(self, queue: str, name: str, record: dict[str, Any], ttl: float) -> None:

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..redis_client.connection import Connection
 from ..wire.envelope import MESSAGE_DONE
 from . import keys
 from .blobs import Blobs
-from .connection import OwnConnection
 
 #: Unread results of a pool whose client vanished are dropped after this long.
 RESULTS_TTL = 24 * 3600
@@ -91,8 +91,8 @@ class RedisStore:
     def __init__(self, url: str, reply_timeout: float | None = None) -> None:
         # Every command on one connection, but the collector's blocking pop on another:
         # a process holds at most two, whichever of its threads use the store.
-        self._commands = OwnConnection(url, timeout=reply_timeout)
-        self._popping = OwnConnection(url, timeout=reply_timeout)
+        self._commands = Connection(url, timeout=reply_timeout)
+        self._popping = Connection(url, timeout=reply_timeout)
         self._reply_timeout = reply_timeout
         self.blobs = Blobs(self._commands)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, Union
+from typing import Callable, NamedTuple, Union
 
 from ..errors import EnvelopeError
 
@@ -49,6 +49,10 @@ class BlobRef(NamedTuple):
 
     digest: str
     size: int
+
+
+#: Reads the blob a reference names, checked against it (see :mod:`distpool.store.blobs`).
+ReadBlob = Callable[[BlobRef], "Payload"]
 
 
 class Payload:

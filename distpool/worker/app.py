@@ -9,9 +9,6 @@ slot (:mod:`.slots.child`) configures the app for itself before running it.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +28,7 @@ from ..config import Settings
 from ..errors import ModuleConflictError
 from ..wire.envelope import Signer
 from . import execute
+from .claims import process_holder
 from .runner import MAX_ATTEMPTS, ProcessLocalRunner
 from .steps import hold_renewal_step, registration_step
 
@@ -44,11 +42,6 @@ class DescribedRequest(Request):  # type: ignore[misc]
 
     def info(self, safe: bool = False) -> dict[str, Any]:
         return super().info(safe=True)  # type: ignore[no-any-return]
-
-
-def new_holder() -> str:
-    """A consumer id for this process's worker, unique on the broker."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1) -> Celery:
@@ -121,7 +114,7 @@ def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
     ``banner``: print Celery's start-up banner (a slot does not: a node of 64 slots would
     print 64, and composing one is a third of a slot's start-up CPU)."""
     if app is None:
-        app = create_app(settings, new_holder())
+        app = create_app(settings, process_holder())
     wants_events = any(arg == option or arg.startswith(option + "=")
                        for arg in extra_args for option in EVENT_OPTIONS)
     argv = [

@@ -26,12 +26,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ..errors import DistpoolError, ModuleConflictError
 from ..platform import WINDOWS, lock
 from ..wire.bundles import BundleRef, extract
-from ..wire.payload import BlobRef, Payload
+from ..wire.payload import BlobRef, ReadBlob
 
 logger = logging.getLogger("distpool")
 
@@ -44,9 +44,6 @@ UNUSED_FOR = 7 * 24 * 3600.0
 CACHE_BYTES = 2 * 2**30
 IN_USE_FOR = 3600.0
 _EXTRACTING = ".extracting-"
-
-#: Reads a blob, checked against its reference.
-Fetch = Callable[[BlobRef], Payload]
 
 
 #: Top-level module -> the hash of the bundle this process has put on its path for it.
@@ -84,7 +81,7 @@ def conflict(bundles: Sequence[BundleRef]) -> ModuleConflictError | None:
     return None
 
 
-def mount(bundles: Sequence[BundleRef], fetch: Fetch) -> None:
+def mount(bundles: Sequence[BundleRef], fetch: ReadBlob) -> None:
     """Make each bundle's module importable, from its own content, before anything else of
     that name. Raises :class:`ModuleConflictError` where :func:`conflict` finds one."""
     problem = conflict(bundles)
@@ -102,7 +99,7 @@ def mount(bundles: Sequence[BundleRef], fetch: Fetch) -> None:
         importlib.invalidate_caches()
 
 
-def extracted(bundle: BundleRef, fetch: Fetch) -> str:
+def extracted(bundle: BundleRef, fetch: ReadBlob) -> str:
     """The directory of the bundle's content in this machine's cache, fetched and extracted
     first if no process has yet."""
     root = os.path.join(cache_directory(), "bundles")

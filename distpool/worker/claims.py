@@ -59,16 +59,28 @@ class Renewal(enum.Enum):
     DONE = "done"
 
 
-class Claims:
-    """The claims of one worker process, whose id is :attr:`holder`."""
+def process_holder() -> str:
+    """This worker process's id, ``host:pid:random``: the holder of its claims, and of its
+    held list on a Redis broker. Made once per process (a forked child makes its own)."""
+    if _holder[0] != os.getpid():
+        _holder[:] = [os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"]
+    return str(_holder[1])
 
-    def __init__(self, store: RedisStore, ttl: float) -> None:
+
+_holder: list[object] = [None, ""]
+
+
+class Claims:
+    """The claims of one worker process, whose id is :attr:`holder` (this process's, unless
+    given)."""
+
+    def __init__(self, store: RedisStore, ttl: float, holder: str | None = None) -> None:
         self._store = store
         self.ttl = ttl
         #: Renew a running message's claim this often: three tries before it lapses.
         self.renew_interval = ttl / 3
         self._host = socket.gethostname()
-        self.holder = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = holder or process_holder()
 
     def acquire(self, message_id: str) -> Acquired | None:
         """Claim the message; None when another process runs it, or ran it to the end."""

@@ -46,16 +46,13 @@ from typing import Any, Callable
 from ..errors import EnvelopeError, MaybeEncodingError, VersionMismatchError
 from ..wire import serialization, versions
 from ..wire.envelope import Data, ResultRecord, TaskEnvelope
-from ..wire.payload import BlobRef, Payload
+from ..wire.payload import BlobRef, Payload, ReadBlob
 from . import bundles
 
 #: How many pools' namespaces one worker process keeps; the least recently used goes first.
 MAX_NAMESPACES = 16
 #: Deserialised callables kept per pool.
 MAX_CALLABLES = 32
-
-#: Reads a blob, checked against its reference (see :mod:`distpool.store.blobs`).
-Fetch = Callable[[BlobRef], Payload]
 
 
 class _PoolState:
@@ -74,7 +71,7 @@ _pools: OrderedDict[str, _PoolState] = OrderedDict()
 _spent = False
 
 
-def execute(envelope: TaskEnvelope, fetch: Fetch | None = None) -> ResultRecord:
+def execute(envelope: TaskEnvelope, fetch: ReadBlob | None = None) -> ResultRecord:
     """Run one task and return its result record, never raising for the task's own faults
     (a blob that cannot be fetched is one of them)."""
     fetch = fetch or _no_blobs
@@ -181,7 +178,7 @@ def _count(state: _PoolState, max_tasks: int | None) -> None:
         _spent = True
 
 
-def _state_for(envelope: TaskEnvelope, fetch: Fetch) -> _PoolState:
+def _state_for(envelope: TaskEnvelope, fetch: ReadBlob) -> _PoolState:
     state = _pools.get(envelope.pool_id)
     # maxtasksperchild where the process lives on past it (Celery's prefork or threads
     # pool, the eager backend, tasks of one message past the limit): the pool's state in
@@ -208,7 +205,7 @@ def _namespace_of(pool_id: str) -> types.ModuleType | None:
     return None if state is None else state.namespace
 
 
-def _callable(state: _PoolState, data: Data, fetch: Fetch) -> Callable[..., Any]:
+def _callable(state: _PoolState, data: Data, fetch: ReadBlob) -> Callable[..., Any]:
     key = data.digest if isinstance(data, BlobRef) else data.to_bytes()
     function = state.callables.get(key)
     if function is None:
@@ -221,7 +218,7 @@ def _callable(state: _PoolState, data: Data, fetch: Fetch) -> Callable[..., Any]
     return function
 
 
-def _payload(data: Data, fetch: Fetch) -> Payload:
+def _payload(data: Data, fetch: ReadBlob) -> Payload:
     return fetch(data) if isinstance(data, BlobRef) else data
 
 

@@ -9,9 +9,9 @@ import uuid
 import pytest
 import redis
 
+from distpool.redis_client.protocol import RedisConnectionError
 from distpool.store.keys import pool_of
 from distpool.store.redis_store import POOL_GONE
-from distpool.store.resp import RedisConnectionError
 from distpool.wire.envelope import MESSAGE_DONE as DONE
 from tests.support import message_of_a_live_pool
 

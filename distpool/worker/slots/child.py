@@ -42,7 +42,8 @@ from celery.worker import state as worker_state
 from ...brokers.celery_app import TASK_NAME
 from ...config import Settings
 from .. import bundles, execute
-from ..app import create_app, new_holder, run_worker
+from ..app import create_app, run_worker
+from ..claims import process_holder
 from ..runner import EXIT_POOL_GONE
 from .state import SlotState
 
@@ -118,7 +119,7 @@ def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[
         logger.info("slot %s ready, having imported %d modules of its own", sender.hostname,
                     len(sys.modules) - inherited)
 
-    holder = new_holder()
+    holder = process_holder()
     if app is None:
         app = create_app(settings, holder, sweepers=siblings)
     # Read when its broker connection is made, in this process.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
+
+from ...retry import RetryPolicy
 
 #: Restarts allowed per minute before a supervisor gives up on a process.
 MAX_RESTARTS_PER_MINUTE = 5
@@ -33,16 +36,16 @@ class Backoff:
     """Exponential backoff for restarting one process that keeps failing.
 
     The n-th failure in a row waits ``first * 2 ** (n - 1)`` seconds, at most ``cap``, before
-    the restart: a process that cannot start costs a fork a minute, not a fork a moment. A
-    process that stayed up ``stable_after`` seconds was healthy, so its next failure is a
-    first one again. ``clock`` is injected for tests.
+    the restart (a :class:`~distpool.retry.RetryPolicy` without jitter, of retries without
+    end): a process that cannot start costs a fork a minute, not a fork a moment. A process
+    that stayed up ``stable_after`` seconds was healthy, so its next failure is a first one
+    again. ``clock`` is injected for tests.
     """
 
     def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP,
                  stable_after: float = STABLE_AFTER,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.first = first
-        self.cap = cap
+        self.policy = RetryPolicy(retries=sys.maxsize, base=first, cap=cap, jitter=False)
         self.stable_after = stable_after
         self._clock = clock
         #: Failures in a row, none after a stable run.
@@ -70,7 +73,7 @@ class Backoff:
         """The wait before the restart that follows the latest failure (0 before any)."""
         if self.failures == 0:
             return 0.0
-        return float(min(self.cap, self.first * 2 ** min(self.failures - 1, 64)))
+        return self.policy.delay(self.failures - 1)
 
     def stable(self) -> bool:
         """Whether the process runs now and has been up ``stable_after`` seconds."""

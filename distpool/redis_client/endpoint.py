@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..flags import parse_flag
+
 if TYPE_CHECKING:
     import ssl
 
@@ -21,11 +23,10 @@ SCHEMES = ("redis", "rediss", "unix")
 
 
 def _flag(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{text!r} is not a yes or no")
+    value = parse_flag(text)
+    if value is None:
+        raise ValueError(f"{text!r} is not a yes or no")
+    return value
 
 
 #: Query option -> how its text is read.

