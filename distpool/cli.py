@@ -155,7 +155,7 @@ def _cluster(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     settings = config.resolve_for_cluster(broker=args.broker, result_url=args.result_url,
                                           queue=args.queue)
-    from .backends.celery import cluster_status
+    from .status import cluster_status
 
     try:
         status = cluster_status(settings, args.timeout)

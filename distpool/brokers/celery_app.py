@@ -7,6 +7,8 @@ dies. What differs between brokers comes from their profile (:mod:`.profiles`).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
@@ -19,6 +21,27 @@ if TYPE_CHECKING:  # imported when an app is built: a client on Redis never buil
 TASK_NAME = "distpool.execute"
 #: The longest an idle consumer blocks on the queue in one command (seconds).
 IDLE_WAIT = 5
+
+
+@functools.lru_cache(maxsize=8)
+def client_app(settings: Settings) -> Celery:
+    """The app a client builds its messages (AMQP) and revokes with, shared by the pools of a
+    process that have the same settings. Building one, with its queues and task sender, would
+    cost each ``Pool()`` on running workers more than the rest of its set-up; it holds no
+    connection (each pool has its own)."""
+    return new_app(settings)
+
+
+def revoke(settings: Settings, message_ids: Sequence[str]) -> None:
+    """Stop the messages' tasks wherever they run: a broadcast that every worker hears (its
+    slots end the process running one; see :mod:`distpool.worker.slots.child`). Celery's
+    first import, on a Redis broker."""
+    if not message_ids:
+        return
+    app = client_app(settings)
+    with app.connection_for_write() as connection:
+        app.control.revoke(list(message_ids), connection=connection, terminate=True,
+                           signal="SIGKILL")
 
 
 def urls(settings: Settings) -> tuple[str, str]:

@@ -13,20 +13,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
-from .celery_app import TASK_NAME
+from ..config import Settings
+from ..wire.messages import TaskMessage
+from .celery_app import TASK_NAME, client_app, revoke
 from .profiles import profile_for
-from .redis_publisher import PUBLISH_RETRY, TaskMessage
+from .redis_publisher import PUBLISH_RETRY
 
 
 class CeleryPublisher:
-    """Publishes task messages onto the default queue of ``app``."""
+    """Publishes task messages onto the queue of ``settings``'s broker."""
 
-    def __init__(self, app: Celery) -> None:
-        self._app = app
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._app = app = client_app(settings)
         self._queue = app.amqp.queues[app.conf.task_default_queue]
         self._send = app.amqp.send_task_message
         self._connection: Connection = app.connection_for_write()
@@ -53,6 +55,9 @@ class CeleryPublisher:
             self._send(self._producer, TASK_NAME, built, queue=self._queue,
                        declare=self._declare, retry=True,
                        retry_policy=PUBLISH_RETRY.as_kombu())
+
+    def revoke(self, message_ids: Sequence[str]) -> None:
+        revoke(self._settings, message_ids)
 
     def close(self) -> None:
         if self._producer is not None:

@@ -1,8 +1,8 @@
 """Task messages onto a Redis broker with redis-py alone: no Celery, no kombu in the client.
 
 Importing Celery and kombu, and Celery's first publish (which builds an event dispatcher even
-with events off), took about 0.3 s of a client's first pool, several times what the rest of
-that pool's first result takes. On a Redis broker a publish is one ``LPUSH`` of a JSON
+with events off), took several times what the rest of a client's first pool takes to its
+first result. On a Redis broker a publish is one ``LPUSH`` of a JSON
 document onto the queue's list, so the client writes that document itself: a Celery
 protocol-2 task message (``celery.app.amqp.AMQP.as_task_v2``), as kombu's ``Producer``
 publishes it through the anonymous exchange to the queue (``send_task_message`` routes a
@@ -11,12 +11,12 @@ direct queue so) and kombu's Redis channel stores it (``Channel.basic_publish`` 
 tests compare the two), but for one thing: the body, JSON text itself, is not base64-encoded
 a second time. kombu's channels decode a body by the ``body_encoding`` its message names,
 and this one names none: a pass over every byte on each side, and a third of the size, less
-(4 to 8 KiB arguments in chunks of one: a map took a quarter less time).
+(which a map of a few KiB an item feels).
 
 What it does not do, a distpool client never asks of it: priorities (every message has
 priority 0, the queue's list itself), ETAs and expiries (``as_task_v2``'s), Celery's
 ``before_task_publish`` / ``after_task_publish`` signals, and task-sent events (off). AMQP
-brokers, and revoking, still go through Celery (:mod:`distpool.backends.celery`).
+brokers (:mod:`.celery_publisher`), and revoking, go through Celery.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
+from ..config import Settings
 from ..redis_client.connection import Connection
 from ..retry import RetryPolicy
-from .celery_app import TASK_NAME
+from ..wire.messages import TaskMessage
+from .celery_app import TASK_NAME, revoke, urls
 
 #: Tries after a publish's first fails, and the waits between them (0.4, 0.8, 1 s): a
 #: publish that cannot reach the broker gives up after about two seconds. The AMQP publisher
@@ -39,20 +41,6 @@ PUBLISH_RETRY = RetryPolicy(retries=3, base=0.2, cap=1.0, jitter=False)
 
 #: Celery's ``embed`` part of a protocol-2 body: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-class TaskMessage(NamedTuple):
-    """One Celery task message of distpool's task: its id, its positional arguments (the
-    task envelopes), how the workers' logs, ``celery inspect`` and Flower show them (Celery's
-    ``argsrepr``, and its ``shadow`` name in place of distpool's task's), and Celery's time
-    limits (seconds)."""
-
-    task_id: str
-    args: Sequence[Any]
-    argsrepr: str
-    soft_time_limit: float | None
-    time_limit: float | None
-    shadow: str | None = None
 
 
 def origin() -> str:
@@ -91,14 +79,16 @@ def message_document(message: TaskMessage, queue: str, origin: str,
 
 
 class RedisPublisher:
-    """Pushes task messages onto ``queue`` of the Redis broker at ``url`` (the list of that
+    """Pushes task messages onto the queue of ``settings``'s Redis broker (the list of that
     name: distpool sets no ``global_keyprefix``), on a connection of its own (TLS and its
-    options from the URL, as redis-py reads them: see :mod:`distpool.redis_client.endpoint`), whose
-    replies may be ``reply_timeout`` seconds late (None: for ever)."""
+    options from the URL, as redis-py reads them: see :mod:`distpool.redis_client.endpoint`),
+    whose replies may be ``reply_timeout`` seconds late (None: for ever)."""
 
-    def __init__(self, url: str, queue: str, reply_timeout: float | None = None) -> None:
-        self._connection = Connection(url, timeout=reply_timeout, retry=PUBLISH_RETRY)
-        self._queue = queue
+    def __init__(self, settings: Settings, reply_timeout: float | None = None) -> None:
+        broker_url, _ = urls(settings)
+        self._settings = settings
+        self._connection = Connection(broker_url, timeout=reply_timeout, retry=PUBLISH_RETRY)
+        self._queue = settings.queue
         self._origin = origin()
 
     def ping(self) -> None:
@@ -112,6 +102,9 @@ class RedisPublisher:
                      for message in messages]
         # One LPUSH per message, as kombu sends them: the workers take from the right.
         self._connection.run([("LPUSH", self._queue, document) for document in documents])
+
+    def revoke(self, message_ids: Sequence[str]) -> None:
+        revoke(self._settings, message_ids)
 
     def close(self) -> None:
         self._connection.close()

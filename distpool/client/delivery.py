@@ -7,8 +7,7 @@ multiprocessing, but never the collector's liveness refresh.
 
 A *quiet* delivery (a result without callbacks or progress display: it only loads the
 payload and wakes waiters) that would wait for nothing is made at once on the thread that
-offers it: the same order, without a thread hop, which costs a sequential ``apply`` about
-a twentieth of its latency.
+offers it: the same order, without a thread hop, which a sequential ``apply`` would feel.
 """
 
 from __future__ import annotations

@@ -1,23 +1,16 @@
-"""One pool's traffic with its backend, on two threads, as ``multiprocessing.Pool`` has.
+"""One pool's traffic with its workers, on two threads, as ``multiprocessing.Pool`` has (the
+drawing in :mod:`distpool.client` shows where each thing happens).
 
-* The **dispatcher** takes tasks from the jobs' sources, in submission order (see
-  :mod:`distpool.client.sources`), and publishes them while fewer than ``processes`` of the pool's
-  messages are in flight. A message carries one task, or several short ones (see
-  :mod:`distpool.client.batching`).
+* The **dispatcher** takes tasks from the jobs' sources, in submission order
+  (:mod:`.sources`), stages what they carry (:mod:`.staging`) and publishes them while fewer
+  than ``processes`` messages are in flight, one task or several short ones a message.
 * The **collector** pops result records, authenticates them and frees their slots. It also
-  keeps the pool's liveness key fresh, without which workers drop the pool's tasks, so it
-  runs no callbacks, and nothing anyone pushes onto the pool's list stops it: a record that
-  cannot be read fails at most the task it names. And it watches the messages in flight
-  that no worker holds (:mod:`distpool.client.watch`): the dispatcher sends them again, or their
-  tasks fail once no worker is left to take them.
-* The **delivery** thread (:mod:`distpool.client.delivery`) loads the payloads and completes the
-  jobs' result objects, in completion order; their callbacks run there. (A result without
-  callbacks, with nothing queued before it, is completed by the collector at once.)
+  keeps the pool's liveness key fresh, so it runs no callbacks, and nothing anyone pushes
+  onto the pool's list stops it: a record that cannot be read fails at most the task it
+  names. And it watches the messages in flight that no worker holds (:mod:`.watch`).
 
-A task is ``(job, index)`` (:mod:`distpool.client.tasks`); the engine keeps each task it sends
-under its envelope's wire name, which records come back with, and a message's id is that of
-its first task. A record whose task is not in flight (a duplicate delivery, or one arriving
-after terminate) is ignored, so each result is delivered once.
+Each result is delivered once: a record whose task is not in flight (a duplicate delivery,
+or one arriving after terminate) is ignored.
 """
 
 from __future__ import annotations
@@ -34,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..backends.base import Backend
+from ..config import Settings
 from ..errors import (
     AuthenticationError,
     BrokerUnavailableError,
@@ -43,12 +36,16 @@ from ..errors import (
     PoolTerminatedError,
     VersionSkewWarning,
 )
+from ..store.keys import result_blob
+from ..transports import Transport
 from ..wire.envelope import ResultRecord, TaskEnvelope
+from ..wire.messages import TaskMessage
 from ..wire.payload import Payload
-from .batching import function_key
 from .delivery import Delivery, deliver
+from .flight import Flight
 from .results import JobResult
 from .sources import Job, ReadAhead, Source, Sources
+from .staging import Stager
 from .tasks import Task
 from .watch import MessageWatch
 
@@ -57,7 +54,7 @@ logger = logging.getLogger("distpool")
 #: A result that came back as a blob: fetched when it is delivered.
 BlobResult = Callable[[], Payload]
 
-#: Longest a collector blocks on the backend before it checks for a stop or a refresh.
+#: Longest a collector blocks on the store before it checks for a stop or a refresh.
 COLLECT_TIMEOUT = 1.0
 #: How often the collector reports the pool's progress (and keeps it alive), in seconds.
 REPORT_INTERVAL = 2.0
@@ -65,16 +62,19 @@ REPORT_INTERVAL = 2.0
 STOP_TIMEOUT = 10.0
 
 class Engine:
-    def __init__(self, backend: Backend, pool_id: str, processes: int, pool_ttl: float,
-                 worker_lost_timeout: float,
-                 backend_gone: Callable[[], str | None] = lambda: None) -> None:
-        """``backend_gone`` says why the backend will never answer again, if it knows (a
+    def __init__(self, transport: Transport, settings: Settings, pool_id: str,
+                 processes: int, transport_gone: Callable[[], str | None] = lambda: None
+                 ) -> None:
+        """``transport_gone`` says why the transport will never answer again, if it knows (a
         private local cluster that stopped), so that the tasks in flight fail at once."""
         self.pool_id = pool_id
-        self._backend = backend
-        self._backend_gone = backend_gone
-        self._signer = backend.signer
+        self._publisher, self._store, self._signer = transport
+        self._stager = Stager(self._store.blobs, pool_id, settings.pool_ttl)
+        self._transport_gone = transport_gone
+        self._queue = settings.queue
+        self._task_timeout = settings.task_timeout
         self._processes = processes
+        pool_ttl = settings.pool_ttl
         # Often enough for the liveness key, and for distpool status to show progress.
         self._refresh_interval = min(pool_ttl / 3, REPORT_INTERVAL)
         self._pool_ttl = pool_ttl
@@ -83,12 +83,10 @@ class Engine:
         self._sent = self._done = 0
         self._cond = threading.Condition(threading.Lock())
         self._sources = Sources(self._cond, lambda: self._closing, self._source_failed)
-        # wire task id -> (the task, its message's id); message id -> tasks not reported.
-        self._in_flight: dict[str, tuple[Task, str]] = {}
-        self._messages: dict[str, int] = {}
+        self._flight = Flight()
         # Orphaned messages are sent again once the broker's own recovery (which takes about
         # worker_lost_timeout) has had its chance; they fail when no worker is left.
-        self._watch = MessageWatch(resend_after=2 * worker_lost_timeout,
+        self._watch = MessageWatch(resend_after=2 * settings.worker_lost_timeout,
                                    no_worker_timeout=pool_ttl)
         self._resend: collections.deque[list[TaskEnvelope]] = collections.deque()
         self._jobs: dict[int, JobResult] = {}
@@ -97,7 +95,7 @@ class Engine:
         self._closing = False
         self._terminated = False
         self._released = False
-        backend.refresh_pool(pool_id, self._report())
+        self._store.refresh_pool(pool_id, pool_ttl, self._report())
         self._delivery = Delivery(pool_id)
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name=f"distpool-dispatcher-{pool_id[:8]}", daemon=True)
@@ -154,16 +152,18 @@ class Engine:
                 return
             self._closing = self._terminated = True
             self._sources.stop()
-            in_flight = list(self._messages)
-            self._in_flight.clear()
-            self._messages.clear()
+            in_flight = self._flight.message_ids()
+            self._flight.clear()
             self._watch.clear()
             self._resend.clear()
             jobs = list(self._jobs.values())
             self._cond.notify_all()
         self._delivery.stop(drop=True)  # their results fail below
         try:
-            self._backend.cancel(self.pool_id, in_flight)
+            # First the liveness key: every worker then skips the pool's queued tasks, even
+            # a worker that starts later and never hears the revoke broadcast.
+            self._store.close_pool(self.pool_id)
+            self._publisher.revoke(in_flight)
         except Exception as exc:
             logger.warning("pool %s: could not cancel its tasks on the workers: %s",
                            self.pool_id, exc)
@@ -182,15 +182,16 @@ class Engine:
         while True:
             with self._cond:
                 while not self._terminated and not self._resend and not (
-                        self._sources.ready() and len(self._messages) < self._processes):
-                    if self._closing and self._sources.exhausted() and not self._messages:
+                        self._sources.ready() and self._flight.messages() < self._processes):
+                    if (self._closing and self._sources.exhausted()
+                            and not self._flight.messages()):
                         return
                     self._cond.wait()
                 if self._terminated:
                     return
                 again = list(self._resend)
                 self._resend.clear()
-                free = self._processes - len(self._messages)
+                free = self._processes - self._flight.messages()
             if again:  # already counted in flight
                 self._publish(again)
                 continue
@@ -200,13 +201,9 @@ class Engine:
                 if self._terminated:
                     return
                 for batch, (message, _) in zip(batches, staged):
-                    message_id = message[0].task_id
-                    self._messages[message_id] = len(message)
-                    self._watch.sent(message_id, message)
+                    self._flight.add(message[0].task_id, batch)
+                    self._watch.sent(message[0].task_id, message)
                     self._sent += len(message)
-                    for task, envelope in zip(batch, message):
-                        task.envelope = envelope  # as it travels: without its large payloads
-                        self._in_flight[envelope.task_id] = (task, message_id)
             for message, error in staged:
                 if error is not None:
                     for envelope in message:
@@ -219,7 +216,7 @@ class Engine:
         """The message of ``batch``, staged by the backend, or why it could not be."""
         envelopes = [task.envelope for task in batch]
         try:
-            return self._backend.stage(self.pool_id, envelopes[0].task_id, envelopes), None
+            return self._stager.stage(envelopes[0].task_id, envelopes), None
         except DistpoolError as exc:  # says what and why already
             return envelopes, exc
         except Exception as exc:
@@ -232,7 +229,8 @@ class Engine:
 
     def _publish(self, messages: list[list[TaskEnvelope]]) -> None:
         try:
-            self._backend.publish(messages)
+            self._publisher.publish([TaskMessage.of(message, self._signer, self._task_timeout)
+                                     for message in messages])
         except Exception as exc:
             error = BrokerUnavailableError(f"could not send tasks to the broker: {exc}")
             for message in messages:
@@ -249,9 +247,11 @@ class Engine:
                 if self._terminated or (self._closing and not self._jobs):
                     return
             try:
-                records = self._backend.fetch_results(self.pool_id, COLLECT_TIMEOUT)
+                records = self._store.pop_results(self.pool_id, COLLECT_TIMEOUT)
                 if time.monotonic() >= next_refresh:
-                    if not self._backend.refresh_pool(self.pool_id, self._report()):
+                    self._stager.drop_unused()
+                    if not self._store.refresh_pool(self.pool_id, self._pool_ttl,
+                                                    self._report()):
                         # Workers skip the tasks of a pool not marked live, and a store that
                         # restarted has lost the queued ones: these results may never come.
                         self._fail_in_flight(BrokerUnavailableError(
@@ -272,8 +272,8 @@ class Engine:
                     logger.exception("pool %s: dropped a result record", self.pool_id)
             if records:
                 # Hand the GIL to the threads these results woke (callers, or the delivery
-                # thread). Otherwise they wait until this thread blocks in its next pop:
-                # about 0.1 ms of a sequential apply.
+                # thread). Otherwise they wait until this thread blocks in its next pop, which
+                # a sequential apply would feel.
                 time.sleep(0)
 
     def _store_failed(self, exc: Exception, since: float | None) -> float:
@@ -281,7 +281,7 @@ class Engine:
         cannot come any more. Returns when the store's current outage began."""
         now = time.monotonic()
         logger.warning("pool %s: result store unavailable, retrying: %s", self.pool_id, exc)
-        gone = self._backend_gone()
+        gone = self._transport_gone()
         if gone is not None:
             self._fail_in_flight(BrokerUnavailableError(f"{gone}; last error: {exc}"))
         elif since is not None and now - since >= self._pool_ttl:
@@ -299,8 +299,8 @@ class Engine:
             due = self._watch.due()
         if not due:
             return
-        claims = dict(zip(due, self._backend.message_states(self.pool_id, due)))
-        workers = self._backend.worker_slots()
+        claims = dict(zip(due, self._store.message_states(self.pool_id, due)))
+        workers = self._store.worker_slots(self._queue)
         with self._cond:
             verdict = self._watch.judge(claims, workers)
             if verdict.resend:
@@ -318,7 +318,7 @@ class Engine:
 
     def _report(self) -> dict[str, Any]:
         return {**self._identity, "sent": self._sent, "done": self._done,
-                "in_flight": len(self._in_flight)}
+                "in_flight": len(self._flight)}
 
     def _handle_record(self, raw: bytes) -> None:
         """Account for one record; its payload is loaded when it is delivered."""
@@ -337,9 +337,9 @@ class Engine:
                 f"a worker refused task {record.task_id}: {record.rejected}",
                 self.pool_id, record.task_id))
             return
-        payload: Payload | BlobResult = record.payload if isinstance(
-            record.payload, Payload) else functools.partial(
-                self._backend.fetch_result, self.pool_id, record.task_id, record.payload)
+        ref = record.payload
+        payload: Payload | BlobResult = ref if isinstance(ref, Payload) else functools.partial(
+            self._store.blobs.take, self.pool_id, result_blob(record.task_id, ref.digest), ref)
         self._complete(record.task_id, record.ok, None, record.elapsed, payload)
 
     def _warn(self, texts: Iterable[str]) -> None:
@@ -356,32 +356,28 @@ class Engine:
         """Free the slot of the task named ``task_id`` and queue its outcome for delivery:
         ``error``, or what ``payload`` holds (or fetches, for a result sent as a blob)."""
         with self._cond:
-            location = self._in_flight.pop(task_id, None)
-            if location is None:
+            landed = self._flight.land(task_id)
+            if landed is None:
                 return
-            task, message_id = location
+            task, message_done = landed
             self._done += 1
-            left = self._messages.get(message_id, 1) - 1
-            if left:
-                self._messages[message_id] = left
-            else:
-                self._messages.pop(message_id, None)
-                self._watch.finished(message_id)
+            if message_done:
+                self._watch.finished(task.message_id)
                 self._cond.notify_all()  # a slot is free
             result = self._jobs.get(task.job)
-        if not left:
-            self._backend.release(self.pool_id, [message_id])
+        if message_done:
+            self._stager.release([task.message_id])
         if elapsed is not None:
-            self._sources.task_times.record(function_key(task.envelope.function), elapsed)
+            self._sources.task_times.record(task.function, elapsed)
         if result is not None:
-            self._delivery.put(functools.partial(deliver, result, task.index, ok, error,
+            self._delivery.put(functools.partial(deliver, result, task.chunk, ok, error,
                                                  payload, task_id), result.quiet)
 
     def _fail_in_flight(self, error: Exception) -> None:
         """Fail every task sent and not yet reported; a record that arrives for one later is
         ignored, so each result is still delivered once."""
         with self._cond:
-            in_flight = list(self._in_flight)
+            in_flight = self._flight.task_ids()
         for task_id in in_flight:
             self._complete(task_id, False, error)
 
@@ -395,7 +391,7 @@ class Engine:
 
     def _wake_collector(self) -> None:
         try:
-            self._backend.wake(self.pool_id)
+            self._store.wake(self.pool_id)
         except Exception as exc:
             logger.debug("pool %s: could not wake the collector: %s", self.pool_id, exc)
 
@@ -405,8 +401,9 @@ class Engine:
                 return
             self._released = True
         try:
-            self._backend.close_pool(self.pool_id)
+            self._store.close_pool(self.pool_id)
         except Exception as exc:
             logger.warning("pool %s: could not remove its keys: %s", self.pool_id, exc)
-        self._backend.close()
+        self._publisher.close()
+        self._store.close()
 

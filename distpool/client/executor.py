@@ -19,8 +19,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from .pool import Calls, Function, Pool, chunked
+from .pool import Calls, Function, Pool
 from .results import FutureResult
+from .sources import chunked
 
 T = TypeVar("T")
 

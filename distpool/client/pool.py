@@ -12,24 +12,22 @@ what :class:`~distpool.client.executor.Executor` builds on.
 
 from __future__ import annotations
 
-import concurrent.futures
-import itertools
 import os
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from multiprocessing.pool import CLOSE, RUN, TERMINATE
 from typing import Any, Callable, Generic, TypeVar
 
-from .. import backends, config
+from .. import config, transports
 from ..local.cluster import LocalCluster
 from .engine import Engine
 from .progress import TqdmDisplay
 from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
 from .shipping import Serialised, Serialiser, Shipping
-from .sources import ReadAhead
-from .tasks import Task, TaskMaker, label_of
+from .sources import ReadAhead, gated, lazy_tasks, map_tasks
+from .tasks import TaskMaker, label_of
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -112,18 +110,19 @@ class Pool:
                                             self._cluster.secret.encode())
         self._settings = settings
         try:
-            backend = backends.connect(settings)
+            transport = transports.connect(settings)
             try:
-                self._processes = processes or backend.worker_slots() or os.cpu_count() or 1
+                self._processes = (processes or transport.store.worker_slots(settings.queue)
+                                   or os.cpu_count() or 1)
                 self._pool_id = uuid.uuid4().hex
                 self._tasks = TaskMaker(self._pool_id, initializer_payload, maxtasksperchild,
                                         settings.strict_versions)
                 self._engine = Engine(
-                    backend, self._pool_id, self._processes, settings.pool_ttl,
-                    settings.worker_lost_timeout,
-                    backend_gone=self._cluster.failure if self._cluster else lambda: None)
+                    transport, settings, self._pool_id, self._processes,
+                    transport_gone=self._cluster.failure if self._cluster else lambda: None)
             except BaseException:
-                backend.close()
+                transport.publisher.close()
+                transport.store.close()
                 raise
         except BaseException:
             if self._cluster is not None:
@@ -244,8 +243,8 @@ class Pool:
         job = engine.new_job()
         result: ApplyResult[T] = result_type(job, engine.job_done, callback, error_callback)
         task = self._tasks.task(job, 0, "apply", code, arguments, function.label)
-        engine.submit(job, result, iter([task]) if start is None else _gated(task, result,
-                                                                              start))
+        engine.submit(job, result, iter([task]) if start is None else gated(task, result,
+                                                                             start))
         return result
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], kind: str,
@@ -268,18 +267,10 @@ class Pool:
                                            TqdmDisplay(length, func) if progress else None)
         if result.ready():  # an empty input: complete already, nothing to send
             return result
-        engine.submit(job, result, self._map_tasks(job, kind, function, items, chunksize))
+        engine.submit(job, result, map_tasks(self._tasks, self._serialiser, job, kind,
+                                             function.serialised(self._serialise),
+                                             function.label, items, chunksize))
         return result
-
-    def _map_tasks(self, job: int, kind: str, function: Function[Any], items: Sequence[Any],
-                   chunksize: int) -> Iterator[Task]:
-        """map's source: serialises each chunk as the engine asks for it. An item that
-        cannot be serialised raises here, which fails the map (see ``Sources``)."""
-        code = function.serialised(self._serialise)
-        for index, chunk in enumerate(chunked(iter(items), chunksize)):
-            yield self._tasks.task(job, index, kind, code,
-                                   self._serialiser.chunk(chunk, index * chunksize),
-                                   function.label)
 
     def _imap(self, result_type: type, func: Callable[..., Any], iterable: Iterable[Any],
               chunksize: int, buffersize: int | None, progress: bool) -> IMapIterator[Any]:
@@ -296,34 +287,10 @@ class Pool:
         display = TqdmDisplay(length, func) if progress else None
         result: IMapIterator[Any] = result_type(job, engine.job_done, engine.wake_dispatcher,
                                                 chunksize, display)
-        engine.submit(job, result, self._lazy_tasks(job, result, function.label, code, items,
-                                                    chunksize),
+        engine.submit(job, result, lazy_tasks(self._tasks, self._serialiser, job, result,
+                                              function.label, code, items, chunksize),
                       ReadAhead(buffersize or max(16, 4 * self._processes), result))
         return result
-
-    def _lazy_tasks(self, job: int, result: IMapIterator[Any], label: str, code: Serialised,
-                    items: Iterator[Any], chunksize: int) -> Iterator[Task]:
-        """imap's source: reads and serialises the input only as the engine asks.
-
-        An exception from the input (or from serialising it) becomes the failure of the
-        chunk where it happened and ends the input, as in multiprocessing.
-        """
-        index = count = 0
-        chunks = chunked(items, chunksize)
-        while True:
-            try:
-                chunk = next(chunks, None)
-                if chunk is None:
-                    break
-                data = self._serialiser.chunk(chunk, count)
-            except Exception as exc:
-                result.set_outcome(index, False, exc)
-                index += 1
-                break
-            yield self._tasks.task(job, index, "map", code, data, label)
-            index += 1
-            count += len(chunk)
-        result.input_ended(index, count)
 
 
 DistributedPool = Pool
@@ -370,22 +337,3 @@ def _shut_down(engine: Engine, cluster: LocalCluster | None) -> None:
     engine.terminate()
     if cluster is not None:
         cluster.stop()
-
-
-def _gated(task: Task, result: ApplyResult[Any],
-           start: Callable[[], bool]) -> Iterator[Task]:
-    if start():
-        yield task
-    else:
-        result.abort(concurrent.futures.CancelledError())
-
-
-def chunked(items: Iterator[Any], size: int) -> Iterator[tuple[Any, ...]]:
-    """``items`` in tuples of ``size`` (the last may be shorter)."""
-    if size < 1:
-        return
-    while True:
-        chunk = tuple(itertools.islice(items, size))
-        if not chunk:
-            return
-        yield chunk

@@ -1,22 +1,26 @@
 """What a pool sends next: its jobs' tasks, in submission order, batched where short.
 
-Sources are iterators, so ``imap`` reads (and serialises) its input only as slots free up,
-and no further than ``buffersize`` chunks ahead of what its caller has consumed. Only the
-engine's dispatcher thread pulls tasks; other threads add and drop jobs, under the engine's
-lock, which :class:`Sources` shares.
+A job's *source* is an iterator of its tasks (:func:`map_tasks`, :func:`lazy_tasks`,
+:func:`gated`), so a map serialises its chunks only as the engine sends them, and ``imap``
+reads its input only as slots free up, no further than ``buffersize`` chunks ahead of what
+its caller has consumed. Only the engine's dispatcher thread pulls tasks; other threads add
+and drop jobs, under the engine's lock, which :class:`Sources` shares.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .batching import MAX_BATCH_BYTES, TaskTimes, function_key, split_evenly
-from .results import JobResult
-from .tasks import Task
+from .results import ApplyResult, IMapIterator, JobResult
+from .shipping import Serialised, Serialiser
+from .tasks import Task, TaskMaker
 
 Source = Iterator[Task]
 
@@ -144,3 +148,60 @@ class Sources:
             if job.may_send(closing):
                 return job
         return None
+
+
+def map_tasks(tasks: TaskMaker, serialiser: Serialiser, job: int, kind: str,
+              function: Serialised, label: str, items: Sequence[Any],
+              chunksize: int) -> Source:
+    """A map's source: its chunks of ``items``, each serialised as the engine asks for it.
+    An item that cannot be serialised raises here, which fails the map (see
+    :class:`Sources`)."""
+    for index, chunk in enumerate(chunked(iter(items), chunksize)):
+        yield tasks.task(job, index, kind, function, serialiser.chunk(chunk, index * chunksize),
+                         label)
+
+
+def lazy_tasks(tasks: TaskMaker, serialiser: Serialiser, job: int, result: IMapIterator[Any],
+               label: str, function: Serialised, items: Iterator[Any],
+               chunksize: int) -> Source:
+    """imap's source: reads and serialises the input only as the engine asks.
+
+    An exception from the input (or from serialising it) becomes the failure of the chunk
+    where it happened and ends the input, as in multiprocessing.
+    """
+    index = count = 0
+    chunks = chunked(items, chunksize)
+    while True:
+        try:
+            chunk = next(chunks, None)
+            if chunk is None:
+                break
+            data = serialiser.chunk(chunk, count)
+        except Exception as exc:
+            result.set_outcome(index, False, exc)
+            index += 1
+            break
+        yield tasks.task(job, index, "map", function, data, label)
+        index += 1
+        count += len(chunk)
+    result.input_ended(index, count)
+
+
+def gated(task: Task, result: ApplyResult[Any], start: Callable[[], bool]) -> Source:
+    """The source of one task that is sent only if ``start()`` says so, just before: else
+    its result fails with ``CancelledError`` (``Future.cancel``)."""
+    if start():
+        yield task
+    else:
+        result.abort(concurrent.futures.CancelledError())
+
+
+def chunked(items: Iterator[Any], size: int) -> Iterator[tuple[Any, ...]]:
+    """``items`` in tuples of ``size`` (the last may be shorter)."""
+    if size < 1:
+        return
+    while True:
+        chunk = tuple(itertools.islice(items, size))
+        if not chunk:
+            return
+        yield chunk

@@ -1,7 +1,8 @@
 """RESP2, the Redis protocol: commands packed into bytes, and replies read off a socket.
 
-Replies are parsed by ``hiredis.Reader``, the Redis project's own C parser (a 512-element
-array of 300-byte values: 16 us, where a parser in Python took 515). They come back raw, as
+Replies are parsed by ``hiredis.Reader``, the Redis project's own C parser, in a fraction of
+the time a parser in Python takes (a collector reads hundreds of records at a time). They
+come back raw, as
 Redis sends them: a bulk string as ``bytes``, a simple string as ``bytes`` too, an integer
 as ``int``, an array as a ``list``, nil as ``None``, and an error as a :class:`ReplyError`
 *returned* in its place (a transaction's or a pipeline's other replies still follow it on

@@ -55,6 +55,13 @@ def messages_of(message_id: str) -> str:
     return messages(pool_of(message_id))
 
 
+def result_blob(task_id: str, digest: str) -> str:
+    """The name of a task's result among its pool's blobs: a run of the task that returns
+    other bytes writes another blob, so a late duplicate never changes the one its record
+    names."""
+    return f"result:{task_id}:{digest}"
+
+
 def workers(queue: str) -> str:
     return f"distpool:workers:{queue}"
 

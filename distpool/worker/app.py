@@ -112,7 +112,7 @@ def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
     """Run ``celery worker`` for distpool in this process until it is stopped: ``app``, else
     one made here. ``extra_args`` are ``celery worker`` options (``--pool``, ``-E``, ...).
     ``banner``: print Celery's start-up banner (a slot does not: a node of 64 slots would
-    print 64, and composing one is a third of a slot's start-up CPU)."""
+    print 64, and composing one is much of a slot's start-up CPU)."""
     if app is None:
         app = create_app(settings, process_holder())
     wants_events = any(arg == option or arg.startswith(option + "=")
@@ -123,12 +123,12 @@ def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
         f"--concurrency={concurrency}",
         f"--hostname={name}",
         f"--loglevel={loglevel}",
-        # Gossip and mingle are for features distpool does not use; they cost a second at
-        # start. Remote control (inspect, revoke) and events (-E, Flower) still work.
+        # Gossip and mingle are for features distpool does not use, and they slow the start.
+        # Remote control (inspect, revoke) and events (-E, Flower) still work.
         "--without-gossip",
         "--without-mingle",
         # Heartbeats are events, for monitors; nobody listens unless events were asked for,
-        # and they were a fifth of an idle slot's traffic to the broker.
+        # and they were much of an idle slot's traffic to the broker.
         *([] if wants_events else ["--without-heartbeat"]),
         *extra_args,
     ]

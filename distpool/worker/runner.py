@@ -33,8 +33,7 @@ from ..errors import (
     IncompatibleEnvelopeError,
     PayloadTooLargeError,
 )
-from ..store.blobs import result_name
-from ..store.keys import pool_of
+from ..store.keys import pool_of, result_blob
 from ..store.redis_store import RedisStore
 from ..wire.envelope import ResultRecord, Signer, TaskEnvelope
 from ..wire.payload import INLINE_LIMIT, BlobRef, Payload
@@ -136,7 +135,7 @@ class TaskRunner:
         if not isinstance(payload, Payload) or payload.nbytes <= INLINE_LIMIT:
             return record
         try:
-            ref = self._store.blobs.put(pool_id, result_name(record.task_id, payload.digest),
+            ref = self._store.blobs.put(pool_id, result_blob(record.task_id, payload.digest),
                                         payload, f"the result of task {record.task_id}")
         except PayloadTooLargeError as exc:
             return execute.failure_record(record.task_id, exc)

@@ -34,7 +34,7 @@ def test_hostile_records_on_the_result_list_stop_neither_results_nor_liveness(sh
         # A record for a task in flight, not signed with the key: it fails that task only.
         task_id = f"{pool._pool_id}:{in_flight._job}:0"
         deadline = time.monotonic() + 10
-        while task_id not in pool._engine._in_flight:
+        while task_id not in pool._engine._flight.task_ids():
             assert time.monotonic() < deadline
             time.sleep(0.005)
         store.rpush(results_key, *HOSTILE_RECORDS.values(),
@@ -69,7 +69,7 @@ def test_a_frozen_redis_fails_the_callers_wait_in_bounded_time(make_cluster_on_o
                                                                 monkeypatch):
     # A Redis that stops answering (SIGSTOP here; a paused VM, or a partition that drops
     # packets) held the collector's pop for ever: get() without a timeout never returned.
-    monkeypatch.setattr("distpool.backends.celery.REPLY_TIMEOUT", 1.0)
+    monkeypatch.setattr("distpool.transports.REPLY_TIMEOUT", 1.0)
     cluster = make_cluster_on_own_redis(concurrency=1)
     pool = distpool.Pool(1, **cluster.pool_kwargs(), pool_ttl=3)
     try:

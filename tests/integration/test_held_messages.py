@@ -1,5 +1,5 @@
 """No instant at which a consumer's death loses the message it has just taken: the held
-lists of distpool.backends.held_messages, against a real Redis and real worker nodes."""
+lists of distpool.brokers.held_messages, against a real Redis and real worker nodes."""
 
 from __future__ import annotations
 

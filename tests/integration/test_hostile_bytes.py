@@ -9,9 +9,9 @@ import psutil
 import pytest
 
 import distpool
-from distpool.backends.celery import cluster_status
 from distpool.brokers import held_messages
 from distpool.config import resolve
+from distpool.status import cluster_status
 from tests.hostile import HOSTILE_MESSAGES
 
 pytestmark = pytest.mark.integration

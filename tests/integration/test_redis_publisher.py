@@ -4,6 +4,7 @@ and a first pool in a fresh process works without them."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,10 +12,10 @@ import textwrap
 
 import redis
 
-from distpool.brokers.celery_app import new_app
 from distpool.brokers.celery_publisher import CeleryPublisher
-from distpool.brokers.redis_publisher import RedisPublisher, TaskMessage
+from distpool.brokers.redis_publisher import RedisPublisher
 from distpool.config import resolve
+from distpool.wire.messages import TaskMessage
 from tests.support import environment_without_distpool
 
 ENVELOPE = {"distpool": 2, "pool": "p", "task": "p:0:0", "expires": 1796138986.869,
@@ -42,8 +43,10 @@ def test_what_it_pushes_is_what_celery_pushes_key_for_key(redis_server):
     client = redis.Redis.from_url(url)
     client.flushdb()
     settings = resolve(broker=url, queue="celery-sent", secret="k" * 32, environ={})
-    celery = CeleryPublisher(new_app(settings))
-    own = RedisPublisher(url, "own-sent")
+    # Celery's own publishing (the AMQP publisher's way) onto a Redis broker, as the workers'
+    # kombu would receive it: what distpool's Redis publisher must write.
+    celery = CeleryPublisher(settings)
+    own = RedisPublisher(dataclasses.replace(settings, queue="own-sent"))
     try:
         celery.publish(MESSAGES)
         own.publish(MESSAGES)

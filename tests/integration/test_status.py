@@ -12,8 +12,8 @@ import pytest
 from celery.app.control import Control
 
 import distpool
-from distpool.backends.celery import cluster_status
 from distpool.config import resolve
+from distpool.status import cluster_status
 from distpool.store import nodes as node_records
 from distpool.store.nodes import NodeRecords
 from tests.support import environment_without_distpool

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+import distpool.status
 from distpool import cli
-from distpool.backends import celery as celery_backend
 
 
 def slot(index, state="idle", registered=True):
@@ -43,7 +43,7 @@ STATUS = {
 @pytest.fixture
 def status(monkeypatch):
     def run(*args, report=STATUS):
-        monkeypatch.setattr(celery_backend, "cluster_status", lambda settings, timeout: report)
+        monkeypatch.setattr(distpool.status, "cluster_status", lambda settings, timeout: report)
         return cli.main(["status", "--broker", "redis://127.0.0.1:6379/0", *args])
 
     return run
@@ -88,6 +88,6 @@ def test_an_unreachable_cluster_exits_2(monkeypatch, capsys):
     def fail(settings, timeout):
         raise ConnectionError("refused")
 
-    monkeypatch.setattr(celery_backend, "cluster_status", fail)
+    monkeypatch.setattr(distpool.status, "cluster_status", fail)
     assert cli.main(["status", "--broker", "redis://127.0.0.1:1/0"]) == 2
     assert "cannot reach the cluster: refused" in capsys.readouterr().err

@@ -22,7 +22,7 @@ def modules_after(code: str) -> set[str]:
 def test_importing_distpool_loads_none_of_its_dependencies_nor_its_client():
     loaded = modules_after("import distpool")
     heavy = {"celery", "kombu", "redis", "dill", "numpy", "multiprocessing.pool",
-             "distpool.client", "distpool.backends"}
+             "distpool.client", "distpool.transports"}
     assert not heavy & loaded
 
 
@@ -30,10 +30,11 @@ def test_a_redis_client_loads_neither_celery_nor_kombu_nor_redis_py():
     # Everything a pool on a Redis broker uses, up to its backend's publisher and store.
     loaded = modules_after(
         "import distpool\n"
-        "from distpool.backends.celery import CeleryBackend, _publisher\n"
+        "from distpool.brokers.redis_publisher import RedisPublisher\n"
         "from distpool.config import resolve\n"
         "from distpool.store.redis_store import RedisStore\n"
-        "_publisher(resolve(broker='redis://127.0.0.1:1/0', secret='k' * 32, environ={}))\n"
+        "import distpool.transports\n"
+        "RedisPublisher(resolve(broker='redis://127.0.0.1:1/0', secret='k' * 32, environ={}))\n"
         "RedisStore('redis://127.0.0.1:1/0')\n"
         "distpool.Pool, distpool.Executor, distpool.TimeoutError")
     assert "distpool.brokers.redis_publisher" in loaded

@@ -78,15 +78,15 @@ def preload(settings: Settings, siblings: int) -> Celery:
     """Prepare, in the parent, before it forks, what every slot of a node of ``siblings``
     slots will need: import what they will (see :data:`SLOT_MODULES`), and build and finalize
     (make the tasks of) the slots' Celery app, which each forked slot starts from and gives
-    its consumer id. Each slot then starts in a few milliseconds, about a quarter less CPU
-    than building its own app, and shares those pages."""
+    its consumer id. Each slot then starts in a few milliseconds, with less CPU than building
+    its own app takes, and shares those pages."""
     for module in SLOT_MODULES:
         try:
             importlib.import_module(module)
         except ImportError:  # an optional one (a transport's client library): slots skip it too
             pass
-    # Celery looks its result backend up among the installed packages' entry points (10 ms
-    # of reading package metadata), and caches what it found: once, here, for every slot.
+    # Celery looks its result backend up among the installed packages' entry points (it
+    # reads every package's metadata), and caches what it found: once, here, for every slot.
     load_extension_class_names("celery.result_backends")
     app = create_app(settings, sweepers=siblings)
     app.finalize(auto=True)

@@ -4,8 +4,8 @@
 of one slot each under one parent, :func:`run_slots`: slot ``i`` of node ``<node>@<host>``
 is the Celery node ``<node>-<i>@<host>``. A slot's task runs in a thread of the worker
 process that took its message (Celery's ``threads`` pool, one thread). That saves the
-hand-off to a pool process and back, which in Celery's prefork pool idles each process about
-5 ms between two tasks; the worker's event loop stays free to answer remote control and send
+hand-off to a pool process and back, which in Celery's prefork pool idles each process
+between two tasks; the worker's event loop stays free to answer remote control and send
 heartbeats while the task runs; and it works on Windows, where prefork is not supported.
 
 What prefork's main process does for its pool processes, the parent does for the slots. It
@@ -84,8 +84,8 @@ STOP_TIMEOUT = 30.0
 #: How often the parent looks at its slots.
 CHECK_INTERVAL = 0.2
 #: How many slots the parent starts at one look, at most: when terminate() kills every busy
-#: slot at once, their replacements start a few at a time (about 50 ms of CPU each), so the
-#: slots already back serve on instead of sharing the cores with dozens of starts.
+#: slot at once, their replacements start a few at a time (each a Celery worker's start), so
+#: the slots already back serve on instead of sharing the cores with dozens of starts.
 STARTS_PER_LOOK = max(2, os.cpu_count() or 1)
 #: The node gives up when every slot has failed this many times in a row (see above).
 GIVE_UP_FAILURES = 6

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 
-from distpool.backends.celery import _client_app
 from distpool.brokers import redis_transport
 from distpool.brokers.celery_app import (
     TASK_NAME,
+    client_app,
     hold_renewal_interval,
     new_app,
     transport_options,
@@ -46,16 +46,16 @@ def test_each_app_runs_its_own_task_and_a_second_app_raises_no_warning():
 
 
 def test_clients_with_the_same_settings_share_one_app_and_others_get_their_own():
-    app = _client_app(settings())
-    assert _client_app(settings()) is app  # equal settings, built anew
+    app = client_app(settings())
+    assert client_app(settings()) is app  # equal settings, built anew
     other = resolve(broker="redis://127.0.0.1:6379/0", result_url="redis://127.0.0.1:6379/0",
                     queue="another", secret="k" * 32, environ={})
-    assert _client_app(other) is not app
-    assert _client_app(other).conf.task_default_queue == "another"
+    assert client_app(other) is not app
+    assert client_app(other).conf.task_default_queue == "another"
 
 
 def test_a_client_s_app_carries_no_worker_bootsteps_or_task():
-    app = _client_app(settings())
+    app = client_app(settings())
     assert TASK_NAME not in app.tasks
     assert not any(step.__module__.startswith("distpool") for step in app.steps["worker"])
 

@@ -1,4 +1,4 @@
-"""Fixtures of the client's unit tests: a backend the test drives by hand."""
+"""Fixtures of the client's unit tests: a transport the test drives by hand."""
 
 from __future__ import annotations
 
@@ -7,15 +7,23 @@ import time
 
 import pytest
 
-from distpool import backends
-from distpool.backends.eager import EagerBackend
+from distpool import transports
+from distpool.transports import Transport
+from distpool.transports.eager import EagerPublisher, MemoryStore
+from distpool.wire.envelope import Signer, TaskEnvelope
 
 
-class ManualBackend(EagerBackend):
+class ManualStore(MemoryStore):
+    def worker_slots(self, queue):
+        return 3
+
+
+class ManualPublisher(EagerPublisher):
     """Publishing queues a message; :meth:`run_one` runs the oldest, as a worker would."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, store, signer):
+        super().__init__(store, signer)
+        self.store = store
         self.messages = []
         self.queued = []
         self.max_in_flight = 0
@@ -24,15 +32,13 @@ class ManualBackend(EagerBackend):
 
     @property
     def published(self):
-        """Every envelope published so far, in order."""
+        """Every envelope published so far, in order, as a worker reads it."""
         return [envelope for message in self.messages for envelope in message]
-
-    def worker_slots(self):
-        return 3
 
     def publish(self, messages):
         with self._published_cond:
-            self.messages.extend(messages)
+            self.messages.extend([TaskEnvelope.from_wire(wire, self._signer)
+                                  for wire in message.args] for message in messages)
             self.queued.extend(messages)
             self.max_in_flight = max(self.max_in_flight, len(self.queued))
             self._published_cond.notify_all()
@@ -46,7 +52,7 @@ class ManualBackend(EagerBackend):
             message = self.queued.pop(0)
         super().publish([message])
 
-    def cancel(self, pool_id, message_ids):
+    def revoke(self, message_ids):
         self.cancelled = list(message_ids)
 
     def run_until_ready(self, result, timeout=10.0):
@@ -62,6 +68,8 @@ class ManualBackend(EagerBackend):
 
 @pytest.fixture
 def manual(monkeypatch):
-    backend = ManualBackend()
-    monkeypatch.setattr(backends, "connect", lambda settings: backend)
-    return backend
+    signer = Signer(b"the unit tests' key")
+    publisher = ManualPublisher(ManualStore(), signer)
+    monkeypatch.setattr(transports, "connect",
+                        lambda settings: Transport(publisher, publisher.store, signer))
+    return publisher

@@ -1,8 +1,8 @@
 """The engine's threads against hostile records, slow callbacks and failing inputs.
 
-``Store`` is the eager backend with a result list anyone can push onto, as anyone who can
-reach Redis can, and a liveness key that lapses, as Redis's does, when it is not refreshed
-within ``pool_ttl``.
+``Store`` is the eager transport's store with a result list anyone can push onto, as anyone
+who can reach Redis can, and a liveness key that lapses, as Redis's does, when it is not
+refreshed within ``pool_ttl``.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import time
 import pytest
 
 import distpool
-from distpool import backends
-from distpool.backends.eager import EagerBackend
+from distpool import transports
 from distpool.client import engine
 from distpool.client.pool import Calls, Function
 from distpool.client.results import ApplyResult, MapResult
 from distpool.client.shipping import Serialised
 from distpool.errors import AuthenticationError
+from distpool.transports import Transport
+from distpool.transports.eager import EagerPublisher, MemoryStore
 from distpool.wire import serialization
 from distpool.wire.envelope import ResultRecord, Signer
 from tests.hostile import HOSTILE_RECORDS
@@ -41,18 +42,16 @@ def wait_until(condition, timeout=5.0):
         time.sleep(0.005)
 
 
-class Store(EagerBackend):
+class Store(MemoryStore):
     def __init__(self):
         super().__init__()
         self.ttl = 60.0
         self._refreshed = None
 
     def push(self, pool_id, raw):
-        with self._cond:
-            self._results[pool_id].append(raw)
-            self._cond.notify_all()
+        self.push_results(pool_id, [raw])
 
-    def refresh_pool(self, pool_id, info):
+    def refresh_pool(self, pool_id, ttl, info):
         now = time.monotonic()
         live = self._refreshed is not None and now - self._refreshed < self.ttl
         self._refreshed = now
@@ -62,7 +61,9 @@ class Store(EagerBackend):
 @pytest.fixture
 def store(monkeypatch):
     store = Store()
-    monkeypatch.setattr(backends, "connect", lambda settings: store)
+    signer = Signer(b"the unit tests' key")
+    monkeypatch.setattr(transports, "connect", lambda settings: Transport(
+        EagerPublisher(store, signer), store, signer))
     return store
 
 
@@ -70,7 +71,7 @@ def test_nothing_pushed_onto_the_result_list_stops_the_pool(store):
     with distpool.Pool(2, eager=True) as pool:
         slow = pool.apply_async(nap, (0.5,))  # in flight meanwhile: a forgery names it
         task_id = pool._tasks.wire_id(slow._job, 0)
-        wait_until(lambda: task_id in pool._engine._in_flight)
+        wait_until(lambda: task_id in pool._engine._flight.task_ids())
         forged = ResultRecord(task_id, True, serialization.dumps(666)).to_bytes(
             Signer(b"not the key"), pool._pool_id)
         for raw in [*HOSTILE_RECORDS.values(), forged]:

@@ -1,4 +1,4 @@
-"""distpool.Executor over in-process backends: what ProcessPoolExecutor's callers rely on."""
+"""distpool.Executor over the in-process transport: what ProcessPoolExecutor's callers rely on."""
 
 from __future__ import annotations
 

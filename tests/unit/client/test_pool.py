@@ -1,6 +1,6 @@
-"""The Pool facade and its engine over in-process backends: no broker, no processes.
+"""The Pool facade and its engine over the in-process transport: no broker, no processes.
 
-``ManualBackend`` holds published tasks until the test runs them, which makes the engine's
+``ManualPublisher`` holds published tasks until the test runs them, which makes the engine's
 guarantees observable: what is sent when, and how much is in flight.
 """
 
@@ -18,8 +18,7 @@ import pytest
 import distpool
 import distpool.client.pool
 import distpool.client.shipping
-from distpool import backends
-from distpool.backends.eager import EagerBackend
+from distpool import transports
 from distpool.errors import PoolTerminatedError
 from distpool.worker import execute as worker
 
@@ -153,7 +152,8 @@ def test_unclosed_pool_warns_like_multiprocessing(manual):
 def test_eager_pool_runs_the_worker_code_in_process(eager_pool, monkeypatch):
     executed = []
     real_execute = worker.execute
-    monkeypatch.setattr(worker, "execute", lambda env: executed.append(env) or real_execute(env))
+    monkeypatch.setattr(worker, "execute",
+                        lambda env, fetch: executed.append(env) or real_execute(env, fetch))
     assert eager_pool.map(square, range(6), chunksize=2) == [0, 1, 4, 9, 16, 25]
     assert len(executed) == 3
 
@@ -164,14 +164,17 @@ def test_eager_pool_ships_lambdas_and_closures(eager_pool):
 
 
 def test_distpool_eager_fixture_makes_pools_eager(distpool_eager, monkeypatch):
-    monkeypatch.setattr(backends, "connect", _refuse_non_eager)
+    monkeypatch.setattr(transports, "connect", _refuse_non_eager)
     with distpool.Pool(2) as pool:
         assert pool.apply(square, (9,)) == 81
 
 
+_connect = transports.connect
+
+
 def _refuse_non_eager(settings):
     assert settings.eager, "the distpool_eager fixture did not make the pool eager"
-    return EagerBackend()
+    return _connect(settings)
 
 
 def test_chunksize_must_be_positive(eager_pool):
@@ -249,14 +252,14 @@ def test_buffersize_must_be_positive(eager_pool):
 
 def test_tasks_in_flight_fail_once_the_result_store_is_unreachable_for_pool_ttl(manual):
     down = threading.Event()
-    fetch = manual.fetch_results
+    pop = manual.store.pop_results
 
-    def fetch_unless_down(pool_id, timeout):
+    def pop_unless_down(pool_id, timeout):
         if down.is_set():
             raise ConnectionError("the store is down")
-        return fetch(pool_id, timeout)
+        return pop(pool_id, timeout)
 
-    manual.fetch_results = fetch_unless_down
+    manual.store.pop_results = pop_unless_down
     pool = distpool.Pool(2, pool_ttl=0.5)
     lost = pool.apply_async(square, (3,))
     manual.wait_published(1)
@@ -275,13 +278,13 @@ def test_tasks_in_flight_fail_once_the_result_store_is_unreachable_for_pool_ttl(
 
 def test_tasks_in_flight_fail_when_the_store_lost_the_pools_liveness_key(manual):
     lost_key = threading.Event()
-    refresh = manual.refresh_pool
+    refresh = manual.store.refresh_pool
 
-    def refresh_and_tell(pool_id, info):
-        refresh(pool_id, info)
+    def refresh_and_tell(pool_id, ttl, info):
+        refresh(pool_id, ttl, info)
         return not lost_key.is_set()
 
-    manual.refresh_pool = refresh_and_tell
+    manual.store.refresh_pool = refresh_and_tell
     pool = distpool.Pool(2, pool_ttl=0.3)  # refreshed every 0.1 s
     lost = pool.apply_async(square, (3,))
     manual.wait_published(1)

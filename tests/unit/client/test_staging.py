@@ -3,7 +3,7 @@ a callable's kept for reuse within a budget, and never deleted after it is held 
 
 from __future__ import annotations
 
-from distpool.backends.blob_ledger import BlobLedger
+from distpool.client.staging import BlobLedger
 from distpool.wire.payload import BlobRef
 
 ARGS = BlobRef("a" * 64, 100)

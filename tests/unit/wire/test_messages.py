@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from distpool.backends.celery import describe
 from distpool.wire.envelope import TaskEnvelope
+from distpool.wire.messages import describe
 from distpool.wire.payload import BlobRef, Payload
 
 POOL = "3f2a9c1e" + "0" * 24
