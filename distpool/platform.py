@@ -13,6 +13,11 @@ WINDOWS = sys.platform == "win32"
 if sys.platform == "win32":  # (spelt so, for mypy to check each branch on its platform)
     import msvcrt
 
+    def write_at_start(descriptor: int, data: bytes) -> None:
+        """Write ``data`` at the start of the file (Windows has no ``pwrite``)."""
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        os.write(descriptor, data)
+
     def lock(descriptor: int, wait: bool) -> bool:
         """Lock the file's first byte for this process, until it closes the file or ends;
         False if another process holds it (after 10 s of retries, with ``wait``)."""
@@ -24,6 +29,10 @@ if sys.platform == "win32":  # (spelt so, for mypy to check each branch on its p
         return True
 else:
     import fcntl
+
+    def write_at_start(descriptor: int, data: bytes) -> None:
+        """Write ``data`` at the start of the file, in one system call."""
+        os.pwrite(descriptor, data, 0)
 
     def lock(descriptor: int, wait: bool) -> bool:
         """Lock the file for this process (not its forked children), until it closes the

@@ -89,6 +89,8 @@ def new_app(settings: Settings, holder: str | None = None, sweepers: int = 1) ->
         # A running task survives a broker reconnection: its claim (see worker/claims.py),
         # not a kill, keeps a second delivery of its message from running it twice.
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # distpool's task has no rate limit: the worker need not look for one per message.
+        worker_disable_rate_limits=True,
     )
     return app
 
@@ -112,6 +114,8 @@ def transport_options(settings: Settings, holder: str | None = None,
         # interval, which the consumer's waits also pace.
         "polling_interval": min(IDLE_WAIT, hold_renewal_interval(settings)),
         "distpool_holder": holder,
+        # For the connection that records deliveries and acknowledgements (redis_transport).
+        "distpool_url": urls(settings)[0],
     }
 
 

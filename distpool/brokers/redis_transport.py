@@ -32,13 +32,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from queue import Empty
 from typing import Any
+from urllib.parse import quote
 
-import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
+from ..redis_client.connection import Connection, PendingReplies
+from ..redis_client.protocol import ReplyError
 from ..retry import RetryPolicy
 from . import held_messages
 from .redis_identity import client_identity
@@ -71,34 +73,39 @@ def _comparable(value: Any) -> Any:
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's acknowledgement emulation for Redis, with the delivery record sent unconfirmed.
+    """kombu's acknowledgement emulation for Redis, with delivery records and
+    acknowledgements sent unconfirmed.
 
     kombu records each message it delivers (ZADD to ``unacked_index``, HSET to ``unacked``, in
     one transaction) so that a dead worker's message can be delivered again, and removes the
-    record when the message is acknowledged. Here both go through one connection of the
-    channel's pool kept for them, and the record's replies are read with the
-    acknowledgement's: Redis runs one connection's commands in order, so an acknowledgement
-    never overtakes its record. The record is in the socket's send buffer before the task
-    starts, and buffered data still reaches Redis if the process then dies. Whatever else
-    reads the records (the restores) first reads the outstanding replies, so that every
-    record sent has been applied. If the connection fails, every transaction not yet
-    confirmed is sent again on a new one (each is idempotent). The record also takes the
-    message out of the consumer's held list: if a connection that dropped unnoticed swallows
-    it and the process dies before its acknowledgement sends it again, the message is still
-    held, and goes back on the queue with the rest of the dead consumer's held list.
+    record when the message is acknowledged, each time waiting for Redis's reply: two round
+    trips on every task's way. Here both go through a connection of distpool's own
+    (:class:`~distpool.redis_client.connection.Connection`: sent as they are, without
+    redis-py's encoding of every argument, and read later), and neither waits: each send
+    first reads the replies to the one before, which came in long ago (a record's, after its
+    task; an acknowledgement's, once the next message has come). Redis runs one connection's
+    commands
+    in order, so an acknowledgement never overtakes its record. A transaction is in the
+    socket's send buffer before the task starts (or the next message is taken), and buffered
+    data still reaches Redis if the process then dies. Whatever else reads the records (the
+    restores) first reads every outstanding reply, so that every record sent has been
+    applied. If the connection fails, every transaction not yet confirmed is sent again on a
+    new one (each is idempotent). The record also takes the message out of the consumer's
+    held list: if a connection that dropped unnoticed swallows it and the process dies before
+    its acknowledgement sends it again, the message is still held, and goes back on the queue
+    with the rest of the dead consumer's held list. An acknowledgement so lost leaves the
+    message's record, and the message is delivered again once the record lapses: its claim,
+    marked done (:mod:`distpool.worker.claims`), keeps it from running twice.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
-        self._connection: Any = None
-        self._connection_pool: Any = None
+        self._connection: Connection | None = None
         self._sweep_turn: int | None = None
-        # Transactions whose replies are not read yet, and how many of them were written on
-        # the current connection. On a new connection all are written again: Redis may not
-        # have applied them, and each is idempotent.
-        self._unconfirmed: list[list[tuple[Any, ...]]] = []
-        self._written = 0
+        # Transactions whose replies are not read yet, oldest first. On a new connection all
+        # are sent again: Redis may not have applied them, and each is idempotent.
+        self._unconfirmed: list[_Transaction] = []
 
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
@@ -115,7 +122,7 @@ class QoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: str) -> None:
         self._send([("ZREM", self.unacked_index_key, delivery_tag),
-                    ("HDEL", self.unacked_key, delivery_tag)], confirm=True)
+                    ("HDEL", self.unacked_key, delivery_tag)], confirm=False)
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
@@ -166,66 +173,89 @@ class QoS(kombu_redis.QoS):
 
     def close(self) -> None:
         with self._lock:
-            self._drop_connection()
+            if self._connection is not None:
+                try:
+                    # Closing a socket whose replies were not read resets it, and may drop
+                    # what was still on its way to Redis.
+                    self._confirm_sent()
+                except Exception as exc:  # away: the records lapse, the claims hold
+                    logger.warning("could not confirm the last acknowledgements: %s", exc)
+                self._connection.close()
+                self._connection = None
             self._unconfirmed.clear()
 
     def _send(self, commands: Sequence[tuple[Any, ...]], confirm: bool) -> None:
+        """Send the transaction ``commands`` (and any whose connection failed) after reading
+        the replies to those sent before; with ``confirm``, read its replies too."""
         with self._lock:
             if commands:
-                self._unconfirmed.append([("MULTI",), *commands, ("EXEC",)])
+                self._unconfirmed.append(_Transaction([("MULTI",), *commands, ("EXEC",)]))
             elif not self._unconfirmed:
                 return  # nothing to confirm: no connection needed
             failures = 0
             while True:
                 try:
-                    self._write_and_read(confirm)
+                    self._confirm_sent()
+                    connection = self._own_connection()
+                    for transaction in self._unconfirmed:
+                        if transaction.pending is None:
+                            transaction.pending = connection.send(transaction.commands)
+                    if confirm:
+                        self._confirm_sent()
                     return
-                except (redis.ConnectionError, redis.TimeoutError):
-                    # As redis-py's own retries do: a new connection, everything again.
-                    self._drop_connection()
+                except OSError:  # the connection failed: all again, on a new one
+                    for transaction in self._unconfirmed:
+                        transaction.pending = None
                     failures += 1
                     if failures > SEND_RETRY.retries:
                         raise
                     time.sleep(SEND_RETRY.delay(failures))
 
-    def _write_and_read(self, confirm: bool) -> None:
-        connection = self._own_connection()
-        for transaction in self._unconfirmed[self._written:]:
-            # redis-py's health check (a PING after an idle spell, which finds a connection
-            # that Redis or the network dropped) reads a reply: only when none of ours is due.
-            connection.send_packed_command(connection.pack_commands(transaction),
-                                           check_health=self._written == 0)
-            self._written += 1
-        if not confirm:
-            return
-        refused: redis.ResponseError | None = None
-        for transaction in self._unconfirmed:
-            for _ in transaction:
-                try:
-                    connection.read_response()
-                except redis.ResponseError as exc:  # read on: the next replies are ours
-                    refused = refused or exc
-        self._unconfirmed.clear()
-        self._written = 0
-        if refused is not None:
-            raise refused
+    def _confirm_sent(self) -> None:
+        """Read the replies to the transactions sent, oldest first: they are applied.
+        Raises if the connection failed (the caller sends them again)."""
+        while self._unconfirmed and self._unconfirmed[0].pending is not None:
+            pending = self._unconfirmed[0].pending
+            assert pending is not None
+            replies = pending.get()
+            self._unconfirmed.pop(0)
+            executed = replies[-1]  # EXEC's: each command's reply, else why none ran
+            refused = [reply for reply in (*replies[:-1], *(
+                executed if isinstance(executed, list) else [executed]))
+                if isinstance(reply, ReplyError)]
+            if refused:
+                logger.error("Redis refused a delivery record or an acknowledgement: %s",
+                             refused[0])
 
-    def _own_connection(self) -> Any:
-        pool = self.channel.pool
-        if self._connection is None or self._connection_pool is not pool:
-            self._drop_connection()  # kombu replaced its pool: it reconnected
-            # Taken from the pool and given back when dropped (not made beside it), so that
-            # the pool's count of connections stays true across any number of drops.
-            self._connection = pool.get_connection()
-            self._connection_pool = pool
+    def _own_connection(self) -> Connection:
+        if self._connection is None:
+            # The broker's own URL, options and TLS included; retried by _send, which sends
+            # every unconfirmed transaction again on a new connection.
+            url = self.channel.distpool_url or _url_of(self.channel.connection.client)
+            self._connection = Connection(url, timeout=None, retry=RetryPolicy(retries=0))
         return self._connection
 
-    def _drop_connection(self) -> None:
-        if self._connection is not None:
-            self._connection.disconnect()
-            self._connection_pool.release(self._connection)
-        self._connection = None
-        self._written = 0
+
+def _url_of(client: Any) -> str:
+    """The Redis URL of a kombu connection made without distpool's settings (no TLS options
+    but its own)."""
+    credentials = ""
+    if client.userid or client.password:
+        credentials = (f"{quote(client.userid or '', safe='')}:"
+                       f"{quote(client.password or '', safe='')}@")
+    db = str(client.virtual_host or "0").strip("/") or "0"
+    return (f"{'rediss' if client.ssl else 'redis'}://{credentials}{client.hostname}:"
+            f"{client.port or 6379}/{db}")
+
+
+class _Transaction:
+    """A delivery record or an acknowledgement (MULTI ... EXEC), and its replies once sent."""
+
+    __slots__ = ("commands", "pending")
+
+    def __init__(self, commands: list[tuple[Any, ...]]) -> None:
+        self.commands = commands
+        self.pending: PendingReplies | None = None
 
 
 class Channel(kombu_redis.Channel):
@@ -235,7 +265,7 @@ class Channel(kombu_redis.Channel):
     _command_client: Any = None
     from_transport_options = (  # type: ignore[assignment]
         *kombu_redis.Channel.from_transport_options, "distpool_holder", "distpool_sweepers",
-        "distpool_sweep_turn")
+        "distpool_sweep_turn", "distpool_url")
     #: This consumer's id for its held list and lease; set per worker process (see
     #: ``create_app``), else one of its own.
     distpool_holder: str | None = None
@@ -243,6 +273,9 @@ class Channel(kombu_redis.Channel):
     #: turn among them: see QoS.
     distpool_sweepers: int = 1
     distpool_sweep_turn: int | None = None
+    #: The broker's URL, as distpool's settings give it (with its query options), for the
+    #: QoS's own connection; else kombu's connection's.
+    distpool_url: str | None = None
     _held_item: bytes | None = None
     _lease_renewed_at = float("-inf")
 

@@ -3,7 +3,10 @@ drawing in :mod:`distpool.client` shows where each thing happens).
 
 * The **dispatcher** takes tasks from the jobs' sources, in submission order
   (:mod:`.sources`), stages what they carry (:mod:`.staging`) and publishes them while fewer
-  than ``processes`` messages are in flight, one task or several short ones a message.
+  than ``processes`` messages are in flight, one task or several short ones a message. A
+  caller that will wait for its results (``apply``, ``map``) and submits while a slot is
+  free, and the dispatcher idle, dispatches them itself: a sequential ``apply`` would
+  otherwise wait for the dispatcher thread to wake.
 * The **collector** pops result records, authenticates them and frees their slots. It also
   keeps the pool's liveness key fresh, so it runs no callbacks, and nothing anyone pushes
   onto the pool's list stops it: a record that cannot be read fails at most the task it
@@ -82,6 +85,8 @@ class Engine:
                           "processes": processes, "started": round(time.time(), 3)}
         self._sent = self._done = 0
         self._cond = threading.Condition(threading.Lock())
+        # Held by the thread that dispatches: the dispatcher's, or a caller in its stead.
+        self._dispatching = threading.Lock()
         self._sources = Sources(self._cond, lambda: self._closing, self._source_failed)
         self._flight = Flight()
         # Orphaned messages are sent again once the broker's own recovery (which takes about
@@ -110,15 +115,27 @@ class Engine:
         return next(self._job_ids)
 
     def submit(self, job: int, result: JobResult, source: Source,
-               read_ahead: ReadAhead | None = None) -> None:
+               read_ahead: ReadAhead | None = None, here: bool = False) -> None:
         """Register ``result`` as job ``job`` and queue its tasks for dispatch, no further
-        ahead of their consumer than ``read_ahead`` allows."""
+        ahead of their consumer than ``read_ahead`` allows. ``here``: the caller will wait
+        for the job's results (``apply``, ``map``), and its source reads no iterator of the
+        caller's (which may wait on this very thread), so the caller may dispatch it, when
+        the dispatcher is idle and a slot free: an ``apply_async`` never waits on the
+        broker."""
         with self._cond:
             if self._closing:
                 raise ValueError("Pool not running")
             self._jobs[job] = result
             self._sources.add(Job(source, result, read_ahead))
-            self._cond.notify_all()
+            here = (here and self._flight.messages() < self._processes
+                    and self._dispatching.acquire(blocking=False))
+            if not here:
+                self._cond.notify_all()
+        if here:
+            try:
+                self._dispatch_round()
+            finally:
+                self._dispatching.release()
 
     def wake_dispatcher(self) -> None:
         """Something a waiting source depends on changed (its consumer took a chunk)."""
@@ -189,28 +206,39 @@ class Engine:
                     self._cond.wait()
                 if self._terminated:
                     return
-                again = list(self._resend)
-                self._resend.clear()
-                free = self._processes - self._flight.messages()
-            if again:  # already counted in flight
-                self._publish(again)
-                continue
-            batches = self._sources.next_messages(free)
-            staged = [self._stage(batch) for batch in batches]
-            with self._cond:
-                if self._terminated:
-                    return
-                for batch, (message, _) in zip(batches, staged):
-                    self._flight.add(message[0].task_id, batch)
-                    self._watch.sent(message[0].task_id, message)
-                    self._sent += len(message)
-            for message, error in staged:
-                if error is not None:
-                    for envelope in message:
-                        self._complete(envelope.task_id, False, error)
-            ready = [message for message, error in staged if error is None]
-            if ready:
-                self._publish(ready)
+            with self._dispatching:
+                self._dispatch_round()
+
+    def _dispatch_round(self) -> None:
+        """Send what may be sent now: messages to send again, else new tasks for the free
+        slots. For the thread that holds ``_dispatching``."""
+        with self._cond:
+            if self._terminated:
+                return
+            again = list(self._resend)
+            self._resend.clear()
+            free = self._processes - self._flight.messages()
+        if again:  # already counted in flight
+            self._publish(again)
+            return
+        if free <= 0:
+            return
+        batches = self._sources.next_messages(free)
+        staged = [self._stage(batch) for batch in batches]
+        with self._cond:
+            if self._terminated:
+                return
+            for batch, (message, _) in zip(batches, staged):
+                self._flight.add(message[0].task_id, batch)
+                self._watch.sent(message[0].task_id, message)
+                self._sent += len(message)
+        for message, error in staged:
+            if error is not None:
+                for envelope in message:
+                    self._complete(envelope.task_id, False, error)
+        ready = [message for message, error in staged if error is None]
+        if ready:
+            self._publish(ready)
 
     def _stage(self, batch: list[Task]) -> tuple[list[TaskEnvelope], Exception | None]:
         """The message of ``batch``, staged by the backend, or why it could not be."""

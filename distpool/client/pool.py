@@ -137,7 +137,8 @@ class Pool:
 
     def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}) -> T:
-        return self.apply_async(func, args, kwds).get()
+        # Sent from this thread when a slot is free: it waits for the result anyway.
+        return self._apply(Function(func), args, kwds, None, None, waits=True).get()
 
     def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {}, callback: Callback = None,
@@ -147,7 +148,8 @@ class Pool:
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
             chunksize: int | None = None, *, progress: bool = False) -> list[T]:
         """Like ``multiprocessing.Pool.map``; ``progress=True`` shows a bar counting items."""
-        return self._map_async(func, iterable, "map", chunksize, progress=progress).get()
+        return self._map_async(func, iterable, "map", chunksize, progress=progress,
+                               waits=True).get()
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
                   chunksize: int | None = None, callback: Callback = None,
@@ -157,7 +159,8 @@ class Pool:
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, *, progress: bool = False) -> list[T]:
         """Like ``multiprocessing.Pool.starmap``; ``progress`` as in :meth:`map`."""
-        return self._map_async(func, iterable, "starmap", chunksize, progress=progress).get()
+        return self._map_async(func, iterable, "starmap", chunksize, progress=progress,
+                               waits=True).get()
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None, callback: Callback = None,
@@ -235,8 +238,10 @@ class Pool:
     def _apply(self, function: Function[T], args: Iterable[Any], kwds: Mapping[str, Any],
                callback: Callback, error_callback: Callback,
                start: Callable[[], bool] | None = None,
-               result_type: type[ApplyResult[Any]] = ApplyResult) -> ApplyResult[T]:
-        """``apply_async``, and :meth:`Calls.submit` when ``start`` is given."""
+               result_type: type[ApplyResult[Any]] = ApplyResult,
+               waits: bool = False) -> ApplyResult[T]:
+        """``apply_async``, and :meth:`Calls.submit` when ``start`` is given; ``waits``: the
+        caller will wait for the result (``apply``), so it may send the task itself."""
         engine = self._running_engine()
         code = function.serialised(self._serialise)
         arguments = self._serialise((tuple(args), dict(kwds)), "the arguments")
@@ -244,12 +249,14 @@ class Pool:
         result: ApplyResult[T] = result_type(job, engine.job_done, callback, error_callback)
         task = self._tasks.task(job, 0, "apply", code, arguments, function.label)
         engine.submit(job, result, iter([task]) if start is None else gated(task, result,
-                                                                             start))
+                                                                             start),
+                      here=waits)
         return result
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], kind: str,
                    chunksize: int | None, callback: Callback = None,
-                   error_callback: Callback = None, progress: bool = False) -> MapResult[Any]:
+                   error_callback: Callback = None, progress: bool = False,
+                   waits: bool = False) -> MapResult[Any]:
         engine = self._running_engine()
         items: Sequence[Any] = iterable if hasattr(iterable, "__len__") else list(iterable)  # type: ignore[assignment]
         length = len(items)
@@ -269,7 +276,7 @@ class Pool:
             return result
         engine.submit(job, result, map_tasks(self._tasks, self._serialiser, job, kind,
                                              function.serialised(self._serialise),
-                                             function.label, items, chunksize))
+                                             function.label, items, chunksize), here=waits)
         return result
 
     def _imap(self, result_type: type, func: Callable[..., Any], iterable: Iterable[Any],

@@ -138,6 +138,8 @@ class Shipping:
     def requirements(self, referenced: Iterable[str]) -> Requirements:
         """What a payload that refers to the modules ``referenced`` needs; raises
         :class:`~distpool.errors.PayloadTooLargeError` for a bundle over the limit."""
+        if not referenced and not self._named:
+            return NOTHING  # plain data, as most arguments are
         tops = frozenset(modules.top_level(name) for name in referenced) | self._named
         plan = self._plans.get(tops)
         if plan is None or plan.modules_loaded != len(sys.modules):

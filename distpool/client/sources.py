@@ -67,7 +67,7 @@ class Sources:
         self._closing = closing
         self._failed = failed
         self._jobs: collections.deque[Job] = collections.deque()
-        # Pulled from a source but not sent yet; touched by the dispatcher thread only.
+        # Pulled from a source but not sent yet; touched by the dispatching thread only.
         self._lookahead: collections.deque[Task] = collections.deque()
         self._stopped = False
         #: How long tasks of each function run, which sets how many share a message.
@@ -90,7 +90,7 @@ class Sources:
     def exhausted(self) -> bool:
         return not (self._jobs or self._lookahead)
 
-    # -- the dispatcher thread, without the lock -------------------------------------------
+    # -- the dispatching thread (see Engine), without the lock -----------------------------
 
     def next_messages(self, free: int) -> list[list[Task]]:
         """Up to ``free`` messages' worth of tasks, batched where tasks are short."""

@@ -134,12 +134,13 @@ class Stager:
                                 f"the arguments of task {task}")
         initializer = None if envelope.initializer is None else self._place(
             message_id, envelope.initializer, True, f"the initializer of task {task}")
-        bundles = tuple(self._bundle(bundle) for bundle in envelope.bundles)
+        for bundle in envelope.bundles:
+            self._store_bundle(bundle)
         if (function is envelope.function and arguments is envelope.arguments
-                and initializer is envelope.initializer and bundles == envelope.bundles):
+                and initializer is envelope.initializer):
             return envelope  # all inline: the common case of small tasks, as cheap as can be
         return dataclasses.replace(envelope, function=function, arguments=arguments,
-                                   initializer=initializer, bundles=bundles)
+                                   initializer=initializer)
 
     def _place(self, message_id: str, data: Data, code: bool, what: str) -> Data:
         """``data`` (``what`` it is) as an envelope carries it: inline if small, else a
@@ -154,13 +155,10 @@ class Stager:
             self._blobs.put(self._pool_id, ref.digest, data, what, self._ttl)
         return ref
 
-    def _bundle(self, bundle: Bundle) -> BundleRef:
-        """The reference to ``bundle``, written as a blob of the pool the first time."""
-        if isinstance(bundle, BundleRef):
-            return bundle
-        ref = bundle.archive.ref()
-        if ref.digest not in self._bundles:
-            self._blobs.put(self._pool_id, ref.digest, bundle.archive,
-                            f"the bundle of {bundle.name}", self._ttl)
-            self._bundles.add(ref.digest)
-        return BundleRef(bundle.name, ref.digest, ref.size)
+    def _store_bundle(self, bundle: Bundle) -> None:
+        """Store ``bundle`` as a blob of the pool, the first time."""
+        if isinstance(bundle, BundleRef) or bundle.archive.digest in self._bundles:
+            return
+        self._blobs.put(self._pool_id, bundle.archive.digest, bundle.archive,
+                        f"the bundle of {bundle.name}", self._ttl)
+        self._bundles.add(bundle.archive.digest)

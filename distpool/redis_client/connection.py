@@ -83,6 +83,7 @@ class Connection:
         self._sock: socket.socket | None = None
         self._reader: ReplyReader | None = None
         self._pid = 0  # of the process that opened the socket
+        self._wait: float | None = None  # the socket's timeout
         self._used = 0.0  # monotonic time of the last reply
         self._unread: list[PendingReplies] = []
         self._closed = False
@@ -213,7 +214,9 @@ class Connection:
         if self._sock is not None and self._pid != os.getpid():
             self._forget()  # a forked child's copy: its parent's to use and close
         if self._sock is not None:
-            self._sock.settimeout(wait)
+            if wait != self._wait:  # (a system call or two, every time it is set)
+                self._sock.settimeout(wait)
+                self._wait = wait
             if time.monotonic() - self._used > self._health_check_interval:
                 self._check_health()
         if self._sock is None:
@@ -226,6 +229,7 @@ class Connection:
         try:
             sock = endpoint.open_socket(self._connect_timeout)
             sock.settimeout(wait)
+            self._wait = wait
         except OSError as exc:
             raise _named(exc, endpoint) from exc
         self._sock, self._reader, self._pid = sock, ReplyReader(sock), os.getpid()

@@ -49,7 +49,12 @@ class RedisConnectionError(RedisError, ConnectionError):
 
 def pack(command: tuple[Any, ...], more: int = 0) -> bytes:
     """``command`` in RESP, its arguments text, numbers or bytes, announcing ``more``
-    arguments that the caller sends after it."""
+    arguments that the caller sends after it (hiredis packs the others, in C)."""
+    if not more:
+        try:
+            return hiredis.pack_command(command)  # type: ignore[no-any-return]
+        except TypeError:  # an argument it does not take (a bytearray, say): packed below
+            pass
     args = [arg if isinstance(arg, (bytes, bytearray, memoryview)) else str(arg).encode()
             for arg in command]
     return b"*%d\r\n" % (len(args) + more) + b"".join(

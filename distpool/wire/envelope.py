@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import functools
 import hmac
 import json
 import reprlib
@@ -83,12 +83,11 @@ class Signer:
     def sign(self, *fields: bytes | memoryview) -> str | None:
         if self._key is None:
             return None
-        mac = hmac.new(self._key, digestmod=hashlib.sha256)
-        for field in fields:
-            # Length-prefixed, so that no two different field lists read the same.
-            mac.update(len(field).to_bytes(8, "big"))
-            mac.update(field)
-        return mac.hexdigest()
+        # Length-prefixed, so that no two different field lists read the same; joined, to be
+        # hashed in one call (the fields are small: large payloads are signed as references).
+        data = b"".join([part for field in fields
+                         for part in (len(field).to_bytes(8, "big"), field)])
+        return hmac.digest(self._key, data, "sha256").hex()
 
     def check(self, signature: Any, *fields: bytes | memoryview) -> None:
         """Raise :class:`AuthenticationError` unless ``signature`` is right for ``fields``."""
@@ -103,10 +102,15 @@ class Signer:
 
 
 class PendingBundle(NamedTuple):
-    """A bundle before it is staged: the top-level module it provides, and its archive."""
+    """A bundle as the client holds it: the top-level module it provides, and its archive,
+    which staging stores as a blob of the pool before the envelope travels."""
 
     name: str
     archive: Payload
+
+    @property
+    def ref(self) -> BundleRef:
+        return BundleRef(self.name, self.archive.digest, self.archive.nbytes)
 
 
 @dataclass(frozen=True)
@@ -137,8 +141,9 @@ class TaskEnvelope:
     KINDS = ("apply", "map", "starmap")
 
     def bundle_refs(self) -> list[BundleRef]:
-        """The bundles as they travel: references, once staged (raises ValueError before)."""
-        return [_bundle_ref(bundle) for bundle in self.bundles]
+        """The bundles as they travel: references to their blobs."""
+        return [bundle if isinstance(bundle, BundleRef) else bundle.ref
+                for bundle in self.bundles]
 
     def to_wire(self, signer: Signer, now: float | None = None) -> dict[str, Any]:
         """The JSON object for a Celery message, signed, valid for ENVELOPE_LIFETIME."""
@@ -155,7 +160,7 @@ class TaskEnvelope:
             "arguments": _encode(self.arguments),
             "initializer": None if self.initializer is None else _encode(self.initializer),
             "max_tasks": self.max_tasks,
-            "bundles": [ref._asdict() for ref in self.bundle_refs()],
+            "bundles": [list(ref) for ref in self.bundle_refs()],
             "versions": [list(pair) for pair in self.versions],
             "strict_versions": self.strict_versions,
         }
@@ -168,8 +173,8 @@ class TaskEnvelope:
                 repr(expires).encode(), _signed(self.function), _signed(self.arguments),
                 b"-" if self.initializer is None else _signed(self.initializer),
                 repr(self.max_tasks).encode(),
-                _canonical([list(ref) for ref in self.bundle_refs()]),
-                _canonical([list(pair) for pair in self.versions]),
+                _canonical(tuple(self.bundle_refs())),
+                _canonical(self.versions),
                 b"1" if self.strict_versions else b"0")
 
     @classmethod
@@ -258,7 +263,7 @@ class ResultRecord(NamedTuple):
     def _signed_fields(self, pool_id: str,
                        elapsed: float | None) -> tuple[bytes | memoryview, ...]:
         return (pool_id.encode(), self.task_id.encode(), b"1" if self.ok else b"0",
-                repr(elapsed).encode(), _canonical(list(self.warnings)), _signed(self.payload))
+                repr(elapsed).encode(), _canonical(self.warnings), _signed(self.payload))
 
     @classmethod
     def rejection(cls, task_id: str, reason: str) -> ResultRecord:
@@ -327,17 +332,11 @@ def _signable(*texts: str) -> bool:
     return True
 
 
-def _canonical(value: Any) -> bytes:
-    """The one JSON text of ``value`` (lists and strings), for a signature to cover."""
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _bundle_ref(bundle: Bundle) -> BundleRef:
-    if isinstance(bundle, BundleRef):
-        return bundle
-    # Staging (the backend's) makes references of archives; an envelope never travels
-    # with an archive inside.
-    raise ValueError(f"the bundle of {bundle.name} was not staged")
+@functools.lru_cache(maxsize=256)
+def _canonical(value: tuple[Any, ...]) -> bytes:
+    """The one JSON text of ``value`` (tuples of strings, numbers and tuples of those), for
+    a signature to cover. Remembered: the tasks of one call carry the same ones."""
+    return json.dumps(value, separators=(",", ":")).encode() if value else b"[]"
 
 
 def _bundles(value: Any, pool_id: str, task_id: str) -> tuple[BundleRef, ...]:
@@ -345,13 +344,13 @@ def _bundles(value: Any, pool_id: str, task_id: str) -> tuple[BundleRef, ...]:
         raise EnvelopeError("task envelope without a list of bundles", pool_id, task_id)
     bundles = []
     for item in value:
-        if not isinstance(item, Mapping) or set(item) != {"name", "digest", "size"}:
+        if not isinstance(item, list) or len(item) != 3:
             raise EnvelopeError(f"malformed bundle {_describe.repr(item)}", pool_id, task_id)
-        name = item["name"]
+        name, digest, size = item
         if not isinstance(name, str) or not check_module_name(name):
             raise EnvelopeError(f"a bundle names {_describe.repr(name)}, not a module",
                                 pool_id, task_id)
-        ref = _blob_ref({"blob": item["digest"], "size": item["size"]}, pool_id, task_id)
+        ref = _blob_ref({"blob": digest, "size": size}, pool_id, task_id)
         bundles.append(BundleRef(name, ref.digest, ref.size))
     return tuple(bundles)
 

@@ -28,6 +28,10 @@ from ..errors import EnvelopeError
 #: (base64 there: JSON carries text); larger ones as raw bytes, out of band. Below about
 #: this size a separate round trip to the store costs more than encoding the bytes.
 INLINE_LIMIT = 16 * 1024
+#: A result of up to this many bytes rides inside its record, raw (a record is bytes, not
+#: JSON, and is stored once): one push where a blob takes a write, a read and a deletion.
+#: The collector takes up to a few hundred records at a time: larger ones go as blobs.
+RESULT_INLINE_LIMIT = 256 * 1024
 #: Callables (with the globals they carry) travel inline only up to this: a batch of short
 #: tasks repeats an inline callable in every envelope, while a blob is fetched once per
 #: worker process and cached there.

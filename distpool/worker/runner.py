@@ -36,7 +36,7 @@ from ..errors import (
 from ..store.keys import pool_of, result_blob
 from ..store.redis_store import RedisStore
 from ..wire.envelope import ResultRecord, Signer, TaskEnvelope
-from ..wire.payload import INLINE_LIMIT, BlobRef, Payload
+from ..wire.payload import RESULT_INLINE_LIMIT, BlobRef, Payload
 from . import bundles, execute
 from .claims import Claims, Renewal
 from .failures import gave_up, ran_out_of_time
@@ -132,7 +132,7 @@ class TaskRunner:
         """The record as it travels: a large payload written as a blob first (a result
         that does not fit in the store fails its task, saying so)."""
         payload = record.payload
-        if not isinstance(payload, Payload) or payload.nbytes <= INLINE_LIMIT:
+        if not isinstance(payload, Payload) or payload.nbytes <= RESULT_INLINE_LIMIT:
             return record
         try:
             ref = self._store.blobs.put(pool_id, result_blob(record.task_id, payload.digest),

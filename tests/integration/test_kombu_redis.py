@@ -98,9 +98,8 @@ def test_a_record_sent_on_a_connection_the_broker_dropped_is_sent_again(redis_se
         first = simple.get(timeout=5)
         qos = simple.channel.qos
         qos.confirm()
-        own = qos._connection
-        own.send_command("CLIENT", "ID")
-        plain.client_kill_filter(_id=own.read_response())
+        [own] = qos._connection.run([("CLIENT", "ID")])
+        plain.client_kill_filter(_id=own)
         second = simple.get(timeout=5)  # its record goes out on the dead connection
         qos.confirm()  # finds it dead: a new connection, the record sent again
         assert {first.delivery_tag, second.delivery_tag} == {

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ...platform import lock
+from ...platform import lock, write_at_start
 
 logger = logging.getLogger("distpool")
 
@@ -107,8 +107,7 @@ class SlotState:
             raise ValueError(f"slot state too long: {text!r}")
         if self._file is None:
             self._file = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o600)
-        os.lseek(self._file, 0, os.SEEK_SET)
-        os.write(self._file, record.ljust(RECORD_SIZE))
+        write_at_start(self._file, record.ljust(RECORD_SIZE))
 
 
 class StateDirectory:

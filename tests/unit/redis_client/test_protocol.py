@@ -104,3 +104,7 @@ def test_a_reader_of_hostile_bytes_never_waits_for_more_than_it_was_promised():
     with pytest.raises(OSError):
         reader.read()
     theirs.close()
+
+
+def test_what_hiredis_does_not_pack_is_packed_alike():
+    assert pack(("SET", bytearray(b"k"), True)) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\nTrue\r\n"
