@@ -18,6 +18,9 @@ record empties (see :mod:`distpool.brokers.held_messages`): no instant exists at
 death of a consumer loses the message it has just taken. What is not a message (hostile or
 garbled bytes on the queue) is logged and dropped, never delivered.
 
+Without an event loop (a Windows worker), the consumer's poll of its channels is woken by each
+acknowledgement, so that it asks for the next message at once (see :mod:`.redis_poller`).
+
 Used for ``redis://`` brokers (see :mod:`.profiles`).
 """
 
@@ -32,7 +35,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from queue import Empty
 from typing import Any
-from urllib.parse import quote
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -43,7 +45,9 @@ from ..redis_client.connection import Connection, PendingReplies
 from ..redis_client.protocol import ReplyError
 from ..retry import RetryPolicy
 from . import held_messages
+from .redis_connections import shared_pool, url_of
 from .redis_identity import client_identity
+from .redis_poller import WakeablePoller
 
 logger = logging.getLogger("distpool")
 
@@ -52,24 +56,6 @@ SEND_RETRY = RetryPolicy(retries=2, base=0.0, jitter=False)
 
 #: The value of Celery's ``broker_transport`` setting that selects this transport.
 TRANSPORT = f"{__name__}:Transport"
-
-# The pools of the process's channels' command connections, one per set of connection
-# parameters. kombu gives each channel a pool of its own, and a worker has two channels (its
-# task consumer's, its remote control's) whose commands are sent from one thread: one shared
-# pool lets one connection serve both, and a slot stays within its connection budget.
-_command_pools: dict[tuple[Any, ...], Any] = {}
-_command_pools_lock = threading.Lock()
-
-
-def _comparable(value: Any) -> Any:
-    """A connection parameter as part of a pool's key: plain values as they are, containers
-    by their text, any other object (a credential provider, the driver info) by identity:
-    two channels share a pool only when they certainly connect alike."""
-    if value is None or isinstance(value, (str, int, float, type)):
-        return value
-    if isinstance(value, (dict, list, tuple)):
-        return repr(value)
-    return id(value)
 
 
 class QoS(kombu_redis.QoS):
@@ -124,6 +110,11 @@ class QoS(kombu_redis.QoS):
         self._send([("ZREM", self.unacked_index_key, delivery_tag),
                     ("HDEL", self.unacked_key, delivery_tag)], confirm=False)
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        # The consumer may take another message now: a poll blocked without an event loop
+        # (the acknowledgement comes from the pool's thread) goes and asks for it at once.
+        transport = self.channel.connection
+        if transport is not None:  # None once the channel is closed
+            transport.cycle.wake()
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         """kombu's sweep for lapsed holds (kombu calls it on a timer), with the held lists
@@ -231,21 +222,9 @@ class QoS(kombu_redis.QoS):
         if self._connection is None:
             # The broker's own URL, options and TLS included; retried by _send, which sends
             # every unconfirmed transaction again on a new connection.
-            url = self.channel.distpool_url or _url_of(self.channel.connection.client)
+            url = self.channel.distpool_url or url_of(self.channel.connection.client)
             self._connection = Connection(url, timeout=None, retry=RetryPolicy(retries=0))
         return self._connection
-
-
-def _url_of(client: Any) -> str:
-    """The Redis URL of a kombu connection made without distpool's settings (no TLS options
-    but its own)."""
-    credentials = ""
-    if client.userid or client.password:
-        credentials = (f"{quote(client.userid or '', safe='')}:"
-                       f"{quote(client.password or '', safe='')}@")
-    db = str(client.virtual_host or "0").strip("/") or "0"
-    return (f"{'rediss' if client.ssl else 'redis'}://{credentials}{client.hostname}:"
-            f"{client.port or 6379}/{db}")
 
 
 class _Transaction:
@@ -367,11 +346,7 @@ class Channel(kombu_redis.Channel):
         pool = super()._get_pool(asynchronous)  # type: ignore[no-untyped-call]
         if asynchronous:  # each blocking wait (a consumer's move, a subscription) has its own
             return pool
-        # Keyed by what kombu built it from (redis-py adds objects of each pool's own).
-        key = tuple(sorted((name, _comparable(value))
-                           for name, value in self._connparams().items()))
-        with _command_pools_lock:
-            return _command_pools.setdefault(key, pool)
+        return shared_pool(self._connparams(), pool)  # the process's channels share theirs
 
     def _disconnect_pools(self) -> None:
         shared, self._pool = self._pool, None
@@ -412,3 +387,12 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        # Without an event loop, each poll blocks until a socket is ready, an acknowledgement
+        # wakes it or its timeout ends: kombu's sleep between polls, the ``polling_interval``
+        # option (which kombu has just made the blocking move's timeout), only delayed the
+        # next message.
+        self.cycle = WakeablePoller()  # type: ignore[assignment]
+        self.polling_interval = None

@@ -1,5 +1,6 @@
 """The private names of kombu that distpool's Redis transport relies on
-(``distpool/brokers/redis_transport.py``) exist, with the parameters it passes or overrides.
+(``distpool/brokers/redis_transport.py`` and its poller, ``redis_poller.py``) exist, with the
+parameters it passes or overrides.
 
 kombu is pinned to the versions tested (setup.cfg); a kombu that renames or reshapes one of
 these fails here, in the unit tests, instead of in every worker's event loop."""
@@ -13,9 +14,9 @@ import pytest
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from distpool.brokers import redis_transport
+from distpool.brokers import redis_poller, redis_transport
 
-#: (class, method, its parameters): what redis_transport overrides or calls.
+#: (class, method, its parameters): what redis_transport and redis_poller override or call.
 METHODS = [
     (kombu_redis.Channel, "_brpop_start", ["self", "timeout"]),
     (kombu_redis.Channel, "_brpop_read", ["self", "options"]),
@@ -33,9 +34,13 @@ METHODS = [
     (virtual.QoS, "append", ["self", "message", "delivery_tag"]),
     (virtual.QoS, "ack", ["self", "delivery_tag"]),
     (virtual.Transport, "_deliver", ["self", "message", "queue"]),
+    (kombu_redis.MultiChannelPoller, "get", ["self", "callback", "timeout"]),
+    (kombu_redis.MultiChannelPoller, "handle_event", ["self", "fileno", "event"]),
+    (kombu_redis.MultiChannelPoller, "on_poll_init", ["self", "poller"]),
+    (kombu_redis.MultiChannelPoller, "close", ["self"]),
 ]
-#: (class, attribute): what redis_transport reads or sets on kombu's objects, set by the
-#: class itself or by the ``__init__`` of one of its bases.
+#: (class, attribute): what redis_transport and redis_poller read or set on kombu's objects,
+#: set by the class itself or by the ``__init__`` of one of its bases.
 ATTRIBUTES = [
     (kombu_redis.Channel, "_queue_cycle"),
     (kombu_redis.Channel, "_in_poll"),
@@ -45,6 +50,9 @@ ATTRIBUTES = [
     (kombu_redis.QoS, "_vrestore_count"),
     (kombu_redis.QoS, "unacked_key"),
     (kombu_redis.QoS, "unacked_index_key"),
+    (kombu_redis.MultiChannelPoller, "poller"),
+    (kombu_redis.Transport, "cycle"),
+    (kombu_redis.Transport, "polling_interval"),
 ]
 
 
@@ -71,8 +79,8 @@ def test_the_cycle_of_queues_does_what_the_transport_asks_of_it():
 
 
 def test_the_transport_still_overrides_what_it_is_fenced_for():
-    # If redis_transport stops using a name, the fence above should lose it too.
-    source = inspect.getsource(redis_transport)
+    # If the transport stops using a name, the fence above should lose it too.
+    source = inspect.getsource(redis_transport) + inspect.getsource(redis_poller)
     for _, name, _ in METHODS:
         assert name in source, name
     for _, name in ATTRIBUTES:

@@ -1,0 +1,89 @@
+"""kombu's poller of Redis channels, made wakeable, for workers without an event loop.
+
+Without an event loop (on Windows, where Celery runs its ``synloop``), a worker consumes by
+calling ``drain_events`` over and over, and each call blocks in the poller's ``get`` on the
+sockets of its channels. A consumer reserves one message at a time: it asks for the next
+(see the transport's ``_brpop_start``) only once the last one is acknowledged, and the
+acknowledgement comes from the pool's thread. Nothing told the blocked poll, which waited
+out its timeout before the next message was asked for: every task waited that long on top of
+its own time. Here the acknowledgement wakes the poll (:meth:`WakeablePoller.wake`) through
+a socket pair whose read end is polled with the channels' sockets; and the transport does not
+sleep between polls (see its ``Transport``), which would only delay the next message again.
+
+With an event loop, the loop polls the channels' sockets itself, calls the poller's ``get``
+never, and takes the acknowledgement's next step in its own turn: the socket pair is not made
+there (or is let go of once the loop takes over), and waking does nothing.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.eventio import READ
+
+
+class WakeablePoller(kombu_redis.MultiChannelPoller):
+    """kombu's poller of a transport's channels, whose blocking ``get`` another thread can
+    end at once: :meth:`wake`."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        # The poller kombu made; an event loop replaces it with its own (on_poll_init).
+        self._own_poller = self.poller
+        # (read end, write end), registered with _own_poller: made by the first get.
+        self._wake_pair: tuple[socket.socket, socket.socket] | None = None
+
+    def wake(self) -> None:
+        """End the ``get`` that is blocked now, else the next one, at once (it raises
+        ``Empty``, as on a timeout). Safe from any thread; does nothing on an event loop."""
+        pair = self._wake_pair
+        if pair is None:
+            return
+        try:
+            pair[1].send(b"\0")
+        except OSError:  # a wake already pending fills no more (or the pair is closed)
+            pass
+
+    def get(self, callback: Any, timeout: float | None = None) -> None:
+        if self._wake_pair is None and self.poller is self._own_poller:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            self.poller.register(reader.fileno(), READ)
+            self._wake_pair = reader, writer
+        super().get(callback, timeout)  # type: ignore[no-untyped-call]
+
+    def handle_event(self, fileno: int, event: int) -> Any:
+        pair = self._wake_pair
+        if pair is not None and fileno == pair[0].fileno():
+            # A wake, no channel's event: read it away. get goes on with the other events
+            # of this poll, then raises Empty if none delivered a message.
+            try:
+                while pair[0].recv(4096):
+                    pass
+            except OSError:  # nothing more to read
+                pass
+            return None
+        return super().handle_event(fileno, event)  # type: ignore[no-untyped-call]
+
+    def on_poll_init(self, poller: Any) -> Any:
+        self._close_wake_pair()  # an event loop polls from now on
+        return super().on_poll_init(poller)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        super().close()  # type: ignore[no-untyped-call]
+        # kombu reuses a transport's poller after its connection closes: the next get makes
+        # another pair.
+        self._close_wake_pair()
+
+    def _close_wake_pair(self) -> None:
+        pair, self._wake_pair = self._wake_pair, None
+        if pair is not None:
+            try:
+                self._own_poller.unregister(pair[0].fileno())
+            except (KeyError, ValueError):  # as kombu's close: not registered (any more)
+                pass
+            for end in pair:
+                end.close()
