@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config
+from . import __version__, config, platform
 from .errors import DistpoolError
 
 
@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="process model: by default (or 'solo', its earlier name) one "
                              "worker process per slot; a Celery pool ('prefork', 'threads', "
                              "...) runs Celery's own worker instead")
+    worker.add_argument("--stop-timeout", type=_seconds, default=config.DEFAULT_STOP_TIMEOUT,
+                        metavar="SECONDS",
+                        help="when the worker is stopped (SIGTERM, Ctrl-C, Ctrl-Break), how "
+                             "long running tasks get to finish before they are killed and put "
+                             "back on the queue (default: %(default)g)")
     worker.add_argument("--worker-lost-timeout", type=float, metavar="SECONDS",
                         help="on a Redis broker, how soon the tasks of a dead worker node go to "
                              "other workers (default: $DISTPOOL_WORKER_LOST_TIMEOUT, else "
@@ -126,30 +131,53 @@ def _worker(args: argparse.Namespace, passthrough: list[str]) -> int:
         return 2
     from .worker.node import run
 
-    return run(settings, concurrency=args.concurrency, name=args.name, loglevel=args.loglevel,
-               extra_args=passthrough, pool=args.pool)
+    try:
+        return run(settings, concurrency=args.concurrency, name=args.name,
+                   loglevel=args.loglevel, extra_args=passthrough, pool=args.pool,
+                   stop_timeout=args.stop_timeout)
+    except DistpoolError as exc:  # what cannot run here (a process model, an old Redis)
+        print(f"distpool worker: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from .local.cluster import LocalCluster
+    from .local.cluster import LocalCluster, LocalClusterError
 
-    with LocalCluster(args.workers) as cluster, tempfile.TemporaryDirectory() as directory:
+    cluster = LocalCluster(args.workers)
+    try:
+        cluster.start()
+    except LocalClusterError as exc:  # no Redis server to run, say: what to do instead
+        print(f"distpool cluster: {exc}", file=sys.stderr)
+        return 2
+    with cluster, tempfile.TemporaryDirectory() as directory:
         secret_file = Path(directory) / "secret"
         secret_file.touch(mode=0o600)
         secret_file.write_text(cluster.secret)
+        settings = {"DISTPOOL_BROKER_URL": cluster.broker_url,
+                    "DISTPOOL_SECRET_FILE": str(secret_file)}
+        lines = "".join(f"  {line}\n" for line in setting_lines(settings))
         print(f"distpool local cluster with {args.workers} worker processes: "
-              f"{cluster.broker_url}\n"
-              f"  export DISTPOOL_BROKER_URL={cluster.broker_url} "
-              f"DISTPOOL_SECRET_FILE={secret_file}\n"
+              f"{cluster.broker_url}\n{lines}"
               "  then Pool() uses it, and 'distpool worker' adds workers to it.\n"
               "Ctrl-C stops it.", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        for stop_signal in platform.stop_signals():
+            signal.signal(stop_signal, lambda *_: sys.exit(0))
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def setting_lines(settings: dict[str, str]) -> list[str]:
+    """Shell lines that set the environment variables ``settings``, in the shells of this
+    platform: ``export`` on POSIX; on Windows, for cmd.exe and for PowerShell."""
+    if not platform.windows:
+        return ["export " + " ".join(f"{name}={value}" for name, value in settings.items())]
+    return [" & ".join(f"set {name}={value}" for name, value in settings.items()) + "   (cmd)",
+            "; ".join(f'$env:{name}="{value}"' for name, value in settings.items())
+            + "   (PowerShell)"]
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -245,6 +273,13 @@ def _log_level(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"not a log level: {text!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
     return name
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least 0, not {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

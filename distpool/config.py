@@ -29,6 +29,8 @@ DEFAULT_POOL_TTL = 60.0
 #: A task held by a worker node that stops renewing its hold (the node died) is handed to
 #: another worker after this long (Redis brokers; RabbitMQ does it when the connection drops).
 DEFAULT_WORKER_LOST_TIMEOUT = 30.0
+#: How long a stopped worker node's running tasks get to finish (``--stop-timeout``).
+DEFAULT_STOP_TIMEOUT = 30.0
 
 #: What a pool ships of the user's own modules by default (see distpool.client.shipping).
 SHIP_AUTO = ("auto",)

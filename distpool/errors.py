@@ -28,6 +28,7 @@ __all__ = [
     "SecretKeyMissingError",
     "TaskTimeoutError",
     "TimeoutError",
+    "UnsupportedRedisError",
     "VersionMismatchError",
     "VersionSkewWarning",
     "WorkerLostError",
@@ -76,6 +77,12 @@ class PayloadTooLargeError(DistpoolError):
 
 class BrokerUnavailableError(DistpoolError):
     """The broker or the result store cannot be reached."""
+
+
+class UnsupportedRedisError(DistpoolError):
+    """A Redis too old for distpool (it needs 6.2 or newer): the broker's, the result
+    store's, or the local cluster's. The message names the server, the version it reports
+    and the version needed."""
 
 
 class SecretKeyMissingError(DistpoolError):

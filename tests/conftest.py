@@ -6,8 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from distpool import platform
 from distpool.store.redis_store import RedisStore
-from tests.support import Cluster, RedisServer
+from tests.support import WINDOWS_MODE, Cluster, RedisServer
+
+if WINDOWS_MODE:  # the clients, here, take Windows' decisions too (see tests/windows_mode)
+    platform.windows = True
 
 
 @pytest.fixture(scope="session")

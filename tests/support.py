@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -25,6 +26,11 @@ from distpool.local.supervisor import find_redis_server, free_port
 from distpool.store.redis_store import RedisStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The simulated-Windows mode (``DISTPOOL_TEST_WINDOWS_MODE=1``): every worker gets
+#: ``tests/windows_mode`` first on its path, whose sitecustomize makes it behave as on Windows
+#: where distpool can tell (spawn, hard terminate, Celery's blocking loop, the platform switch).
+WINDOWS_MODE = os.environ.get("DISTPOOL_TEST_WINDOWS_MODE") == "1"
+WINDOWS_MODE_PATH = str(REPO_ROOT / "tests" / "windows_mode")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 #: How long a process told to stop (Ctrl-C) may take to exit in a test: ample on a loaded
@@ -145,7 +151,22 @@ class RedisServer:
 #: Runs ``distpool`` with multiprocessing's start method set to ``argv[1]``: "spawn" starts
 #: slots as on Windows and macOS, fresh interpreters given their target and settings pickled.
 WITH_START_METHOD = ("import multiprocessing, sys; from distpool.cli import main; "
-                     "multiprocessing.set_start_method(sys.argv[1]); sys.exit(main(sys.argv[2:]))")
+                     "multiprocessing.set_start_method(sys.argv[1], force=True); "
+                     "sys.exit(main(sys.argv[2:]))")
+
+
+def slot_processes(worker: Worker) -> list[psutil.Process]:
+    """The live slot processes of a worker node: its children, but for the resource tracker
+    that multiprocessing starts beside spawned ones."""
+    found = []
+    for child in psutil.Process(worker.process.pid).children():
+        try:
+            if (child.status() != psutil.STATUS_ZOMBIE
+                    and "resource_tracker" not in " ".join(child.cmdline())):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def ignore_the_soft_limit(seconds):
@@ -182,6 +203,9 @@ class Worker:
             command += ["--result-url", result_url]
         environment = environment_without_distpool(
             **{"PYTHONPATH": str(REPO_ROOT), **(environment or {})})
+        if WINDOWS_MODE:
+            environment["PYTHONPATH"] = os.pathsep.join([WINDOWS_MODE_PATH,
+                                                         environment["PYTHONPATH"]])
         if secret is not None:
             environment["DISTPOOL_SECRET"] = secret
         with open(self.log_path, "wb") as log:

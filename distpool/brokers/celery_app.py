@@ -35,13 +35,18 @@ def client_app(settings: Settings) -> Celery:
 def revoke(settings: Settings, message_ids: Sequence[str]) -> None:
     """Stop the messages' tasks wherever they run: a broadcast that every worker hears (its
     slots end the process running one; see :mod:`distpool.worker.slots.child`). Celery's
-    first import, on a Redis broker."""
+    first import, on a Redis broker.
+
+    The signal is named as one that exists on every platform: a worker looks it up by name,
+    and Windows has no SIGKILL. What ends the task is the worker's pool, not the signal (the
+    slots end their process; prefork kills its pool process, see
+    :mod:`distpool.worker.prefork`)."""
     if not message_ids:
         return
     app = client_app(settings)
     with app.connection_for_write() as connection:
         app.control.revoke(list(message_ids), connection=connection, terminate=True,
-                           signal="SIGKILL")
+                           signal="SIGTERM")
 
 
 def urls(settings: Settings) -> tuple[str, str]:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import Settings
+from ..redis_client import version
 from ..redis_client.connection import Connection
 from ..retry import RetryPolicy
 from ..wire.messages import TaskMessage
@@ -92,8 +93,10 @@ class RedisPublisher:
         self._origin = origin()
 
     def ping(self) -> None:
-        """Raise if the broker cannot be reached."""
-        self._connection.run([("PING",)])
+        """Raise if the broker cannot be reached, and
+        :class:`~distpool.errors.UnsupportedRedisError` if its Redis is older than 6.2 (one
+        ``INFO server``, in place of a ``PING``)."""
+        version.check(self._connection, "broker")
 
     def publish(self, messages: Sequence[TaskMessage]) -> None:
         """Push ``messages`` in order, in one round trip; raise if the broker refuses them."""

@@ -17,6 +17,7 @@ import queue
 import threading
 from typing import Any, Callable
 
+from .. import platform
 from ..errors import add_note
 from ..wire import serialization
 from ..wire.payload import Payload
@@ -63,7 +64,7 @@ class Delivery:
 
     def join(self, timeout: float | None = None) -> None:
         if self.thread is not threading.current_thread():  # stopped from a callback
-            self.thread.join(timeout)
+            platform.joined(self.thread, timeout)
 
     def _run(self) -> None:
         while True:

@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import platform
 from ..config import Settings
 from ..errors import (
     AuthenticationError,
@@ -155,8 +156,8 @@ class Engine:
         self._wake_collector()
 
     def join(self) -> None:
-        self._dispatcher.join()
-        self._collector.join()
+        platform.joined(self._dispatcher)  # (Ctrl-C must reach a caller in join())
+        platform.joined(self._collector)
         self._delivery.stop()
         self._delivery.join()
         self._release()

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Callable, ClassVar, Generic, Optional, Protocol, TypeVar
 
+from .. import platform
 from ..errors import RemoteTraceback, TimeoutError
 
 T = TypeVar("T")
@@ -113,7 +114,7 @@ class ApplyResult(Generic[T]):
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
-        self._event.wait(timeout)
+        platform.waited(self._event.wait, timeout)  # (Ctrl-C must reach a waiting caller)
 
     def get(self, timeout: float | None = None) -> T:
         self.wait(timeout)
@@ -264,7 +265,10 @@ class IMapIterator(Generic[T]):
             if self._stopped:
                 raise StopIteration
             if not self._chunks and not self._exhausted():
-                self._cond.wait(timeout)
+                platform.waited(
+                    lambda seconds: self._cond.wait_for(
+                        lambda: bool(self._chunks) or self._exhausted(), seconds),
+                    timeout)
             if not self._chunks:
                 if self._exhausted():
                     raise StopIteration

@@ -1,14 +1,16 @@
 """LocalCluster: a private Redis server and local workers, so ``Pool()`` works out of the box.
 
 The cluster runs under a small supervisor process (:mod:`distpool.local.supervisor`) that starts
-``redis-server`` on a free loopback port with a temporary directory of its own, then
-``distpool worker`` for it: the same worker as on a real cluster.
+a Redis server (``redis-server`` 6.2 or newer, or Memurai on Windows: see
+:mod:`.redis_server`) on a free loopback port with a temporary directory of its own, then
+``distpool worker`` for it: the same worker as on a real cluster. Without a Redis server to
+run, :meth:`LocalCluster.start` fails at once, saying what to install or use instead.
 
 The parent holds the write end of a pipe that is the supervisor's stdin. However the parent
 ends (``close()``, garbage collection, interpreter exit, or SIGKILL), the kernel closes that
-pipe; the supervisor sees end-of-file and stops the workers and Redis and removes the
-directory. The supervisor's own children are started with a parent-death signal (Linux), so
-they go too if the supervisor itself is killed.
+pipe; the supervisor sees end-of-file and stops the workers (the node and every process it
+started) and Redis and removes the directory. The supervisor's own children are started
+with a parent-death signal (Linux), so they go too if the supervisor itself is killed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import threading
 from typing import Any
 
+from .. import platform
 from ..config import DEFAULT_QUEUE
 from ..errors import DistpoolError
 
@@ -67,8 +70,14 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         if self._supervisor is not None:
             return self
+        from .redis_server import find_redis_server, no_server_advice
+
+        redis_server = find_redis_server()
+        if redis_server is None:  # said at once, not after an interpreter's start
+            raise LocalClusterError(f"could not start the local cluster: {no_server_advice()}")
         command = [sys.executable, "-m", "distpool.local.supervisor",
-                   "--workers", str(self.workers), "--queue", self.queue]
+                   "--workers", str(self.workers), "--queue", self.queue,
+                   "--redis-server", redis_server]
         # Like multiprocessing's processes, the workers get this process's import path and
         # working directory (inherited), so they import what the client can.
         path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
@@ -77,9 +86,10 @@ class LocalCluster:
         environment.update(PYTHONPATH=path, DISTPOOL_SECRET=self.secret)
         self._supervisor = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment,
-            # Its own session: Ctrl-C in the user's terminal reaches the client, which then
-            # stops the cluster in order, rather than every worker at once.
-            start_new_session=(os.name == "posix"))
+            # Its own session (process group, on Windows): Ctrl-C in the user's terminal
+            # reaches the client, which then stops the cluster in order, rather than every
+            # worker at once.
+            **platform.new_process_group())
         line = _first_line(self._supervisor, START_TIMEOUT)
         if not line.startswith(READY):
             self.stop()

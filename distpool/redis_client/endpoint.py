@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .. import platform
 from ..flags import parse_flag
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ class Endpoint(NamedTuple):
         if parts.scheme not in SCHEMES or "://" not in url:
             found = f"not {parts.scheme}://" if "://" in url else "and this has no scheme"
             raise ValueError(f"a Redis URL starts with redis://, rediss:// or unix://, {found}")
+        if parts.scheme == "unix" and platform.windows:
+            raise ValueError("unix:// URLs cannot be used on Windows, which has no Unix "
+                             "sockets here: give the Redis's redis:// or rediss:// URL")
         options = _read_options(parts.query)
         try:
             port = parts.port or 6379
@@ -97,7 +101,7 @@ class Endpoint(NamedTuple):
         """A connected socket to the server, TLS done, each step within ``timeout`` seconds
         (None: no limit); the caller sets how long its reads may wait."""
         if self.path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = platform.unix_socket()
             try:
                 sock.settimeout(timeout)
                 sock.connect(self.path)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..redis_client import version
 from ..redis_client.connection import Connection
 from ..wire.envelope import MESSAGE_DONE
 from . import keys
@@ -243,7 +244,10 @@ class RedisStore:
                 if n is not None and n.isdigit()}
 
     def ping(self) -> None:
-        self._commands.run([("PING",)])
+        """Raise if the store cannot be reached, and
+        :class:`~distpool.errors.UnsupportedRedisError` if its Redis is older than 6.2 (one
+        ``INFO server``, in place of a ``PING``)."""
+        version.check(self._commands, "result store")
 
     def close(self) -> None:
         self._commands.close()

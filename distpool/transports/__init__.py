@@ -7,7 +7,7 @@ import os
 from typing import NamedTuple
 
 from ..config import Settings, mask_url
-from ..errors import BrokerUnavailableError
+from ..errors import BrokerUnavailableError, UnsupportedRedisError
 from ..wire.envelope import Signer
 from .base import Publisher, ResultStore
 
@@ -34,7 +34,9 @@ def connect(settings: Settings) -> Transport:
     imported only for an AMQP broker.
 
     Raises :class:`~distpool.errors.SecretKeyMissingError` for a broker without a key,
-    unless the settings say to run insecure.
+    unless the settings say to run insecure, and
+    :class:`~distpool.errors.UnsupportedRedisError` for a Redis older than 6.2 (the broker's
+    or the result store's).
     """
     if settings.eager:
         from .eager import EagerPublisher, MemoryStore
@@ -63,6 +65,7 @@ def connect(settings: Settings) -> Transport:
     except BaseException:
         store.close()
         raise
+    # A Redis ping is an INFO server, which also refuses a Redis too old for distpool.
     for what, url, ping in (("result store", result_url, store.ping),
                             ("broker", broker_url, publisher.ping)):
         try:
@@ -73,6 +76,8 @@ def connect(settings: Settings) -> Transport:
                     closing.close()
                 except Exception:  # noqa: S110 - already failing with a better error
                     pass
+            if isinstance(exc, UnsupportedRedisError):  # it was reached: said as it is
+                raise
             raise BrokerUnavailableError(
                 f"cannot reach the {what} at {mask_url(url)}: {exc}") from None
     return Transport(publisher, store, Signer(settings.secret))

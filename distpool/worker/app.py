@@ -9,13 +9,16 @@ slot (:mod:`.slots.child`) configures the app for itself before running it.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+from celery.apps.worker import install_worker_term_handler
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
+from .. import platform
 from ..brokers.celery_app import (
     TASK_NAME,
     flags_redeliveries,
@@ -26,6 +29,7 @@ from ..brokers.celery_app import (
 )
 from ..config import Settings
 from ..errors import ModuleConflictError
+from ..store.keys import pool_of
 from ..wire.envelope import Signer
 from . import execute
 from .claims import process_holder
@@ -71,6 +75,10 @@ def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1)
     # Whether a process that ends is replaced by a fresh one (a slot's is), so that a task it
     # cannot run for another version of the user's module already imported can be put back.
     app.distpool_replaces_processes = False
+    # Whether the pool stops a task at its time limit; Celery's threads pool cannot (set by
+    # .node), and the pools that set a task_timeout are told, once each, in the log.
+    app.distpool_enforces_time_limits = True
+    unenforced_pools: set[str] = set()
 
     # shared=False: a shared task (Celery's default) is also registered in every app created
     # after it, so a second pool's app would keep the first app's task and warn.
@@ -81,7 +89,9 @@ def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1)
         if app.distpool_retiring:  # a slot past --max-tasks-per-child, shutting down
             raise Reject("this slot is being replaced", requeue=True)
         request = task.request
-        _, soft_limit = request.timelimit or (None, None)
+        hard_limit, soft_limit = request.timelimit or (None, None)
+        if (hard_limit or soft_limit) and not app.distpool_enforces_time_limits:
+            _warn_unenforced(unenforced_pools, pool_of(request.id))
         try:
             runner.get().run(messages, request.id,
                              redelivered=bool((request.delivery_info or {}).get("redelivered")),
@@ -101,6 +111,25 @@ def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1)
     return app
 
 
+def _warn_unenforced(warned: set[str], pool_id: str) -> None:
+    if pool_id in warned:
+        return
+    warned.add(pool_id)
+    logger.warning("pool %s sets a task_timeout, which this worker cannot enforce: Celery's "
+                   "threads pool cannot stop a thread (celery/celery#9203); its tasks run to "
+                   "their end. Run the worker without --pool threads to enforce it", pool_id)
+
+
+def stop_on_every_stop_signal(sender: Any, **_: Any) -> None:
+    """Celery's worker shuts down warmly on SIGTERM. On Windows, Ctrl-Break and a service
+    manager's console stop send SIGBREAK, whose default ends the process at once: the same
+    warm shutdown is installed for it (for every signal :func:`distpool.platform.
+    stop_signals` names)."""
+    for stop_signal in platform.stop_signals():
+        if stop_signal != signal.SIGTERM:
+            install_worker_term_handler(sender.controller, sig=stop_signal.name)
+
+
 #: ``celery worker`` options that ask for events (Flower, ``celery events``), which want the
 #: worker's heartbeats too.
 EVENT_OPTIONS = ("-E", "--task-events", "--events", "--heartbeat-interval")
@@ -115,6 +144,8 @@ def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
     print 64, and composing one is much of a slot's start-up CPU)."""
     if app is None:
         app = create_app(settings, process_holder())
+    signals.worker_ready.connect(stop_on_every_stop_signal, weak=False,
+                                 dispatch_uid="distpool-stop-signals")
     wants_events = any(arg == option or arg.startswith(option + "=")
                        for arg in extra_args for option in EVENT_OPTIONS)
     argv = [

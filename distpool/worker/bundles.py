@@ -24,12 +24,13 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
 
 from ..errors import DistpoolError, ModuleConflictError
-from ..platform import WINDOWS, lock
+from ..platform import lock, private_to_this_user, this_user
 from ..wire.bundles import BundleRef, extract
 from ..wire.payload import BlobRef, ReadBlob
 
@@ -48,6 +49,9 @@ _EXTRACTING = ".extracting-"
 
 #: Top-level module -> the hash of the bundle this process has put on its path for it.
 _mounted: dict[str, str] = {}
+#: Held while a thread of this process mounts bundles: the file lock of :func:`extracted`
+#: is the process's, which its other threads (Celery's threads pool) would pass.
+_mounting = threading.Lock()
 #: The top-level modules the worker imported before it ran any task (its own): no fresh
 #: process would be without them.
 _baseline: frozenset[str] = frozenset()
@@ -84,19 +88,20 @@ def conflict(bundles: Sequence[BundleRef]) -> ModuleConflictError | None:
 def mount(bundles: Sequence[BundleRef], fetch: ReadBlob) -> None:
     """Make each bundle's module importable, from its own content, before anything else of
     that name. Raises :class:`ModuleConflictError` where :func:`conflict` finds one."""
-    problem = conflict(bundles)
-    if problem is not None:
-        raise problem
-    for bundle in bundles:
-        if _mounted.get(bundle.name) == bundle.digest:
-            continue
-        path = extracted(bundle, fetch)
-        previous = _mounted.pop(bundle.name, None)
-        if previous is not None:  # of a bundle whose module this process never imported
-            _remove_from_path(os.path.join(os.path.dirname(path), previous))
-        sys.path.insert(0, path)
-        _mounted[bundle.name] = bundle.digest
-        importlib.invalidate_caches()
+    with _mounting:
+        problem = conflict(bundles)
+        if problem is not None:
+            raise problem
+        for bundle in bundles:
+            if _mounted.get(bundle.name) == bundle.digest:
+                continue
+            path = extracted(bundle, fetch)
+            previous = _mounted.pop(bundle.name, None)
+            if previous is not None:  # of a bundle whose module this process never imported
+                _remove_from_path(os.path.join(os.path.dirname(path), previous))
+            sys.path.insert(0, path)
+            _mounted[bundle.name] = bundle.digest
+            importlib.invalidate_caches()
 
 
 def extracted(bundle: BundleRef, fetch: ReadBlob) -> str:
@@ -140,18 +145,15 @@ def cache_directory() -> str:
     if configured:
         os.makedirs(configured, exist_ok=True)
         return configured
-    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    directory = os.path.join(tempfile.gettempdir(), f"distpool-cache-{user}")
+    directory = os.path.join(tempfile.gettempdir(), f"distpool-cache-{this_user()}")
     try:
         os.mkdir(directory, 0o700)
     except FileExistsError:
         pass
-    if not WINDOWS:  # (each user has a temporary directory of their own there)
-        status = os.lstat(directory)
-        if os.path.islink(directory) or status.st_uid != os.getuid() or status.st_mode & 0o077:
-            raise DistpoolError(
-                f"{directory} is not this user's alone: distpool will not run code from it. "
-                f"Remove it, or set {CACHE_VARIABLE} to a directory of this user's")
+    if os.path.islink(directory) or not private_to_this_user(os.lstat(directory)):
+        raise DistpoolError(
+            f"{directory} is not this user's alone: distpool will not run code from it. "
+            f"Remove it, or set {CACHE_VARIABLE} to a directory of this user's")
     return directory
 
 

@@ -25,12 +25,12 @@ import enum
 import logging
 import os
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ..platform import process_exists
 from ..store.redis_store import POOL_GONE, RedisStore
 from ..wire.envelope import MESSAGE_DONE
 
@@ -146,12 +146,6 @@ class Claims:
         only its claim's lapse tells."""
         host, _, rest = owner.partition(":")
         pid_text = rest.partition(":")[0]
-        if host != self._host or not pid_text.isdigit() or sys.platform == "win32":
-            return False  # (os.kill(pid, 0) would send CTRL_C_EVENT on Windows)
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # another user's process: it exists
+        if host != self._host or not pid_text.isdigit():
             return False
-        return False
+        return not process_exists(int(pid_text))

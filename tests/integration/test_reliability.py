@@ -15,14 +15,21 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import distpool
 from distpool.errors import TaskTimeoutError, WorkerLostError
-from tests.support import EXIT_TIMEOUT, exit_status, ignore_the_soft_limit, stop_process_group
+from tests.support import (
+    EXIT_TIMEOUT,
+    WINDOWS_MODE,
+    exit_status,
+    ignore_the_soft_limit,
+    stop_process_group,
+)
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
 pytestmark = pytest.mark.integration
 
-#: The worker options of each process model: slots (the default) and Celery's prefork.
-PROCESS_MODELS = {"slots": [], "prefork": ["--pool", "prefork"]}
+#: The worker options of each process model: slots (the default) and Celery's prefork (not in
+#: the simulated-Windows mode: Windows refuses it).
+PROCESS_MODELS = {"slots": [], **({} if WINDOWS_MODE else {"prefork": ["--pool", "prefork"]})}
 with_each_process_model = pytest.mark.parametrize("model", PROCESS_MODELS)
 
 
@@ -153,6 +160,39 @@ def test_terminate_leaves_nothing_queued_in_the_broker(make_cluster):
     assert broker.llen(cluster.queue) == 0
     # A handful of lines per node, not one warning per revoked id per slot.
     assert "Failed to mark task" not in cluster.workers[0].log()
+
+
+def hold_the_gil():
+    """Native code that never lets another thread of its process run: no signal handler, no
+    watchdog, no remote control there (builtin sum over a range is one bytecode)."""
+    return sum(range(10**12))
+
+
+@with_each_process_model
+def test_terminate_stops_a_task_that_holds_the_gil(make_cluster, model):
+    cluster = make_cluster(nodes=1, concurrency=1, extra_args=PROCESS_MODELS[model])
+    pool = distpool.Pool(1, **cluster.pool_kwargs())
+    assert pool.apply(square, (2,)) == 4
+    pool.apply_async(hold_the_gil)
+    time.sleep(1.5)
+    pool.terminate()
+    pool.join()
+    started = time.monotonic()
+    with distpool.Pool(1, **cluster.pool_kwargs()) as other:
+        assert other.apply(square, (3,)) == 9
+    assert time.monotonic() - started < 30  # not the task's hour
+
+
+def test_a_threads_worker_says_once_per_pool_that_it_cannot_enforce_task_timeout(make_cluster):
+    cluster = make_cluster(nodes=1, concurrency=2, extra_args=["--pool", "threads"])
+    with distpool.Pool(2, task_timeout=30, **cluster.pool_kwargs()) as pool:
+        assert pool.map(square, range(6), chunksize=1) == [x * x for x in range(6)]
+        pool_id = pool._pool_id
+    with distpool.Pool(2, **cluster.pool_kwargs()) as untimed:
+        assert untimed.map(square, range(3), chunksize=1) == [0, 1, 4]
+    log = cluster.workers[0].log()
+    assert log.count("sets a task_timeout, which this worker cannot enforce") == 1, log
+    assert f"pool {pool_id} sets a task_timeout" in log
 
 
 def test_ctrl_c_in_the_client_stops_the_pools_work(make_cluster, tmp_path):

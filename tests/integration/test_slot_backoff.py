@@ -10,10 +10,10 @@ import socket
 import threading
 import time
 
-import psutil
 import pytest
 
 import distpool
+from tests.support import slot_processes
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +26,7 @@ def pid_after(seconds):
 def test_a_slot_killed_again_and_again_backs_off_alone_and_the_node_says_so(make_cluster):
     cluster = make_cluster(nodes=1, concurrency=2)
     worker = cluster.workers[0]
-    parent = psutil.Process(worker.process.pid)
-    healthy, victim = parent.children()
+    healthy, victim = slot_processes(worker)
     served = []
     stop = threading.Event()
 
@@ -50,7 +49,7 @@ def test_a_slot_killed_again_and_again_backs_off_alone_and_the_node_says_so(make
                     server.start()
                 deadline = time.monotonic() + 30
                 while True:
-                    others = [c for c in parent.children()
+                    others = [c for c in slot_processes(worker)
                               if c.pid not in (healthy.pid, *killed)]
                     if others:
                         victim = others[0]
@@ -63,7 +62,7 @@ def test_a_slot_killed_again_and_again_backs_off_alone_and_the_node_says_so(make
             if server.is_alive():
                 server.join(30)
         assert worker.process.poll() is None, "the node gave up"
-        assert healthy.pid in {c.pid for c in parent.children()}
+        assert healthy.pid in {c.pid for c in slot_processes(worker)}
 
     # Restarted later and later: 1, 2 then 4 s after each death, not at once.
     gaps = [b - a for a, b in zip(appeared, appeared[1:])]

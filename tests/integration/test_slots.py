@@ -19,7 +19,7 @@ import pytest
 
 import distpool
 from distpool.errors import TaskTimeoutError, WorkerLostError
-from tests.support import ignore_the_soft_limit
+from tests.support import Worker, ignore_the_soft_limit, slot_processes
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.integration
 def pid_after(seconds):
     time.sleep(seconds)
     return os.getpid()
-
-
-def slot_processes(worker):
-    return psutil.Process(worker.process.pid).children()
 
 
 def pids_serving(pool, expected, timeout=30):
@@ -53,11 +49,13 @@ def test_n_single_process_workers_serve_and_a_dead_one_is_replaced(make_cluster)
         assert pids_serving(pool, 2) == {child.pid for child in children}
         children[0].send_signal(signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while len(slot_processes(parent)) < 2 or children[0].pid in {
-                c.pid for c in slot_processes(parent)}:
+        while True:
+            pids = {c.pid for c in slot_processes(parent)}
+            if len(pids) == 2 and children[0].pid not in pids:
+                break
             assert time.monotonic() < deadline, "the dead worker was not replaced"
             time.sleep(0.2)
-        replacement = {c.pid for c in slot_processes(parent)} - {children[1].pid}
+        replacement = pids - {children[1].pid}
         assert pids_serving(pool, 2) == {children[1].pid, *replacement}
 
 
@@ -104,7 +102,7 @@ def test_max_tasks_per_child_replaces_a_slot_process_after_that_many_tasks(make_
 def test_slots_shut_down_when_their_parent_is_killed_outright(make_cluster):
     cluster = make_cluster(nodes=1, concurrency=2)
     parent = psutil.Process(cluster.workers[0].process.pid)
-    slots = parent.children()
+    slots = slot_processes(cluster.workers[0])
     assert len(slots) == 2
     parent.send_signal(signal.SIGKILL)
     _, alive = psutil.wait_procs(slots, timeout=20)
@@ -121,3 +119,47 @@ def test_the_parent_logs_at_the_nodes_loglevel_and_a_slot_logs_each_record_once(
     assert f"INFO/{node}] slot 0 started: pid" in log
     # A forked slot drops the parent's handler: Celery's own alone writes its records.
     assert len(re.findall(r"task \S+ of pool \S+ started", log)) == 1, log
+
+
+def stopped_node(cluster, how):
+    """Stop the node's parent as ``how`` says, and return what its log says it did."""
+    worker = cluster.workers[0]
+    if how == "SIGTERM":  # to the parent alone: on Windows nothing can reach the slots so
+        os.kill(worker.process.pid, signal.SIGTERM)
+    else:  # a console's Ctrl-C reaches every process of the group, the slots too
+        os.killpg(worker.process.pid, signal.SIGINT)
+    assert worker.process.wait(60) == 0
+    return worker.log()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_a_stopped_node_lets_its_running_tasks_finish(make_cluster, how):
+    cluster = make_cluster(nodes=1, concurrency=2)
+    with distpool.Pool(2, **cluster.pool_kwargs()) as pool:
+        assert len(pids_serving(pool, 2)) == 2
+        running = pool.map_async(pid_after, [4, 4], chunksize=1)
+        time.sleep(1.5)
+        log = stopped_node(cluster, how)
+        assert len(set(running.get(timeout=10))) == 2  # finished where they ran
+    assert f"stopping ({how}): running tasks get 30 s to finish" in log
+    assert "killing it" not in log
+
+
+def test_a_task_still_running_at_the_stop_timeout_is_put_back_and_runs_elsewhere(
+        make_cluster):
+    # --worker-lost-timeout 120: put back at once, or the other node would not get it in time.
+    stopped = make_cluster(nodes=1, concurrency=1,
+                           extra_args=["--stop-timeout", "1", "--worker-lost-timeout", "120"])
+    with distpool.Pool(1, **stopped.pool_kwargs()) as pool:
+        first = pool.apply(pid_after, (0,))
+        result = pool.apply_async(pid_after, (6,))
+        time.sleep(1.5)
+        log = stopped_node(stopped, "SIGTERM")
+        assert re.search(r"slot 0 \(pid \d+\) still running message \S+; killing it, putting "
+                         r"the message back on the queue", log), log
+        other = Worker(stopped.broker, stopped.queue, 1, stopped.result_url,
+                       secret=stopped.secret)
+        try:
+            assert result.get(timeout=60) != first
+        finally:
+            other.stop()

@@ -3,7 +3,7 @@
 :func:`run_slot` is the target of the process the parent starts for each slot, forked or
 spawned (a fresh interpreter, on Windows and macOS: its arguments are pickled, the settings
 included). It cuts what a forked slot inherits of its parent, starts the watch that shuts
-the slot down if the parent dies, and runs the worker's Celery app
+the slot down warmly when the node stops or its parent dies, and runs the worker's Celery app
 (:mod:`distpool.worker.app`) configured for a slot: its pool (:class:`SlotPool`) and the
 state file through which it tells the parent what it runs (:mod:`.state`).
 
@@ -24,14 +24,13 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from multiprocessing.synchronize import Event
 from typing import Any
 
 from celery import Celery, signals
@@ -39,6 +38,7 @@ from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.utils.imports import load_extension_class_names
 from celery.worker import state as worker_state
 
+from ... import platform
 from ...brokers.celery_app import TASK_NAME
 from ...config import Settings
 from .. import bundles, execute
@@ -52,7 +52,7 @@ logger = logging.getLogger("distpool")
 #: The name of the parent's log handler (:func:`.parent.log_to_stderr`), which a forked slot
 #: drops.
 PARENT_HANDLER = "distpool-slots-parent"
-#: How often a slot looks for its parent (where it cannot wait on it).
+#: How often a slot looks whether its parent is gone, waiting on the node's stop meanwhile.
 PARENT_CHECK_INTERVAL = 1.0
 #: How long a retiring slot waits for threads its tasks left running before it ends anyway.
 RETIRE_GRACE = 5.0
@@ -97,18 +97,20 @@ def preload(settings: Settings, siblings: int) -> Celery:
 
 
 def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[str],
-             state_path: str, siblings: int = 1, app: Celery | None = None,
-             index: int = 0) -> None:
+             state_path: str, siblings: int, app: Celery | None, index: int,
+             stopping: Event) -> None:
     """Run the Celery worker of one slot, node ``name``, reporting what it runs in the file
     ``state_path``, until it stops; then exit with its status. ``extra_args``: ``celery
     worker`` options; ``siblings``: the node's slots, this one included, which take turns
     at the broker's chores, this one's turn being its ``index``; ``app``: the one
-    :func:`preload` made, which a forked slot inherits (a spawned one makes its own)."""
-    # A forked slot inherits the parent's SIGTERM handler until Celery installs its own, and
+    :func:`preload` made, which a forked slot inherits (a spawned one makes its own);
+    ``stopping``: the node's event, set when it stops."""
+    # A forked slot inherits the parent's stop handlers until Celery installs its own, and
     # its log handler, which would log each of the slot's records a second time.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for stop_signal in platform.stop_signals():
+        signal.signal(stop_signal, signal.SIG_DFL)
     drop_parent_logging()
-    threading.Thread(target=_stop_with_parent, name="distpool-parent-watch",
+    threading.Thread(target=_stop_with_node, args=(stopping,), name="distpool-parent-watch",
                      daemon=True).start()
     inherited = len(sys.modules)
 
@@ -176,20 +178,19 @@ def _leftover_threads() -> list[threading.Thread]:
             if not thread.daemon and thread is not threading.current_thread()]
 
 
-def _stop_with_parent() -> None:
-    """Shut the slot down warmly (its running task finishes) once its parent is gone, killed
-    outright, say: unsupervised, a slot that died would not be replaced, nor would its
-    message be put back or its time limit enforced."""
-    if sys.platform == "win32":
-        parent = multiprocessing.parent_process()
-        if parent is None:
-            return
-        multiprocessing.connection.wait([parent.sentinel])
-    else:  # the sentinel of a forked slot is held open by its siblings; the parent id is not
-        parent_id = os.getppid()
-        while os.getppid() == parent_id:
-            time.sleep(PARENT_CHECK_INTERVAL)
-    logger.warning("the parent of this slot is gone; shutting down")
+def _stop_with_node(stopping: Event) -> None:
+    """Shut the slot down warmly (its running task finishes) once the node stops (its parent
+    sets ``stopping``), or once its parent is gone, killed outright, say: unsupervised, a
+    slot that died would not be replaced, nor would its message be put back or its time
+    limit enforced. The warm shutdown is Celery's, for SIGTERM, raised in this process:
+    which works alike on Windows, where no other process could send it."""
+    parent_gone = platform.parent_watch()
+    while not stopping.wait(PARENT_CHECK_INTERVAL):
+        if parent_gone():
+            logger.warning("the parent of this slot is gone; shutting down")
+            break
+    else:
+        logger.info("the node is stopping; shutting down when the running task ends")
     signal.raise_signal(signal.SIGTERM)
 
 

@@ -18,6 +18,9 @@ reads what each slot runs from the slot's state file (:mod:`distpool.worker.slot
   of attempts instead of returning forever;
 * kills a slot whose message runs past its hard time limit, having first marked the message
   (``recovery.timed_out``), so that its tasks fail with ``TaskTimeoutError``;
+* kills a slot that goes on running a message of a pool that has ended (terminated, or its
+  client gone): the slot's own watchdog and a revoke do that at once, unless the task holds
+  the GIL in native code, where neither of the slot's threads runs;
 * publishes the node's record, what each slot runs, for ``distpool status`` (:mod:`.report`).
 
 Each slot is a :class:`multiprocessing.Process` running :func:`.child.run_slot`, with
@@ -25,6 +28,14 @@ multiprocessing's default start method: forked on Linux, from a process that has
 imported Celery, so a slot starts in milliseconds; a fresh interpreter on Windows and macOS,
 which gets the settings pickled. A slot shuts down warmly when its parent dies (see
 :mod:`.child`).
+
+Stopping. SIGTERM, Ctrl-C, and on Windows Ctrl-Break (SIGBREAK) stop the node warmly: the
+parent sets the node's ``stopping`` event, on which each slot asks its Celery for a warm
+shutdown (a stop needs no signal sent to another process, which Windows cannot do: there,
+``Process.terminate()`` is a kill). Running tasks get ``stop_timeout`` seconds to finish; a
+slot still running then is killed and its message put back on the queue, as for a slot
+that died. A second Ctrl-C does that at once. A console's Ctrl-C reaches the slots too, and
+Celery's warm shutdown is what they do with it.
 
 Restarts. A slot that dies running a message, or that the parent kills for its time limit,
 is replaced at once: that death is its task's, whose attempts are bounded. So is a slot that
@@ -66,11 +77,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from typing import Protocol
 
-from ...config import Settings
+from ... import platform
+from ...config import DEFAULT_STOP_TIMEOUT, Settings
+from ...store.keys import pool_of
 from .child import PARENT_HANDLER, preload, run_slot
 from .recovery import SlotRecovery
 from .report import NodeReport, SlotReport
@@ -79,10 +93,10 @@ from .state import Running, SlotState, StateDirectory, remove_leftovers
 
 logger = logging.getLogger("distpool")
 
-#: How long the slots get to finish their running tasks when the parent is stopped.
-STOP_TIMEOUT = 30.0
 #: How often the parent looks at its slots.
 CHECK_INTERVAL = 0.2
+#: How often the parent asks whether the pools of its slots' running messages have ended.
+POOL_CHECK_INTERVAL = 2.0
 #: How many slots the parent starts at one look, at most: when terminate() kills every busy
 #: slot at once, their replacements start a few at a time (each a Celery worker's start), so
 #: the slots already back serve on instead of sharing the cores with dozens of starts.
@@ -103,6 +117,9 @@ class Recovery(Protocol):
     def release(self, holder: str) -> None:
         """Put back what the gone slot's consumer ``holder`` had taken and not yet run."""
 
+    def pools_gone(self, pool_ids: Iterable[str]) -> set[str]:
+        """Those of ``pool_ids`` that have ended (none if that cannot be known now)."""
+
     def disconnect(self) -> None:
         """Close its connections, to open them again when next needed."""
 
@@ -119,17 +136,22 @@ class _Slot:
         self.replacing = False
         #: What it ran when last looked at (for the node's record).
         self.running: Running | None = None
+        #: The message of an ended pool that it was last seen running.
+        self.orphaned: str | None = None
 
 
 def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "WARNING",
-              extra_args: Sequence[str] = (), recovery: Recovery | None = None) -> int:
+              extra_args: Sequence[str] = (), stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+              recovery: Recovery | None = None) -> int:
     """Run ``concurrency`` slots of the node ``name`` (Celery's ``%h`` placeholders allowed),
     each :func:`.child.run_slot` in a process of its own with the ``celery worker`` options
-    ``extra_args``, until SIGTERM or Ctrl-C. Returns 1 if every slot keeps failing. Logs to
-    stderr, as the node, at ``loglevel``. ``recovery``: a :class:`.recovery.SlotRecovery`
-    unless given."""
+    ``extra_args``, until it is stopped (see Stopping above: running tasks get
+    ``stop_timeout`` seconds). Returns 1 if every slot keeps failing. Logs to stderr, as the
+    node, at ``loglevel``. ``recovery``: a :class:`.recovery.SlotRecovery` unless given."""
     stop = threading.Event()
+    stopped_by: list[str] = []
     context = multiprocessing.get_context()
+    stopping = context.Event()
     level = logger.level
     handler = log_to_stderr(expand_host(name), loglevel)
     try:
@@ -155,7 +177,7 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
             slot.process = context.Process(
                 target=run_slot, name=f"distpool-slot-{slot.index}",
                 args=(settings, slot_name(name, slot.index), loglevel, list(extra_args),
-                      slot.state.path, concurrency, app, slot.index))
+                      slot.state.path, concurrency, app, slot.index, stopping))
             slot.process.start()
             slot.backoff.started()
             logger.log(logging.WARNING if slot.replacing else logging.INFO,
@@ -163,19 +185,32 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
                        "replaced" if slot.replacing else "started", slot.process.pid)
             slot.replacing = False
 
+        def stop_by(signum: int, _: object) -> None:
+            stopped_by.append(signal.Signals(signum).name)
+            stop.set()
+
         try:
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())  # (a slot resets its own)
+            for stop_signal in platform.stop_signals():  # (a slot resets its own)
+                signal.signal(stop_signal, stop_by)
+            pools_asked = time.monotonic()
             while not stop.is_set():  # the first look starts the slots, a few at a time
                 if not _tend_all(slots, recovery, start, time.monotonic()):
                     return 1
                 report.update([slot_report(slot, celery_name)
                                for slot, celery_name in zip(slots, names)])
+                if time.monotonic() - pools_asked >= POOL_CHECK_INTERVAL:
+                    _end_orphans(slots, recovery)
+                    pools_asked = time.monotonic()
                 stop.wait(CHECK_INTERVAL)
-            logger.warning("stopping (SIGTERM): running tasks get %g s to finish", STOP_TIMEOUT)
         except KeyboardInterrupt:
-            logger.warning("stopping (Ctrl-C): running tasks get %g s to finish", STOP_TIMEOUT)
+            stopped_by.append("Ctrl-C")
         finally:
-            _stop_all([slot.process for slot in slots if slot.process is not None])
+            if stopped_by:
+                logger.warning("stopping (%s): running tasks get %g s to finish",
+                               stopped_by[0], stop_timeout)
+            _stop_all(slots, recovery, stopping, stop_timeout)
+            for slot in slots:
+                slot.state.close()
             report.close()
             directory.remove()
     finally:
@@ -279,6 +314,27 @@ def _tend(slot: _Slot, recovery: Recovery) -> float | None:
     return delay
 
 
+def _end_orphans(slots: Sequence[_Slot], recovery: Recovery) -> None:
+    """Kill each slot seen at two looks in a row running the same message of a pool that
+    has ended; the next look puts the message back (where it is skipped) and replaces the
+    slot. At the first look the slot's own watchdog may still stop it, more gently."""
+    busy = [(slot, slot.running) for slot in slots
+            if slot.process is not None and slot.running is not None]
+    gone = recovery.pools_gone({pool_of(running.message_id) for _, running in busy}) \
+        if busy else set()
+    for slot, running in busy:
+        if pool_of(running.message_id) not in gone:
+            slot.orphaned = None
+        elif slot.orphaned != running.message_id:
+            slot.orphaned = running.message_id
+        else:
+            assert slot.process is not None
+            logger.warning("slot %d (pid %s): message %s is of a pool that has ended, and the "
+                           "slot did not stop it; killing the slot", slot.index,
+                           slot.process.pid, running.message_id)
+            slot.process.kill()
+
+
 def _release(slot: _Slot, recovery: Recovery) -> None:
     holder = slot.state.read_holder()  # before a replacement's start clears the file
     if holder:
@@ -294,15 +350,34 @@ def _exit_description(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _stop_all(processes: Sequence[BaseProcess]) -> None:
-    for process in processes:
-        if process.is_alive():
-            process.terminate()  # SIGTERM, Celery's warm shutdown (on Windows, a kill)
-    for process in processes:
-        process.join(STOP_TIMEOUT)
-        if process.is_alive():
-            process.kill()
-            process.join()
+def _stop_all(slots: Sequence[_Slot], recovery: Recovery, stopping: Event,
+              timeout: float) -> None:
+    """Stop the slots warmly (see Stopping above): each finishes its running task and
+    exits; one still running after ``timeout`` seconds, or at a second Ctrl-C, is killed and
+    its messages put back on the queue."""
+    stopping.set()
+    started = [slot for slot in slots if slot.process is not None and slot.process.pid]
+    deadline = time.monotonic() + timeout
+    try:
+        for slot in started:
+            assert slot.process is not None
+            platform.joined(slot.process, max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        logger.warning("stopping now: running tasks are killed and put back on the queue")
+    for slot in started:
+        process = slot.process
+        assert process is not None
+        if not process.is_alive():
+            continue
+        running = slot.state.read()
+        logger.warning("slot %d (pid %s) still running message %s; killing it, putting the "
+                       "message back on the queue", slot.index, process.pid,
+                       running.message_id if running else "(none)")
+        process.kill()
+        process.join()
+        _release(slot, recovery)
+        if running is not None:
+            recovery.requeue(running)
 
 
 def log_to_stderr(node: str, loglevel: str) -> logging.Handler:

@@ -4,6 +4,7 @@ parent's work (:class:`~.parent.Recovery`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from kombu.connection import Connection
@@ -44,6 +45,17 @@ class SlotRecovery:
             self._store.mark_timed_out(running.message_id)
         except Exception as exc:  # then it runs again, and times out again
             logger.error("could not mark message %s as timed out: %s", running.message_id, exc)
+
+    def pools_gone(self, pool_ids: Iterable[str]) -> set[str]:
+        """Those of ``pool_ids`` that have ended (terminated, or their client is gone); none
+        while the store cannot be asked."""
+        try:
+            if self._store is None:
+                self._store = RedisStore(self._result_url)
+            return {pool_id for pool_id in pool_ids if not self._store.pool_is_live(pool_id)}
+        except Exception as exc:  # the store is away: not a reason to kill a task
+            logger.info("could not ask which pools have ended: %s", exc)
+            return set()
 
     def requeue(self, running: Running) -> None:
         if not self._restores:

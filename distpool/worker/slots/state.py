@@ -94,6 +94,12 @@ class SlotState:
         fields = self._fields()
         return fields[0] if fields else None
 
+    def close(self) -> None:
+        """Close the file, if this side wrote it (Windows removes no file held open)."""
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
     def _fields(self) -> list[str]:
         try:
             with open(self.path, "rb") as file:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -284,3 +285,27 @@ def test_an_imap_whose_input_fails_raises_the_error_in_place_of_the_next_chunk(k
     else:
         assert outcomes == ["a", "b", "KeyError"]
     assert done.jobs == [1]
+
+
+@pytest.mark.parametrize("windows", [False, True])
+def test_waits_with_no_timeout_are_sliced_where_ctrl_c_could_not_end_them(monkeypatch, windows):
+    # Windows before 3.14 ignores Ctrl-C in a lock's wait with no timeout (cpython#80116).
+    from distpool import platform
+    monkeypatch.setattr(platform, "windows", windows)
+    sliced = platform.windows and sys.version_info < (3, 14)
+    waits = []
+    result, iterator = ApplyResult(1, Done()), IMapIterator(2, Done())
+    real_wait = threading.Event.wait
+
+    def wait(event, timeout=None):
+        if event is result._event:
+            waits.append(timeout)
+        return real_wait(event, timeout)
+
+    monkeypatch.setattr(threading.Event, "wait", wait)
+    threading.Timer(0.6, result.set_outcome, (0, True, "done")).start()
+    assert result.get() == "done"
+    assert (all(t is not None and t <= platform.WAIT_SLICE for t in waits) and len(waits) > 1
+            if sliced else waits == [None])
+    threading.Timer(0.6, iterator.set_outcome, (0, True, ["item"])).start()
+    assert next(iterator) == "item"  # (its condition's wait, sliced alike)

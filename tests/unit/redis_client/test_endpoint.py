@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from redis.connection import parse_url
 
+from distpool import platform
 from distpool.redis_client.endpoint import Endpoint
+
+
+@pytest.fixture(autouse=True)
+def posix(monkeypatch):
+    """unix:// URLs are read as on POSIX, whatever runs the tests (see the Windows test)."""
+    monkeypatch.setattr(platform, "windows", False)
 
 
 @pytest.mark.parametrize("url", [
@@ -58,3 +65,10 @@ def test_the_options_that_say_how_to_connect_are_read():
 def test_a_url_that_cannot_be_read_says_what_is_wrong(url, message):
     with pytest.raises(ValueError, match=message.replace("+", r"\+").replace("?", r"\?")):
         Endpoint.from_url(url)
+
+
+def test_a_unix_url_on_windows_says_it_cannot_be_used_there(monkeypatch):
+    monkeypatch.setattr(platform, "windows", True)
+    with pytest.raises(ValueError, match="unix:// URLs cannot be used on Windows"):
+        Endpoint.from_url("unix:///run/redis.sock?db=5")
+    assert Endpoint.from_url("redis://cache:6380/0").port == 6380

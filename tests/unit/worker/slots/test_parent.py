@@ -1,23 +1,28 @@
 """The slot parent's decisions (distpool.worker.slots.parent), over stand-in processes and
-broker, on a fake clock; and how a node chooses its process model (distpool.worker.node) and
-starts a slot (distpool.worker.slots.child), without starting one."""
+broker, on a fake clock; and how a slot starts (distpool.worker.slots.child), without
+starting one."""
 
 from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import time
 
-import pytest
 from celery.utils.imports import symbol_by_name
 
-from distpool import cli
 from distpool.config import resolve
-from distpool.errors import SecretKeyMissingError
-from distpool.worker import node
 from distpool.worker.app import create_app
 from distpool.worker.slots import child
-from distpool.worker.slots.parent import GIVE_UP_FAILURES, _Slot, _tend, _tend_all, slot_name
+from distpool.worker.slots.parent import (
+    GIVE_UP_FAILURES,
+    _end_orphans,
+    _Slot,
+    _stop_all,
+    _tend,
+    _tend_all,
+    slot_name,
+)
 from distpool.worker.slots.restarts import Backoff
 from distpool.worker.slots.state import Running, SlotState
 
@@ -41,10 +46,27 @@ class StandInProcess:
         pass
 
 
+class WarmProcess(StandInProcess):
+    """Ends its running task and exits when the node's stop is set (or never, if slow)."""
+
+    def __init__(self, stopping, slow=False):
+        super().__init__()
+        self.stopping, self.slow = stopping, slow
+
+    def join(self, timeout=None):
+        if self.stopping.is_set() and not self.slow:
+            self.exitcode = 0
+
+
 class StandInRecovery:
-    def __init__(self, process=None):
+    def __init__(self, process=None, gone=()):
         self.process = process
         self.events = []
+        self.gone = set(gone)
+
+    def pools_gone(self, pool_ids):
+        self.events.append(("pools_gone", sorted(pool_ids)))
+        return self.gone & set(pool_ids)
 
     def timed_out(self, running):
         self.events.append(("timed_out", running.message_id))
@@ -212,65 +234,6 @@ def settings(secret="k" * 32):
     return resolve(broker="redis://127.0.0.1:6379/0", secret=secret, environ={})
 
 
-class Calls:
-    """Stands in for the two process models: records how the node ran."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        monkeypatch.setattr(node, "run_slots", self.record("slots"))
-        monkeypatch.setattr(node, "run_worker", self.record("celery"))
-
-    def record(self, model):
-        def run(*args, **kwargs):
-            self.calls.append((model, args, kwargs))
-            return 0
-        return run
-
-
-@pytest.mark.parametrize("pool", [None, "solo"])
-def test_a_node_runs_slots_by_default_and_for_solo(monkeypatch, pool):
-    calls = Calls(monkeypatch)
-    assert node.run(settings(), concurrency=3, name="n@h", loglevel="INFO",
-                    extra_args=["-E"], pool=pool) == 0
-    assert calls.calls == [("slots", (settings(), 3, "n@h", "INFO", ["-E"]), {})]
-
-
-def test_a_node_runs_celery_s_own_worker_for_any_other_pool(monkeypatch):
-    calls = Calls(monkeypatch)
-    node.run(settings(), concurrency=2, name="n@h", extra_args=["-E"], pool="prefork")
-    assert calls.calls == [
-        ("celery", (settings(), 2, "n@h", "WARNING", ["--pool=prefork", "-E"]), {})]
-
-
-def test_a_node_without_a_key_starts_nothing(monkeypatch):
-    calls = Calls(monkeypatch)
-    with pytest.raises(SecretKeyMissingError):
-        node.run(settings(secret=None), concurrency=1)
-    assert calls.calls == []
-
-
-def test_a_node_is_named_after_its_process_by_default(monkeypatch):
-    calls = Calls(monkeypatch)
-    node.run(settings(), concurrency=1)
-    (_, (_, _, name, _, _), _), = calls.calls
-    assert name.startswith("distpool-") and name.endswith("@%h")
-
-
-def test_distpool_worker_hands_its_options_to_the_node(monkeypatch):
-    runs = []
-    monkeypatch.setattr(node, "run", lambda settings, **kwargs: runs.append(kwargs) or 0)
-    for name in ("DISTPOOL_SECRET", "DISTPOOL_SECRET_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    assert cli.main(["worker", "--insecure", "-c", "3", "-n", "x@h", "-l", "info",
-                     "-P", "prefork", "-E", "--max-tasks-per-child", "5"]) == 0
-    assert cli.main(["worker", "--insecure", "-c", "1", "--pool=solo"]) == 0
-    assert runs == [
-        {"concurrency": 3, "name": "x@h", "loglevel": "INFO", "pool": "prefork",
-         "extra_args": ["-E", "--max-tasks-per-child", "5"]},
-        {"concurrency": 1, "name": None, "loglevel": "WARNING", "pool": "solo",
-         "extra_args": []}]
-
-
 def test_each_slot_is_a_celery_node_named_after_its_node():
     assert slot_name("distpool-12@%h", 0) == "distpool-12-0@%h"
     assert slot_name("worker@box.example", 3) == "worker-3@box.example"
@@ -292,3 +255,48 @@ def test_a_slot_s_app_runs_its_pool_and_raises_the_soft_limit_itself(monkeypatch
     child.configure_slot(app, state)
     assert symbol_by_name(app.conf.worker_pool) is child.SlotPool
     assert app.distpool_raises_soft_limit is True and reported == [state]
+
+
+def test_a_stopped_node_lets_running_tasks_finish_and_kills_only_the_late(tmp_path, caplog):
+    stopping = threading.Event()
+    prompt, late = WarmProcess(stopping), WarmProcess(stopping, slow=True)
+    slots = [slot(tmp_path, prompt, Running("m0", "t0", None), index=0),
+             slot(tmp_path, late, Running("m1", "t1", None), index=1)]
+    recovery = StandInRecovery()
+    _stop_all(slots, recovery, stopping, timeout=0.1)
+    assert stopping.is_set()
+    assert prompt.exitcode == 0 and prompt.events == []
+    assert late.events == ["kill"]
+    assert recovery.events == [("release", "holder-1"), ("requeue", "m1")]
+    assert "slot 1 (pid" in caplog.text and "still running message m1" in caplog.text
+
+
+def test_a_slot_still_running_a_task_of_an_ended_pool_is_killed_at_the_second_look(tmp_path):
+    ended, live = "a" * 32, "b" * 32
+    orphan, other = StandInProcess(), StandInProcess()
+    slots = [slot(tmp_path, orphan, Running(f"{ended}:0", "t0", None), index=0),
+             slot(tmp_path, other, Running(f"{live}:0", "t1", None), index=1)]
+    for tended in slots:
+        tended.running = tended.state.read()
+    recovery = StandInRecovery(gone={ended})
+    _end_orphans(slots, recovery)  # first sighting: the slot's own watchdog may stop it
+    assert orphan.events == [] and recovery.events == [("pools_gone", [ended, live])]
+    _end_orphans(slots, recovery)
+    assert orphan.events == ["kill"] and other.events == []
+    # The next look finds it dead running the message: put back (and skipped), replaced.
+    assert _tend(slots[0], recovery) == 0
+    assert recovery.events[-1] == ("requeue", f"{ended}:0")
+
+
+def test_a_slot_that_moved_on_to_another_message_is_not_killed(tmp_path):
+    ended = "a" * 32
+    process = StandInProcess()
+    tended = slot(tmp_path, process, Running(f"{ended}:0", "t0", None))
+    tended.running = tended.state.read()
+    recovery = StandInRecovery(gone={ended})
+    _end_orphans([tended], recovery)
+    tended.running = Running(f"{ended}:1", "t1", None)  # the revoke's next one, skipped soon
+    _end_orphans([tended], recovery)
+    assert process.events == []
+    _end_orphans([slot(tmp_path, StandInProcess(), index=1)], recovery)  # idle: nothing asked
+    assert recovery.events == [("pools_gone", [ended])] * 2
