@@ -109,6 +109,10 @@ class Pool:
             settings = settings.with_broker(self._cluster.broker_url,
                                             self._cluster.secret.encode())
         self._settings = settings
+        # Masked now: __del__ may repr a pool left for interpreter exit, when the modules
+        # that would mask it are gone.
+        self._shown_broker = (None if settings.broker_url is None
+                              else config.mask_url(settings.broker_url))
         try:
             transport = transports.connect(settings)
             try:
@@ -218,8 +222,7 @@ class Pool:
 
     def __repr__(self) -> str:
         cls = type(self)
-        settings = getattr(self, "_settings", None)
-        broker = None if settings is None else config.mask_url(settings.broker_url)
+        broker = getattr(self, "_shown_broker", None)
         return (f"<{cls.__module__}.{cls.__qualname__} state={self._state} "
                 f"pool_size={getattr(self, '_processes', None)} broker={broker}>")
 
