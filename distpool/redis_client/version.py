@@ -1,7 +1,7 @@
 """Which Redis a server is, and whether distpool can use it: Redis 6.2 or newer.
 
-The broker's workers take messages with ``BLMOVE`` and the result store pops results with
-``LPOP key count``, both Redis 6.2. An older server accepts connections and most commands,
+The broker's workers take messages with ``BLMOVE``, and the clients take results with it,
+Redis 6.2. An older server accepts connections and most commands,
 then fails the first of those, deep inside a worker or a collector; so the client refuses it
 at ``Pool()``, ``distpool worker`` at its start, and the local cluster when its server
 starts, each naming the version found and the version needed.
@@ -23,8 +23,7 @@ from .protocol import ReplyError
 #: The oldest Redis distpool works with, and what it needs of it.
 MINIMUM = (6, 2, 0)
 #: What a refusal says is needed.
-NEEDED = (f"distpool needs Redis {MINIMUM[0]}.{MINIMUM[1]} or newer (it uses BLMOVE, and LPOP "
-          "with a count)")
+NEEDED = (f"distpool needs Redis {MINIMUM[0]}.{MINIMUM[1]} or newer (it uses BLMOVE)")
 
 #: The command that reads the version: in place of a ``PING``, it proves the server answers.
 INFO_SERVER = ("INFO", "server")

@@ -6,6 +6,10 @@
   tasks sent and done), for ``distpool status``; it expires with the liveness key.
 * ``distpool:pool:<id>:results``: the pool's result records; workers push, the client's
   collector thread pops. Every write renews its expiry, so nothing outlives an abandoned pool.
+* ``distpool:pool:<id>:received``: the records the collector has taken from the results and
+  not yet acknowledged (it does with its next take), so that a reply lost on its way loses
+  none; ``distpool:pool:<id>:acknowledged``, how many it has acknowledged in all, which
+  makes an acknowledgement sent twice count once (see ``RedisStore.pop_results``).
 * ``distpool:pool:<id>:messages`` (hash), what became of the pool's messages (a message's id
   is that of its first task, ``<pool>:<job>:<index>``): field ``<message id>``, its claim,
   ``<deadline ms> <worker process>`` while one runs it (see :mod:`distpool.worker.claims`)
@@ -36,6 +40,14 @@ def info(pool_id: str) -> str:
 
 def results(pool_id: str) -> str:
     return f"distpool:pool:{pool_id}:results"
+
+
+def received(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:received"
+
+
+def acknowledged(pool_id: str) -> str:
+    return f"distpool:pool:{pool_id}:acknowledged"
 
 
 def messages(pool_id: str) -> str:

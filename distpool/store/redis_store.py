@@ -70,6 +70,43 @@ return 1
 """
 
 
+# The collector's take: move up to ARGV[1] records from the pool's results KEYS[1] to the end
+# of its received list KEYS[2], and return the whole received list: what the collector has
+# taken and not yet acknowledged, including what a reply lost on the way left there.
+_TAKE = """
+local moved = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #moved > 0 then
+    redis.call('LTRIM', KEYS[1], #moved, -1)
+    redis.call('RPUSH', KEYS[2], unpack(moved))
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"""
+
+# Acknowledge the collector's last take: drop the first ARGV[2] records of the received list
+# KEYS[1] if the count of records acknowledged so far, KEYS[2], is still ARGV[1]. A retry of
+# an acknowledgement that went through finds the count moved on, and drops nothing.
+_ACKNOWLEDGE = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') == tonumber(ARGV[1]) then
+    redis.call('LTRIM', KEYS[1], tonumber(ARGV[2]), -1)
+    redis.call('SET', KEYS[2], tonumber(ARGV[1]) + tonumber(ARGV[2]), 'EX', ARGV[3])
+end
+return 0
+"""
+
+
+class _Taken:
+    """What a pool's collector has taken: how many records it has acknowledged in all, and
+    how many it took last (to acknowledge with its next take, once they are handled)."""
+
+    def __init__(self) -> None:
+        self.acknowledged = 0
+        self.last = 0
+        #: Whether records may wait in the received list unseen (before the first take, and
+        #: after a failed one): then the next take does not block.
+        self.unseen = True
+
+
 #: What every pool's info holds (see ``Engine._report``), as ``distpool status`` shows it.
 _POOL_INFO = ("host", "pid", "processes", "sent", "done", "in_flight")
 
@@ -95,6 +132,7 @@ class RedisStore:
         self._commands = Connection(url, timeout=reply_timeout)
         self._popping = Connection(url, timeout=reply_timeout)
         self._reply_timeout = reply_timeout
+        self._taken: dict[str, _Taken] = {}
         self.blobs = Blobs(self._commands)
 
     # -- pools ------------------------------------------------------------------------
@@ -149,13 +187,30 @@ class RedisStore:
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
         """Block for the next record, then take whatever else waits behind it, in one round
-        trip: Redis runs the pipelined LPOP as soon as the BLPOP is served. For one thread
-        at a time (a pool's collector): its connection is blocked meanwhile."""
-        key = keys.results(pool_id)
-        first, rest = self._popping.run(
-            [("BLPOP", key, timeout), ("LPOP", key, FETCH_BATCH - 1)],
+        trip: Redis runs the pipelined take as soon as the BLMOVE is served. For one thread
+        at a time (a pool's collector), which has handled what the previous call returned:
+        its connection is blocked meanwhile.
+
+        Nothing taken is lost with a reply lost on its way back: records move, atomically,
+        into the pool's received list, which keeps them until the next call acknowledges
+        them; a call after a failed one returns them again (a record seen twice is dropped
+        by the engine, as one pushed twice)."""
+        results, received = keys.results(pool_id), keys.received(pool_id)
+        taken = self._taken.setdefault(pool_id, _Taken())
+        commands: list[tuple[Any, ...]] = []
+        if taken.last:
+            commands.append(("EVAL", _ACKNOWLEDGE, 2, received, keys.acknowledged(pool_id),
+                             taken.acknowledged, taken.last, RESULTS_TTL))
+        if not taken.unseen:
+            commands.append(("BLMOVE", results, received, "LEFT", "RIGHT", timeout))
+        commands.append(("EVAL", _TAKE, 2, results, received, FETCH_BATCH, RESULTS_TTL))
+        taken.unseen = True  # until the replies are in
+        replies = self._popping.run(
+            commands,
             reply_timeout=None if self._reply_timeout is None else timeout + self._reply_timeout)
-        records: list[bytes] = [] if first is None else [first[1], *(rest or [])]
+        taken.acknowledged += taken.last
+        records: list[bytes] = replies[-1]
+        taken.last, taken.unseen = len(records), False
         return [record for record in records if record != WAKE_UP]
 
     def wake(self, pool_id: str) -> None:
@@ -163,8 +218,10 @@ class RedisStore:
 
     def close_pool(self, pool_id: str) -> None:
         self._commands.run([("DEL", keys.live(pool_id), keys.info(pool_id),
-                             keys.results(pool_id), keys.messages(pool_id),
+                             keys.results(pool_id), keys.received(pool_id),
+                             keys.acknowledged(pool_id), keys.messages(pool_id),
                              keys.blobs(pool_id))])
+        self._taken.pop(pool_id, None)
 
     # -- what became of a message --------------------------------------------------------
 

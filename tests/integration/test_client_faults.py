@@ -13,6 +13,7 @@ import redis
 
 import distpool
 from distpool.errors import AuthenticationError, BrokerUnavailableError
+from tests.dropping_proxy import ReplyDroppingProxy
 from tests.hostile import HOSTILE_RECORDS
 
 pytestmark = pytest.mark.integration
@@ -87,3 +88,16 @@ def test_a_frozen_redis_fails_the_callers_wait_in_bounded_time(make_cluster_on_o
     finally:
         pool.terminate()
         pool.join()
+
+
+def test_a_map_completes_though_the_reply_carrying_its_results_is_lost(shared_cluster):
+    # Redis has taken the records off the results when the connection is cut: they exist
+    # nowhere but in that lost reply, unless the take left them somewhere to find again.
+    with ReplyDroppingProxy(shared_cluster.redis.port) as proxy:
+        with distpool.Pool(2, **{**shared_cluster.pool_kwargs(),
+                                 "result_url": proxy.url()}) as pool:
+            assert pool.map(square, range(4)) == [0, 1, 4, 9]
+            proxy.drop_next_reply_to(b"BLMOVE", b"BLPOP")
+            assert pool.map_async(nap, [0.5] * 4, chunksize=1).get(timeout=30) == [0.5] * 4
+            assert pool.map(square, range(100), chunksize=10) == [x * x for x in range(100)]
+        assert proxy.dropped.is_set()

@@ -11,8 +11,9 @@ import redis
 
 from distpool.redis_client.protocol import RedisConnectionError
 from distpool.store.keys import pool_of
-from distpool.store.redis_store import POOL_GONE
+from distpool.store.redis_store import POOL_GONE, RedisStore
 from distpool.wire.envelope import MESSAGE_DONE as DONE
+from tests.dropping_proxy import ReplyDroppingProxy
 from tests.support import message_of_a_live_pool
 
 pytestmark = pytest.mark.integration
@@ -33,6 +34,26 @@ def test_pushes_and_pops_go_on_after_redis_dropped_their_connections(store, redi
     redis.Redis.from_url(redis_server.url(5)).client_kill_filter(_type="normal", skipme=True)
     store.push_results(pool_id, [b"after"])
     assert store.pop_results(pool_id, 1) == [b"after"]
+
+
+def test_records_whose_pop_reply_is_lost_are_taken_again_and_no_others_twice(redis_server):
+    # The reply to a take is lost after Redis moved the records: the connection's retry, or
+    # the next take, finds them in the received list; what was acknowledged is not repeated.
+    pool_id = uuid.uuid4().hex
+    with ReplyDroppingProxy(redis_server.port) as proxy:
+        store = RedisStore(proxy.url(5), reply_timeout=5.0)
+        try:
+            store.push_results(pool_id, [b"first" * 20])
+            assert store.pop_results(pool_id, 1) == [b"first" * 20]
+            proxy.drop_next_reply_to(b"BLMOVE", b"BLPOP")
+            store.push_results(pool_id, [b"lost?" * 20, b"no" * 40])
+            assert store.pop_results(pool_id, 2) == [b"lost?" * 20, b"no" * 40]
+            assert proxy.dropped.is_set() and b"lost?" in proxy.dropped_reply
+            store.push_results(pool_id, [b"next" * 20])
+            assert store.pop_results(pool_id, 2) == [b"next" * 20]
+            assert store.pop_results(pool_id, 0.1) == []
+        finally:
+            store.close()
 
 
 def test_a_claim_keeps_a_message_from_a_second_holder_until_it_lapses(store):
