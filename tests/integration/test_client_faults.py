@@ -27,10 +27,12 @@ def nap(seconds):
     return seconds
 
 
-def test_hostile_records_on_the_result_list_stop_neither_results_nor_liveness(shared_cluster):
+@pytest.mark.parametrize("listed", ["results", "received"])  # the two lists the client reads
+def test_hostile_records_on_the_result_list_stop_neither_results_nor_liveness(shared_cluster,
+                                                                              listed):
     store = redis.Redis.from_url(shared_cluster.result_url)
     with distpool.Pool(2, **shared_cluster.pool_kwargs(), pool_ttl=2) as pool:
-        results_key = f"distpool:pool:{pool._pool_id}:results"
+        results_key = f"distpool:pool:{pool._pool_id}:{listed}"
         in_flight = pool.apply_async(nap, (1.0,))
         # A record for a task in flight, not signed with the key: it fails that task only.
         task_id = f"{pool._pool_id}:{in_flight._job}:0"
