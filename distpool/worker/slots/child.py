@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from multiprocessing.synchronize import Event
+from multiprocessing.context import BaseContext
 from typing import Any
 
 from celery import Celery, signals
@@ -52,8 +52,8 @@ logger = logging.getLogger("distpool")
 #: The name of the parent's log handler (:func:`.parent.log_to_stderr`), which a forked slot
 #: drops.
 PARENT_HANDLER = "distpool-slots-parent"
-#: How often a slot looks whether its parent is gone, waiting on the node's stop meanwhile.
-PARENT_CHECK_INTERVAL = 1.0
+#: How often a slot looks whether the node is stopping, or its parent gone.
+STOP_CHECK_INTERVAL = 0.25
 #: How long a retiring slot waits for threads its tasks left running before it ends anyway.
 RETIRE_GRACE = 5.0
 #: What a slot's Celery worker imports as it starts (its command line, consumer, remote
@@ -96,9 +96,25 @@ def preload(settings: Settings, siblings: int) -> Celery:
     return app
 
 
+class NodeStop:
+    """The node's stop, which its parent sets and each slot looks at
+    (:func:`_stop_with_node`): a byte of shared memory, no lock. A ``multiprocessing.Event``
+    would hang its ``set()`` for ever once a process that waited on it had ended
+    (python/cpython#75158): after any slot died, the node could not stop."""
+
+    def __init__(self, context: BaseContext) -> None:
+        self._flag = context.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+
 def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[str],
              state_path: str, siblings: int, app: Celery | None, index: int,
-             stopping: Event) -> None:
+             stopping: NodeStop) -> None:
     """Run the Celery worker of one slot, node ``name``, reporting what it runs in the file
     ``state_path``, until it stops; then exit with its status. ``extra_args``: ``celery
     worker`` options; ``siblings``: the node's slots, this one included, which take turns
@@ -106,9 +122,12 @@ def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[
     :func:`preload` made, which a forked slot inherits (a spawned one makes its own);
     ``stopping``: the node's event, set when it stops."""
     # A forked slot inherits the parent's stop handlers until Celery installs its own, and
-    # its log handler, which would log each of the slot's records a second time.
+    # its log handler, which would log each of the slot's records a second time. Ctrl-Break
+    # reaches every process of a Windows console, a slot still starting too, which it would
+    # end: the node's stop reaches the slot through ``stopping`` instead.
     for stop_signal in platform.stop_signals():
-        signal.signal(stop_signal, signal.SIG_DFL)
+        signal.signal(stop_signal,
+                      signal.SIG_DFL if stop_signal == signal.SIGTERM else signal.SIG_IGN)
     drop_parent_logging()
     threading.Thread(target=_stop_with_node, args=(stopping,), name="distpool-parent-watch",
                      daemon=True).start()
@@ -178,14 +197,15 @@ def _leftover_threads() -> list[threading.Thread]:
             if not thread.daemon and thread is not threading.current_thread()]
 
 
-def _stop_with_node(stopping: Event) -> None:
+def _stop_with_node(stopping: NodeStop) -> None:
     """Shut the slot down warmly (its running task finishes) once the node stops (its parent
     sets ``stopping``), or once its parent is gone, killed outright, say: unsupervised, a
     slot that died would not be replaced, nor would its message be put back or its time
     limit enforced. The warm shutdown is Celery's, for SIGTERM, raised in this process:
     which works alike on Windows, where no other process could send it."""
     parent_gone = platform.parent_watch()
-    while not stopping.wait(PARENT_CHECK_INTERVAL):
+    while not stopping.is_set():
+        time.sleep(STOP_CHECK_INTERVAL)
         if parent_gone():
             logger.warning("the parent of this slot is gone; shutting down")
             break

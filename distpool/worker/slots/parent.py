@@ -30,8 +30,8 @@ which gets the settings pickled. A slot shuts down warmly when its parent dies (
 :mod:`.child`).
 
 Stopping. SIGTERM, Ctrl-C, and on Windows Ctrl-Break (SIGBREAK) stop the node warmly: the
-parent sets the node's ``stopping`` event, on which each slot asks its Celery for a warm
-shutdown (a stop needs no signal sent to another process, which Windows cannot do: there,
+parent sets the node's stop (:class:`.child.NodeStop`), on which each slot asks its Celery
+for a warm shutdown (a stop needs no signal sent to another process, which Windows cannot do: there,
 ``Process.terminate()`` is a kill). Running tasks get ``stop_timeout`` seconds to finish; a
 slot still running then is killed and its message put back on the queue, as for a slot
 that died. A second Ctrl-C does that at once. A console's Ctrl-C reaches the slots too, and
@@ -79,13 +79,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event
 from typing import Protocol
 
 from ... import platform
 from ...config import DEFAULT_STOP_TIMEOUT, Settings
 from ...store.keys import pool_of
-from .child import PARENT_HANDLER, preload, run_slot
+from .child import PARENT_HANDLER, NodeStop, preload, run_slot
 from .recovery import SlotRecovery
 from .report import NodeReport, SlotReport
 from .restarts import Backoff
@@ -151,7 +150,7 @@ def run_slots(settings: Settings, concurrency: int, name: str, loglevel: str = "
     stop = threading.Event()
     stopped_by: list[str] = []
     context = multiprocessing.get_context()
-    stopping = context.Event()
+    stopping = NodeStop(context)
     level = logger.level
     handler = log_to_stderr(expand_host(name), loglevel)
     try:
@@ -350,7 +349,7 @@ def _exit_description(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _stop_all(slots: Sequence[_Slot], recovery: Recovery, stopping: Event,
+def _stop_all(slots: Sequence[_Slot], recovery: Recovery, stopping: NodeStop,
               timeout: float) -> None:
     """Stop the slots warmly (see Stopping above): each finishes its running task and
     exits; one still running after ``timeout`` seconds, or at a second Ctrl-C, is killed and
