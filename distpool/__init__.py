@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     )
     from .errors import (
         BrokerUnavailableError,
+        CheckpointError,
         DistpoolError,
         EnvelopeError,
         IncompatibleEnvelopeError,
@@ -49,7 +50,7 @@ _EXPORTS = {
     "Pool": "client.pool",
     **dict.fromkeys(["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator",
                      "MapResult"], "client.results"),
-    **dict.fromkeys(["BrokerUnavailableError", "DistpoolError", "EnvelopeError",
+    **dict.fromkeys(["BrokerUnavailableError", "CheckpointError", "DistpoolError", "EnvelopeError",
                      "IncompatibleEnvelopeError", "MaybeEncodingError",
                      "ModuleConflictError", "PayloadTooLargeError", "PoolTerminatedError",
                      "RemoteTraceback", "TaskTimeoutError", "TimeoutError",
@@ -81,6 +82,7 @@ __all__ = [
     "ApplyResult",
     "AsyncResult",
     "BrokerUnavailableError",
+    "CheckpointError",
     "DistpoolError",
     "DistributedPool",
     "EnvelopeError",

@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
     if args.command == "status":
         return _status(args)
+    if args.command == "checkpoints":
+        return _checkpoints(args)
     return _cluster(args)
 
 
@@ -112,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="how long to wait for Redis and the broker (default 5)")
     status.add_argument("--json", action="store_true",
                         help="print JSON, for scripts (its shape is below)")
+    checkpoints = commands.add_parser(
+        "checkpoints", help="list the journals of named runs, or remove one",
+        description="List the journals of named runs (Pool(checkpoint=NAME), "
+                    "DISTPOOL_CHECKPOINT), with their progress; 'rm NAME' removes one, so "
+                    "that the run starts afresh.")
+    checkpoints.add_argument("action", nargs="?", choices=["rm"], help="remove NAME's journal")
+    checkpoints.add_argument("name", nargs="?", metavar="NAME")
+    checkpoints.add_argument("--dir", metavar="PATH",
+                             help="where the journals are (default: $DISTPOOL_CHECKPOINT_DIR, "
+                                  "else .distpool)")
     commands.add_parser(
         "demo", add_help=False,
         help="run a forecast-shaped job on multiprocessing.Pool, then on distpool.Pool "
@@ -167,6 +179,29 @@ def _cluster(args: argparse.Namespace) -> int:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def _checkpoints(args: argparse.Namespace) -> int:
+    from .client import journal
+    from .client.resume import journal_root
+
+    root = args.dir or journal_root()
+    if args.action == "rm":
+        if not args.name:
+            print("distpool checkpoints rm: name the run to remove", file=sys.stderr)
+            return 2
+        try:
+            journal.remove(root, args.name)
+        except (OSError, DistpoolError) as exc:
+            print(f"distpool checkpoints rm: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    for found in journal.journals(root):
+        state = ("finished" if found.finished
+                 else f"held by {found.holder}" if found.holder else "resumable")
+        print(f"{found.name}  {found.records} records  {found.size:,} bytes  {state}  "
+              f"last written {time.strftime('%Y-%m-%d %H:%M', time.localtime(found.modified))}")
     return 0
 
 

@@ -114,6 +114,12 @@ class VersionMismatchError(DistpoolError):
     not of the client's versions, so it did not run the task (the message names them)."""
 
 
+class CheckpointError(DistpoolError):
+    """A named run cannot go on from its journal: the script makes another call than the
+    journaled run made at that place (the message names both), or another process holds the
+    run (the message names its host and pid)."""
+
+
 class VersionSkewWarning(UserWarning):
     """A worker's installed modules that a task relied on are not of the client's versions
     (the message names the module, both versions and the host); the task ran all the same."""

@@ -19,9 +19,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from .pool import Calls, Function, Pool
+from .pool import Calls, Pool
 from .results import FutureResult
 from .sources import chunked
+from .tasks import Function
 
 T = TypeVar("T")
 
@@ -41,7 +42,10 @@ class Executor(concurrent.futures.Executor):
                  **pool_options: Any) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
-        self._pool = Pool(max_workers, initializer, initargs, **pool_options)
+        if "checkpoint" in pool_options:
+            raise TypeError("an Executor has no named runs (checkpoint): a Pool has")
+        # No run, whatever $DISTPOOL_CHECKPOINT says: futures are not matched to a journal.
+        self._pool = Pool(max_workers, initializer, initargs, checkpoint=False, **pool_options)
         #: As ProcessPoolExecutor's: how many tasks run at once (dask sizes its work by it).
         self._max_workers: int = self._pool._processes
         self._calls = Calls(self._pool)

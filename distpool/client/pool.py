@@ -18,16 +18,24 @@ import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from multiprocessing.pool import CLOSE, RUN, TERMINATE
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 from .. import config, transports
 from ..local.cluster import LocalCluster
 from .engine import Engine
 from .progress import TqdmDisplay
-from .results import ApplyResult, Callback, IMapIterator, IMapUnorderedIterator, MapResult
+from .results import (
+    ApplyResult,
+    Callback,
+    IMapIterator,
+    IMapUnorderedIterator,
+    JobResult,
+    MapResult,
+)
+from .resume import NamedRun, Remaining, journal_root, resume_items, run_name
 from .shipping import Serialised, Serialiser, Shipping
 from .sources import ReadAhead, gated, lazy_tasks, map_tasks
-from .tasks import TaskMaker, label_of
+from .tasks import Function, TaskMaker
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,7 +56,9 @@ class Pool:
     ``ship`` (which of the user's own modules travel to the workers: ``"auto"``, False, or
     a list of modules and paths; see :mod:`distpool.client.shipping`) and
     ``strict_versions`` (refuse to run a task on a worker whose installed modules it relies
-    on are of other versions than here, instead of warning). Unset, each comes from its
+    on are of other versions than here, instead of warning) and ``checkpoint`` (a run name:
+    the pool journals its results, and the same script run again with that name resumes
+    where it stopped; see :mod:`distpool.client.resume`). Unset, each comes from its
     ``DISTPOOL_*`` environment variable, then from the defaults (see README). With no broker
     at all, the pool starts a private local cluster.
     """
@@ -71,10 +81,12 @@ class Pool:
         insecure: bool | None = None,
         ship: str | bool | Iterable[str | os.PathLike[str]] | None = None,
         strict_versions: bool | None = None,
+        checkpoint: str | Literal[False] | None = None,
     ) -> None:
         # Set first, so that __del__ and __repr__ work on a half-built pool.
         self._state = "INIT"
         self._engine: Engine | None = None
+        self._run: NamedRun | None = None
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (
@@ -96,6 +108,32 @@ class Pool:
         initializer_payload = None if initializer is None else self._serialise(
             (initializer, tuple(initargs)), "the initializer and its initargs")
         self._cluster: LocalCluster | None = None
+        name = None if checkpoint is False else run_name(checkpoint)
+        if name is not None:  # first: a run another process holds starts nothing here
+            self._run = NamedRun.open(name, journal_root())
+        try:
+            self._connect(settings, processes, initializer_payload, maxtasksperchild)
+        except BaseException:
+            if self._run is not None:
+                self._run.close()
+            raise
+        self._state = RUN
+        assert self._engine is not None
+        # Threads and results refer to the engine, never to the pool, so an abandoned pool
+        # is collected, and then (or at interpreter exit) its engine is terminated.
+        self._finalizer: weakref.finalize[Any, None] = weakref.finalize(
+            self, _shut_down, self._engine, self._cluster, self._run)
+
+    @property
+    def resumed(self) -> int:
+        """How many results this pool took from its run's journal instead of computing them
+        (0 for a pool without a run name)."""
+        return 0 if self._run is None else self._run.resumed
+
+    def _connect(self, settings: config.Settings, processes: int | None,
+                 initializer_payload: Serialised | None,
+                 maxtasksperchild: int | None) -> None:
+        """Start the private cluster if none is configured, and the engine."""
         if settings.broker_url is None and not settings.eager:
             if settings.result_url is not None:
                 # Its workers would keep results, and look for this pool's liveness key, in
@@ -121,6 +159,8 @@ class Pool:
                 self._pool_id = uuid.uuid4().hex
                 self._tasks = TaskMaker(self._pool_id, initializer_payload, maxtasksperchild,
                                         settings.strict_versions)
+                if self._run is not None and not settings.eager and self._cluster is None:
+                    self._run.hold_in(transports.run_holds(settings))  # (other hosts')
                 self._engine = Engine(
                     transport, settings, self._pool_id, self._processes,
                     transport_gone=self._cluster.failure if self._cluster else lambda: None)
@@ -132,10 +172,6 @@ class Pool:
             if self._cluster is not None:
                 self._cluster.stop()
             raise
-        self._state = RUN
-        # Threads and results refer to the engine, never to the pool, so an abandoned pool
-        # is collected, and then (or at interpreter exit) its engine is terminated.
-        self._finalizer = weakref.finalize(self, _shut_down, self._engine, self._cluster)
 
     # -- the multiprocessing.Pool API ------------------------------------------------------
 
@@ -208,12 +244,16 @@ class Pool:
         self._engine.join()
         if self._cluster is not None:
             self._cluster.stop()
+        if self._run is not None and self._state == CLOSE:  # its work all done
+            self._run.finish()
 
     def __enter__(self) -> Pool:
         self._running_engine()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if self._run is not None and exc_type is None:  # the script's run went through
+            self._run.finish()
         self.terminate()
 
     def __reduce__(self) -> Any:
@@ -247,12 +287,21 @@ class Pool:
         caller will wait for the result (``apply``), so it may send the task itself."""
         engine = self._running_engine()
         code = function.serialised(self._serialise)
-        arguments = self._serialise((tuple(args), dict(kwds)), "the arguments")
+        args, kwds = tuple(args), dict(kwds)
+        arguments = self._serialise((args, kwds), "the arguments")
         job = engine.new_job()
         result: ApplyResult[T] = result_type(job, engine.job_done, callback, error_callback)
+        job_result: JobResult = result
+        if self._run is not None and start is None:  # (the Executor's calls journal nothing)
+            call = self._run.call("apply", function.label, code.payload)
+            argument_digest, found, value = call.journaled(0, (args, kwds))
+            if found:
+                result.set_outcome(0, True, value)
+                return result
+            job_result = Remaining(result, call, [0], [argument_digest], single=True)
         task = self._tasks.task(job, 0, "apply", code, arguments, function.label)
-        engine.submit(job, result, iter([task]) if start is None else gated(task, result,
-                                                                             start),
+        engine.submit(job, job_result, iter([task]) if start is None else gated(task, result,
+                                                                                start),
                       here=waits)
         return result
 
@@ -263,24 +312,36 @@ class Pool:
         engine = self._running_engine()
         items: Sequence[Any] = iterable if hasattr(iterable, "__len__") else list(iterable)  # type: ignore[assignment]
         length = len(items)
-        if chunksize is None:
-            chunksize, extra = divmod(length, self._processes * 4)
-            if extra:
-                chunksize += 1
-        elif chunksize < 1:
+        if chunksize is not None and chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         function = Function(func)
-        function.serialised(self._serialise)  # raises here, naming it, if it cannot travel
+        code = function.serialised(self._serialise)  # raises here, naming it, if it cannot travel
         job = engine.new_job()
-        result: MapResult[Any] = MapResult(job, engine.job_done, length, chunksize,
-                                           callback, error_callback,
-                                           TqdmDisplay(length, func) if progress else None)
-        if result.ready():  # an empty input: complete already, nothing to send
+        call = None if self._run is None else self._run.call(kind, function.label,
+                                                             code.payload)
+        display = TqdmDisplay(length, func) if progress else None
+        if call is None:
+            chunksize = chunksize or self._default_chunksize(length)
+            result: MapResult[Any] = MapResult(job, engine.job_done, length, chunksize,
+                                               callback, error_callback, display)
+            job_result: JobResult = result
+        else:  # item by item: those the journal holds complete at once
+            result = MapResult(job, engine.job_done, length, 1, callback, error_callback,
+                               display)
+            positions, digests, items = resume_items(call, result, items)
+            chunksize = chunksize or self._default_chunksize(len(items))
+            job_result = Remaining(result, call, positions, digests, chunksize)
+        if result.ready():  # an empty input, or all journaled: nothing to send
             return result
-        engine.submit(job, result, map_tasks(self._tasks, self._serialiser, job, kind,
-                                             function.serialised(self._serialise),
-                                             function.label, items, chunksize), here=waits)
+        engine.submit(job, job_result, map_tasks(self._tasks, self._serialiser, job, kind,
+                                                 code, function.label, items, chunksize),
+                      here=waits)
         return result
+
+    def _default_chunksize(self, length: int) -> int:
+        """multiprocessing's: four chunks per process."""
+        chunksize, extra = divmod(length, self._processes * 4)
+        return chunksize + 1 if extra else chunksize
 
     def _imap(self, result_type: type, func: Callable[..., Any], iterable: Iterable[Any],
               chunksize: int, buffersize: int | None, progress: bool) -> IMapIterator[Any]:
@@ -295,34 +356,25 @@ class Pool:
         job = engine.new_job()
         length = len(iterable) if isinstance(iterable, Sized) else None
         display = TqdmDisplay(length, func) if progress else None
-        result: IMapIterator[Any] = result_type(job, engine.job_done, engine.wake_dispatcher,
-                                                chunksize, display)
-        engine.submit(job, result, lazy_tasks(self._tasks, self._serialiser, job, result,
-                                              function.label, code, items, chunksize),
+        if self._run is None:
+            result: IMapIterator[Any] = result_type(
+                job, engine.job_done, engine.wake_dispatcher, chunksize, display)
+            job_result: Any = result
+        else:  # item by item: those the journal holds come at once
+            kind = "imap" if result_type is IMapIterator else "imap_unordered"
+            call = self._run.call(kind, function.label, code.payload)
+            result = result_type(job, engine.job_done, engine.wake_dispatcher, 1, display,
+                                 stops_after_failure=chunksize > 1)
+            job_result = Remaining(result, call, [], [], chunksize)
+            items = job_result.read_lazily(items)
+        engine.submit(job, job_result, lazy_tasks(self._tasks, self._serialiser, job,
+                                                  job_result, function.label, code, items,
+                                                  chunksize),
                       ReadAhead(buffersize or max(16, 4 * self._processes), result))
         return result
 
 
 DistributedPool = Pool
-
-
-class Function(Generic[T]):
-    """A callable, its name for operators (``label``), and its serialised form, made once,
-    when a call first needs it: many calls of one callable serialise it once."""
-
-    def __init__(self, call: Callable[..., T]) -> None:
-        self.call = call
-        self.label = label_of(call)  # what operators see it called
-        self._serialised: Serialised | None = None
-
-    def __call__(self, *args: Any, **kwargs: Any) -> T:
-        return self.call(*args, **kwargs)
-
-    def serialised(self, serialise: Callable[[Any, str], Serialised]) -> Serialised:
-        """The callable as tasks carry it, made by ``serialise`` the first time."""
-        if self._serialised is None:
-            self._serialised = serialise(self.call, "the function")
-        return self._serialised
 
 
 class Calls:
@@ -343,7 +395,9 @@ class Calls:
                                  result_type)
 
 
-def _shut_down(engine: Engine, cluster: LocalCluster | None) -> None:
+def _shut_down(engine: Engine, cluster: LocalCluster | None, run: NamedRun | None) -> None:
     engine.terminate()
     if cluster is not None:
         cluster.stop()
+    if run is not None:
+        run.close()

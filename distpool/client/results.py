@@ -238,11 +238,16 @@ class IMapIterator(Generic[T]):
 
     def __init__(self, job: int, on_done: OnDone,
                  on_consumed: Callable[[], None] | None = None, chunksize: int = 1,
-                 display: ProgressDisplay | None = None) -> None:
+                 display: ProgressDisplay | None = None,
+                 stops_after_failure: bool | None = None) -> None:
         self._job = job
         self._on_done = on_done
         self._on_consumed = on_consumed
         self._chunksize = chunksize
+        # Whether a failed chunk ends the iteration: multiprocessing's does when chunks hold
+        # more than one item (a resumed run's iterator gets items one by one, see .resume).
+        self._stops_after_failure = (chunksize > 1 if stops_after_failure is None
+                                     else stops_after_failure)
         #: Items received out of how many (known once the input is exhausted).
         self.progress = Progress(None, display)
         self.quiet = display is None
@@ -280,7 +285,7 @@ class IMapIterator(Generic[T]):
                 finished = self._position == len(value)
             else:
                 finished = True
-                self._stopped = self._chunksize > 1
+                self._stopped = self._stops_after_failure
             if finished:
                 self._chunks.popleft()
                 self._position = 0

@@ -13,10 +13,12 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..wire.envelope import TaskEnvelope
 from .shipping import Serialised
+
+T = TypeVar("T")
 
 
 class Task:
@@ -91,3 +93,22 @@ def _main_module_name() -> str:
         return str(spec.name)
     path = getattr(main, "__file__", None)
     return os.path.splitext(os.path.basename(path))[0] if path else "__main__"
+
+
+class Function(Generic[T]):
+    """A callable, its name for operators (``label``), and its serialised form, made once,
+    when a call first needs it: many calls of one callable serialise it once."""
+
+    def __init__(self, call: Callable[..., T]) -> None:
+        self.call = call
+        self.label = label_of(call)  # what operators see it called
+        self._serialised: Serialised | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        return self.call(*args, **kwargs)
+
+    def serialised(self, serialise: Callable[[Any, str], Serialised]) -> Serialised:
+        """The callable as tasks carry it, made by ``serialise`` the first time."""
+        if self._serialised is None:
+            self._serialised = serialise(self.call, "the function")
+        return self._serialised

@@ -19,6 +19,9 @@
   goes with the pool, so nothing of it outlives the pool (or a day, if its client died).
 * ``distpool:pool:<id>:blobs`` (hash): payloads too large for a message, as raw bytes (see
   :mod:`distpool.store.blobs`); it expires with the liveness key.
+* ``distpool:run:<name>``: the client that holds the named run ``<name>`` (see
+  :mod:`distpool.client.resume`), while it refreshes the key: a client of another host cannot
+  take the run meanwhile.
 * ``distpool:workers:<queue>`` (sorted set: worker name -> expiry time) and
   ``distpool:slots:<queue>`` (hash: worker name -> processes): who serves a queue.
 * ``distpool:nodes:<queue>`` (hash: node name -> JSON record) and
@@ -72,6 +75,10 @@ def result_blob(task_id: str, digest: str) -> str:
     other bytes writes another blob, so a late duplicate never changes the one its record
     names."""
     return f"result:{task_id}:{digest}"
+
+
+def run(name: str) -> str:
+    return f"distpool:run:{name}"
 
 
 def workers(queue: str) -> str:

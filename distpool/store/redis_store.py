@@ -95,6 +95,25 @@ return 0
 """
 
 
+# Hold KEYS[1] for ARGV[1] for ARGV[2] ms, unless another holds it: then return that holder.
+_HOLD = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then
+    return held
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+# Let KEYS[1] go if ARGV[1] holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class _Taken:
     """What a pool's collector has taken: how many records it has acknowledged in all, and
     how many it took last (to acknowledge with its next take, once they are handled)."""
@@ -299,6 +318,14 @@ class RedisStore:
         # Skipping what is not a count: anyone who can write to the store could put it there.
         return {name.decode("utf-8", "replace"): int(n) for name, n in zip(names, slots)
                 if n is not None and n.isdigit()}
+
+    def hold_run(self, name: str, holder: str, ttl: float) -> str | None:
+        [other] = self._commands.run([("EVAL", _HOLD, 1, keys.run(name), holder,
+                                       int(ttl * 1000))])
+        return None if other is None else other.decode("utf-8", "replace")
+
+    def release_run(self, name: str, holder: str) -> None:
+        self._commands.run([("EVAL", _RELEASE, 1, keys.run(name), holder)])
 
     def ping(self) -> None:
         """Raise if the store cannot be reached, and

@@ -9,7 +9,7 @@ from typing import NamedTuple
 from ..config import Settings, mask_url
 from ..errors import BrokerUnavailableError, UnsupportedRedisError
 from ..wire.envelope import Signer
-from .base import Publisher, ResultStore
+from .base import Publisher, ResultStore, RunHolds
 
 #: How late the broker's or the result store's reply may be before the client's call fails
 #: (a pop's, beyond its own wait): a frozen Redis (stopped, its VM paused, or cut off by a
@@ -83,4 +83,13 @@ def connect(settings: Settings) -> Transport:
     return Transport(publisher, store, Signer(settings.secret))
 
 
-__all__ = ["Publisher", "ResultStore", "Transport", "connect"]
+def run_holds(settings: Settings) -> RunHolds:
+    """A connection of its own to the result store, where a named run is held for the
+    clients of every host (a pool's own connections close with it, before its run is let
+    go)."""
+    from ..brokers.celery_app import urls
+    from ..store.redis_store import RedisStore
+    return RedisStore(urls(settings)[1], REPLY_TIMEOUT)
+
+
+__all__ = ["Publisher", "ResultStore", "RunHolds", "Transport", "connect", "run_holds"]

@@ -49,6 +49,20 @@ class Blobs(Protocol):
         """Delete the pool's blobs, given as ``(name, size)``."""
 
 
+class RunHolds(Protocol):
+    """Where the clients of every host see who holds a named run (the result store)."""
+
+    def hold_run(self, name: str, holder: str, ttl: float) -> str | None:
+        """Hold the named run ``name`` for ``holder`` for ``ttl`` seconds more, unless
+        another holds it: then that holder (else None)."""
+
+    def release_run(self, name: str, holder: str) -> None:
+        """Let the run go, if ``holder`` holds it."""
+
+    def close(self) -> None:
+        """Release the connections."""
+
+
 class ResultStore(Protocol):
     """Carries result records back to a pool's client, and what the client and the workers
     share of the pool."""
