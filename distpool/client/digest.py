@@ -38,6 +38,11 @@ MAX_DEPTH = 100
 _CHUNK = 1 << 16
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
 _BASES = (object, tuple, list, dict, OrderedDict)
+#: What only a class written in C holds (from 3.12 many such classes are heap types too,
+#: defaultdict among them, whose default factory its items do not show).
+_C_MEMBERS = (types.MethodDescriptorType, types.WrapperDescriptorType,
+              types.MemberDescriptorType, types.BuiltinFunctionType,
+              types.ClassMethodDescriptorType)
 _PLAIN_KINDS = frozenset("biufcmMSUV")  # NumPy dtypes whose values are in their bytes
 #: What may be in two places: nothing can change these, or pickle sends them by name.
 _SHAREABLE = frozenset({type(None), bool, int, float, complex, str, bytes, tuple, frozenset,
@@ -209,7 +214,9 @@ def _all_in_items(kind: type, value: object) -> bool:
     no attributes, its class is named and defined in Python (or is OrderedDict), no slots."""
     if getattr(value, "__dict__", None) or "<locals>" in kind.__qualname__:
         return False
-    return all(cls in _BASES or (cls.__flags__ & _HEAPTYPE and not cls.__dict__.get("__slots__"))
+    return all(cls in _BASES or (cls.__flags__ & _HEAPTYPE and not cls.__dict__.get("__slots__")
+                                 and not any(isinstance(member, _C_MEMBERS)
+                                             for member in cls.__dict__.values()))
                for cls in kind.__mro__)
 
 

@@ -117,6 +117,7 @@ class NamedRun:
             journal.restart()
         for raw in journal.previous:
             self._read(raw)
+        journal.previous = []  # (read: kept once, in _journaled)
 
     @classmethod
     def open(cls, name: str, root: str) -> NamedRun:
