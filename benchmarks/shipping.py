@@ -9,13 +9,14 @@ over 40 short tasks, on 2 nodes of 2 slots that run from a directory of their ow
 (a) cold: a new client process's first ``Pool()`` and map; the client builds the bundle, the
     pool stores it, and each node fetches and extracts it once;
 (b) warm: a second map on that pool: nothing more travels;
-(c) another pool in that client: the pool stores the bundle again, the nodes have it.
+(c) another pool in that client: the pool stores the bundle again, the nodes have it (a node
+    that ran nothing in (a), its few messages having gone to the other node, fetches it now).
 
 Against (d), the same maps on nodes that import the package from the client's directory
 (``ship=False``), and multiprocessing.Pool(4) in the same client. Reported: each map's time
 and its ratio to (d)'s; how many times each node fetched the bundle (target: once, for all
-three maps); what Redis sent the workers for each map (target for (b) and (c): within a
-twentieth of the bundle's size of (d)'s, which is the envelopes naming the bundle).
+three maps); what Redis sent the workers for each map (target, over the three maps: the
+bundle once per node, and within a twentieth of its size of (d)'s beyond that).
 """
 
 from __future__ import annotations
@@ -157,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                      "installed_sent_bytes": median(installed, name, "sent"),
                      "multiprocessing_s": median(installed, "multiprocessing", "seconds")})
     fetched_once = all(count == 1 for count in fetches)
-    warm_sends_nothing_more = all(row["sent_bytes"] - row["installed_sent_bytes"] < bundle / 20
-                                  for row in rows[1:])
+    # A node's one fetch falls in (c) when (a)'s few messages all went to the other node's
+    # slots: what counts is that Redis sent each node the bundle once, over the three maps.
+    extra = sum(row["sent_bytes"] - row["installed_sent_bytes"] for row in rows)
+    sends_bundle_once = extra < (NODES + 1 / 20) * bundle
     heading = taken(args.quick, repeat)
     print(f"Taken {heading}; package {size / 2**20:.1f} MB of source in 51 modules, "
           f"a bundle of {bundle / 2**20:.1f} MB; {TASKS} tasks a map, {NODES} nodes x {SLOTS} "
@@ -172,15 +175,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['installed_sent_bytes'] / 1e6:.2f} MB | {row['multiprocessing_s']:.3f} s |")
     print(f"\nbundle fetches per node, over the three maps: {fetches} "
           f"(target: 1 each): {verdict(fetched_once, False)}")
-    print(f"maps (b) and (c) send the workers nothing more than with the package installed: "
-          f"{verdict(warm_sends_nothing_more, False)}")
+    print(f"over the three maps, Redis sent the workers the bundle once per node and nothing "
+          f"more than with the package installed: {verdict(sends_bundle_once, False)}")
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "shipping.json").write_text(json.dumps(
         {"taken": heading, "package_bytes": size, "bundle_bytes": bundle, "tasks": TASKS,
          "nodes": NODES,
          "slots": SLOTS, "maps": rows, "fetches_per_node": fetches,
          "runs": {"shipped": shipped, "installed": installed}}, indent=2) + "\n")
-    return 0 if fetched_once and warm_sends_nothing_more else 1
+    return 0 if fetched_once and sends_bundle_once else 1
 
 
 if __name__ == "__main__":
