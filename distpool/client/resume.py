@@ -58,7 +58,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 logger = logging.getLogger("distpool")
 
 _RECORD_CALL = "call"
-_RECORD_RESULT = "result"
+_RECORD_RESULTS = "results"
 
 # The pools a process creates under $DISTPOOL_CHECKPOINT: NAME, NAME.2, NAME.3, ...
 _numbering = itertools.count(1)
@@ -88,6 +88,20 @@ def journal_root(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get("DISTPOOL_CHECKPOINT_DIR") or DEFAULT_DIRECTORY
 
 
+class _Results:
+    """The results of one chunk, as journaled: serialised together, loaded when first
+    needed (by the first of its items that a rerun takes)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+        self._values: list[Any] = []
+
+    def value(self, offset: int) -> Any:
+        if self._data is not None:
+            self._values, self._data = serialization.loads(Payload.of_bytes(self._data)), None
+        return self._values[offset]
+
+
 @dataclass
 class _Journaled:
     """A call as an earlier run journaled it."""
@@ -95,8 +109,8 @@ class _Journaled:
     kind: str
     function: str
     code: str
-    #: position -> (the digest of its arguments, its serialised result)
-    results: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    #: position -> (the digest of its arguments, its result: a chunk's results and where)
+    results: dict[int, tuple[bytes, _Results, int]] = field(default_factory=dict)
 
 
 class NamedRun:
@@ -131,9 +145,11 @@ class NamedRun:
             if record[0] == _RECORD_CALL:
                 _, index, kind, function, code = record
                 self._journaled[index] = _Journaled(kind, function, code)
-            elif record[0] == _RECORD_RESULT:
-                _, index, position, argument_digest, value = record
-                self._journaled[index].results[position] = (argument_digest, value)
+            elif record[0] == _RECORD_RESULTS:
+                _, index, positions, digests, data = record
+                results, chunk = self._journaled[index].results, _Results(data)
+                for offset, (position, argument_digest) in enumerate(zip(positions, digests)):
+                    results[position] = (argument_digest, chunk, offset)
         except Exception:  # not a record of ours: its results are computed again
             return
 
@@ -159,10 +175,11 @@ class NamedRun:
         self._journal.append(pickle.dumps((_RECORD_CALL, index, kind, function, code_digest)))
         return Call(self, index, {} if earlier is None else earlier.results)
 
-    def _record(self, index: int, position: int, argument_digest: bytes, value: Any) -> None:
-        data = serialization.dumps(value).contiguous()
+    def _record(self, index: int, positions: list[int], digests: list[bytes],
+                values: list[Any]) -> None:
+        data = serialization.dumps(values).contiguous()
         self._journal.append(pickle.dumps(
-            (_RECORD_RESULT, index, position, argument_digest, bytes(data))))
+            (_RECORD_RESULTS, index, positions, digests, bytes(data))))
 
     def hold_in(self, holds: RunHolds) -> None:
         """Hold the run in the result store too, for the clients of other hosts, and keep
@@ -215,7 +232,7 @@ class Call:
     """One call of a named run: what it may take from the journal, and what it journals."""
 
     def __init__(self, run: NamedRun, index: int,
-                 journaled: dict[int, tuple[bytes, bytes]]) -> None:
+                 journaled: dict[int, tuple[bytes, _Results, int]]) -> None:
         self._run = run
         self._index = index
         self._journaled = journaled
@@ -231,18 +248,25 @@ class Call:
         if kept is None or kept[0] != found:
             return found, False, None
         try:
-            value = serialization.loads(Payload.of_bytes(kept[1]))
+            value = kept[1].value(kept[2])
         except Exception:  # a result that cannot be loaded any more: computed again
             return found, False, None
         with self._run._lock:
             self._run.resumed += 1
         return found, True, value
 
-    def record(self, position: int, argument_digest: bytes, value: Any) -> None:
-        if not argument_digest:
+    def record(self, positions: list[int], digests: list[bytes], values: list[Any]) -> None:
+        """Journal the results ``values`` of the items at ``positions`` (one record for a
+        chunk's), but for those without a digest, which no rerun could match."""
+        kept = [i for i, argument_digest in enumerate(digests) if argument_digest]
+        if not kept:
             return
+        if len(kept) < len(digests):
+            positions = [positions[i] for i in kept]
+            digests = [digests[i] for i in kept]
+            values = [values[i] for i in kept]
         try:
-            self._run._record(self._index, position, argument_digest, value)
+            self._run._record(self._index, positions, digests, values)
         except Exception as exc:  # the result still reaches its caller; a rerun recomputes it
             logger.warning("run %r: could not journal a result of call %d: %s",
                            self._run.name, self._index + 1, exc)
@@ -274,14 +298,17 @@ class Remaining:
     def set_outcome(self, index: int, success: bool, value: Any) -> None:
         first = index * self._chunksize
         places = range(first, min(first + self._chunksize, len(self._positions)))
-        for offset, place in enumerate(places):
-            position = self._positions[place]
+        positions = [self._positions[place] for place in places]
+        if success:
+            items = [value] if self._single else list(value)
+            self._call.record(positions, [self._digests[place] for place in places], items)
+        for offset, position in enumerate(positions):
             if not success:
                 self._target.set_outcome(position, False, value)
-                continue
-            item = value if self._single else value[offset]
-            self._call.record(position, self._digests[place], item)
-            self._target.set_outcome(position, True, item if self._single else [item])
+            elif self._single:
+                self._target.set_outcome(position, True, value)
+            else:
+                self._target.set_outcome(position, True, [value[offset]])
 
         if not places and not success:  # reading the input failed before this chunk's first
             self._target.set_outcome(self._read, False, value)
