@@ -10,8 +10,9 @@ On a node of 2 slots and a private Redis:
   of its arguments, a record, fsynced in groups) adds per item;
 * resume: a client runs a named ``map`` of tasks of 0.1 s, is killed (SIGKILL) half-way, and
   the same script runs again: the rerun's map against a whole run's, how many results came
-  from the journal, and how long its ``Pool()`` waited for the dead client's hold in the
-  result store to lapse (up to 10 s).
+  from the journal or from the dead client's tasks (which the workers finish meanwhile, and
+  the rerun takes over), how many tasks ran twice, and how long its ``Pool()`` waited for
+  the dead client's hold in the result store to lapse (up to 10 s).
 
 Prints medians and ratios, and writes the raw figures (JSON).
 """
@@ -70,10 +71,11 @@ def journal_cost(pool_of: Any, items: int) -> float:
 
 
 def resumed_run(environment: dict[str, str], counter: redis.Redis, url: str,
-                items: int) -> tuple[float, float, float, int]:
+                items: int) -> tuple[float, float, float, int, int]:
     """A whole named run's map seconds; then, for a run killed half-way and run again, the
-    rerun's wait for the dead client's hold, its map's seconds, and how many results it took
-    from the journal."""
+    rerun's wait for the dead client's hold, its map's seconds, how many results it took
+    from the journal or from the tasks the dead client had sent, and how many tasks ran
+    twice."""
     def client(name: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-c", CLIENT, url, name, str(items)],
                                 env=environment, cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -89,7 +91,8 @@ def resumed_run(environment: dict[str, str], counter: redis.Redis, url: str,
     killed.kill()
     killed.communicate()
     waited, seconds, resumed = client(name).communicate(timeout=600)[0].split()
-    return float(whole_seconds), float(waited), float(seconds), int(resumed)
+    return (float(whole_seconds), float(waited), float(seconds), int(resumed),
+            int(counter.get("done") or 0) - items)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DISTPOOL_CHECKPOINT_DIR"] = environment["DISTPOOL_CHECKPOINT_DIR"]
     counter = redis.Redis.from_url(server.url.replace("/0", "/7"))
     figures: dict[str, list[float]] = {key: [] for key in (
-        "mp_map", "unnamed_map", "named_map", "whole_run", "hold_wait", "rerun", "resumed")}
+        "mp_map", "unnamed_map", "named_map", "whole_run", "hold_wait", "rerun", "resumed",
+        "ran_twice")}
     try:
         for _ in range(repeat):
             figures["mp_map"].append(journal_cost(lambda: multiprocessing.Pool(SLOTS),
@@ -115,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: distpool.Pool(SLOTS, **settings), map_items))
             figures["named_map"].append(journal_cost(lambda: distpool.Pool(
                 SLOTS, checkpoint=f"cost-{uuid.uuid4().hex[:8]}", **settings), map_items))
-            whole, waited, rerun, resumed = resumed_run(
+            whole, waited, rerun, resumed, twice = resumed_run(
                 environment, counter, server.url.replace("/0", "/7"), run_items)
             figures["whole_run"].append(whole)
             figures["hold_wait"].append(waited)
             figures["rerun"].append(rerun)
             figures["resumed"].append(resumed)
+            figures["ran_twice"].append(twice)
             print({key: round(values[-1], 3) for key, values in figures.items()},
                   file=sys.stderr)
     finally:
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{medians['whole_run']:.2f} s | |")
     print(f"| its rerun after a SIGKILL half-way | {medians['rerun']:.2f} s | "
           f"{medians['rerun'] / medians['whole_run']:.2f} x whole; "
-          f"{medians['resumed']:.0f} of {run_items} from the journal |")
+          f"{medians['resumed']:.0f} of {run_items} from the journal or the dead client's "
+          f"tasks; {medians['ran_twice']:.0f} ran twice |")
     print(f"| the rerun's Pool(), waiting for the dead client's hold to lapse | "
           f"{medians['hold_wait']:.2f} s | |")
     args.output.mkdir(parents=True, exist_ok=True)

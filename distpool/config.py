@@ -31,6 +31,9 @@ DEFAULT_POOL_TTL = 60.0
 DEFAULT_WORKER_LOST_TIMEOUT = 30.0
 #: How long a stopped worker node's running tasks get to finish (``--stop-timeout``).
 DEFAULT_STOP_TIMEOUT = 30.0
+#: How long the workers keep a named run's work after its client died, for the run's next
+#: client to take over (see distpool.client.adoption).
+DEFAULT_RESUME_WINDOW = 3600.0
 
 #: What a pool ships of the user's own modules by default (see distpool.client.shipping).
 SHIP_AUTO = ("auto",)
@@ -49,6 +52,7 @@ class Settings:
     insecure: bool = False  # run without a key, on purpose
     ship: tuple[str, ...] = SHIP_AUTO  # the user's modules that travel: () for none
     strict_versions: bool = False  # a worker with other versions refuses tasks
+    resume_window: float = DEFAULT_RESUME_WINDOW  # a named run's work outlives its client
 
     def with_broker(self, broker_url: str, secret: bytes | None = None) -> Settings:
         """These settings with ``broker_url`` as the broker, and as the result store too
@@ -77,7 +81,8 @@ class Settings:
             f"task_timeout={self.task_timeout!r}, "
             f"secret={'<set>' if self.secret is not None else None}, "
             f"insecure={self.insecure!r}, ship={self.ship!r}, "
-            f"strict_versions={self.strict_versions!r})"
+            f"strict_versions={self.strict_versions!r}, "
+            f"resume_window={self.resume_window!r})"
         )
 
 
@@ -94,6 +99,7 @@ def resolve(
     insecure: bool | None = None,
     ship: str | bool | Iterable[str | os.PathLike[str]] | None = None,
     strict_versions: bool | None = None,
+    resume_window: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Return the settings in force, each from the first of: argument, environment, default."""
@@ -119,6 +125,9 @@ def resolve(
         ship=_ship(ship, env.get("DISTPOOL_SHIP")),
         strict_versions=_flag(strict_versions, env.get("DISTPOOL_STRICT_VERSIONS"),
                               "DISTPOOL_STRICT_VERSIONS"),
+        resume_window=_or(_seconds(resume_window, env.get("DISTPOOL_RESUME_WINDOW"),
+                                   "resume_window", "DISTPOOL_RESUME_WINDOW"),
+                          DEFAULT_RESUME_WINDOW),
     )
 
 

@@ -40,12 +40,12 @@ from ..errors import (
     PoolTerminatedError,
     VersionSkewWarning,
 )
-from ..store.keys import result_blob
 from ..transports import Transport
 from ..wire.envelope import ResultRecord, TaskEnvelope
 from ..wire.messages import TaskMessage
 from ..wire.payload import Payload
-from .delivery import Delivery, deliver
+from .adoption import RunHooks
+from .delivery import BlobResult, Delivery, deliver, payload_of
 from .flight import Flight
 from .results import JobResult
 from .sources import Job, ReadAhead, Source, Sources
@@ -54,9 +54,6 @@ from .tasks import Task
 from .watch import MessageWatch
 
 logger = logging.getLogger("distpool")
-
-#: A result that came back as a blob: fetched when it is delivered.
-BlobResult = Callable[[], Payload]
 
 #: Longest a collector blocks on the store before it checks for a stop or a refresh.
 COLLECT_TIMEOUT = 1.0
@@ -67,10 +64,11 @@ STOP_TIMEOUT = 10.0
 
 class Engine:
     def __init__(self, transport: Transport, settings: Settings, pool_id: str,
-                 processes: int, transport_gone: Callable[[], str | None] = lambda: None
-                 ) -> None:
+                 processes: int, transport_gone: Callable[[], str | None] = lambda: None,
+                 run: RunHooks | None = None) -> None:
         """``transport_gone`` says why the transport will never answer again, if it knows (a
-        private local cluster that stopped), so that the tasks in flight fail at once."""
+        private local cluster that stopped), so that the tasks in flight fail at once.
+        ``run``: what a named run on a cluster needs (see :class:`RunHooks`)."""
         self.pool_id = pool_id
         self._publisher, self._store, self._signer = transport
         self._stager = Stager(self._store.blobs, pool_id, settings.pool_ttl)
@@ -82,6 +80,8 @@ class Engine:
         # Often enough for the liveness key, and for distpool status to show progress.
         self._refresh_interval = min(pool_ttl / 3, REPORT_INTERVAL)
         self._pool_ttl = pool_ttl
+        self._keep = None if run is None else settings.resume_window
+        self._on_sent = None if run is None else run.sent
         self._identity = {"host": socket.gethostname(), "pid": os.getpid(),
                           "processes": processes, "started": round(time.time(), 3)}
         self._sent = self._done = 0
@@ -96,12 +96,12 @@ class Engine:
                                    no_worker_timeout=pool_ttl)
         self._resend: collections.deque[list[TaskEnvelope]] = collections.deque()
         self._jobs: dict[int, JobResult] = {}
-        self._job_ids = itertools.count()
+        self._job_ids = itertools.count(0 if run is None else run.first_job)
         self._warned: set[str] = set()
         self._closing = False
         self._terminated = False
         self._released = False
-        self._store.refresh_pool(pool_id, pool_ttl, self._report())
+        self._store.refresh_pool(pool_id, pool_ttl, self._report(), self._keep)
         self._delivery = Delivery(pool_id)
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name=f"distpool-dispatcher-{pool_id[:8]}", daemon=True)
@@ -137,6 +137,17 @@ class Engine:
                 self._dispatch_round()
             finally:
                 self._dispatching.release()
+
+    def adopt(self, messages: list[list[Task]], jobs: dict[int, JobResult]) -> None:
+        """Keep in flight ``messages``, which an earlier client of this pool sent (a named
+        run's, taken over: see :mod:`.adoption`), for their results to go to ``jobs``."""
+        with self._cond:
+            self._jobs.update(jobs)
+            for tasks in messages:
+                envelopes = [task.envelope for task in tasks]
+                self._flight.add(envelopes[0].task_id, tasks)
+                self._watch.sent(envelopes[0].task_id, envelopes)
+                self._sent += len(tasks)
 
     def wake_dispatcher(self) -> None:
         """Something a waiting source depends on changed (its consumer took a chunk)."""
@@ -237,9 +248,10 @@ class Engine:
             if error is not None:
                 for envelope in message:
                     self._complete(envelope.task_id, False, error)
-        ready = [message for message, error in staged if error is None]
+        ready = [(batch, message) for batch, (message, error) in zip(batches, staged)
+                 if error is None]
         if ready:
-            self._publish(ready)
+            self._publish([message for _, message in ready], [batch for batch, _ in ready])
 
     def _stage(self, batch: list[Task]) -> tuple[list[TaskEnvelope], Exception | None]:
         """The message of ``batch``, staged by the backend, or why it could not be."""
@@ -256,10 +268,16 @@ class Engine:
     def _source_failed(self, job: Job, exc: Exception) -> None:
         self._delivery.put(functools.partial(job.result.input_failed, job.sent, exc))
 
-    def _publish(self, messages: list[list[TaskEnvelope]]) -> None:
+    def _publish(self, messages: list[list[TaskEnvelope]],
+                 first_sent: list[list[Task]] | None = None) -> None:
+        """Send ``messages``; ``first_sent``, their tasks, unless they were sent before."""
         try:
-            self._publisher.publish([TaskMessage.of(message, self._signer, self._task_timeout)
-                                     for message in messages])
+            wire = [TaskMessage.of(message, self._signer, self._task_timeout)
+                    for message in messages]
+            if first_sent is not None and self._on_sent is not None:
+                self._on_sent([(tasks, list(message.args))
+                               for tasks, message in zip(first_sent, wire)])
+            self._publisher.publish(wire)
         except Exception as exc:
             error = BrokerUnavailableError(f"could not send tasks to the broker: {exc}")
             for message in messages:
@@ -280,7 +298,7 @@ class Engine:
                 if time.monotonic() >= next_refresh:
                     self._stager.drop_unused()
                     if not self._store.refresh_pool(self.pool_id, self._pool_ttl,
-                                                    self._report()):
+                                                    self._report(), self._keep):
                         # Workers skip the tasks of a pool not marked live, and a store that
                         # restarted has lost the queued ones: these results may never come.
                         self._fail_in_flight(BrokerUnavailableError(
@@ -366,10 +384,8 @@ class Engine:
                 f"a worker refused task {record.task_id}: {record.rejected}",
                 self.pool_id, record.task_id))
             return
-        ref = record.payload
-        payload: Payload | BlobResult = ref if isinstance(ref, Payload) else functools.partial(
-            self._store.blobs.take, self.pool_id, result_blob(record.task_id, ref.digest), ref)
-        self._complete(record.task_id, record.ok, None, record.elapsed, payload)
+        self._complete(record.task_id, record.ok, None, record.elapsed,
+                       payload_of(record, self._store.blobs, self.pool_id))
 
     def _warn(self, texts: Iterable[str]) -> None:
         """Tell the user what a worker had to say (an installed module of another version

@@ -14,9 +14,10 @@ A run's directory, ``<root>/<name>/``:
   SHA-256 of a record stored as a blob (blob), or nothing (finished: the run is done).
 * ``blobs/``: the records larger than :data:`LARGE`, each a file named by its SHA-256.
 
-Durability. Appends go to a buffer; a thread writes what gathered in :data:`GROUP_COMMIT`
-seconds in one write and fsyncs it, so a crash loses that much and the write under way at
-most (so does a script that exits without :meth:`Journal.close`: the thread is a daemon).
+Durability. Each append is written at once, so that a crash of the process loses none; a
+thread fsyncs what was written in :data:`GROUP_COMMIT` seconds at once, so that a crash of
+the machine loses that much at most (a write that failed, a full disk, is kept and tried
+again by that thread).
 The file is a prefix of the frames followed by what a crash cut short: reading stops at the
 first frame whose length or CRC is wrong, and the file is truncated there. A blob is durable
 under its name before its reference is appended.
@@ -97,8 +98,9 @@ class Journal:
         except BaseException:
             os.close(self._file)
             raise
-        self._buffer = bytearray()
-        self._since = 0.0  # when the buffer's first record was appended
+        self._buffer = bytearray()  # appended, not yet written (a write failed)
+        self._unsynced = False  # written, not yet fsynced
+        self._since = 0.0  # when the first record the disk lacks was appended
         self._failure: OSError | None = None
         self._io = threading.Lock()  # taken before _wake, never after
         self._wake = threading.Condition()
@@ -133,7 +135,7 @@ class Journal:
         another thread appends."""
         with self._io:
             with self._wake:
-                self._buffer = bytearray()
+                self._buffer, self._unsynced = bytearray(), False
             os.ftruncate(self._file, len(MAGIC))
             os.fsync(self._file)
             self._end = len(MAGIC)
@@ -164,12 +166,19 @@ class Journal:
     def _add(self, kind: bytes, data: bytes) -> None:
         with self._wake:
             self._check()
-            if not self._buffer:
+            if not self._buffer and not self._unsynced:
                 self._since = time.monotonic()
                 self._wake.notify()
             self._buffer += _HEADER.pack(len(data) + 1, zlib.crc32(data, zlib.crc32(kind)))
             self._buffer += kind
             self._buffer += data
+        # Written at once, fsynced with the group: a crash of this process (SIGKILL, out of
+        # memory) then loses nothing appended, one of the machine what the group gathered.
+        try:
+            with self._io:
+                self._write()
+        except OSError:
+            pass  # kept, and tried again by the thread; appends raise meanwhile
 
     def _check(self) -> None:
         """Raise if the journal is closed, or its last write failed (held: ``_wake``)."""
@@ -184,7 +193,7 @@ class Journal:
         write and fsync all there is. A failed write (a full disk) is tried again."""
         while True:
             with self._wake:
-                while not self._buffer and not self._closed.is_set():
+                while not (self._buffer or self._unsynced) and not self._closed.is_set():
                     self._wake.wait()
                 due = self._since + GROUP_COMMIT  # (earlier if appended during a commit)
             if self._closed.wait(max(0.0, due - time.monotonic())):
@@ -195,33 +204,53 @@ class Journal:
                 pass  # logged; appends raise until a write succeeds
 
     def _commit(self) -> None:
-        """Write what was appended, in one write at the end of the good frames, and fsync."""
+        """Write what was appended, and fsync what was written."""
         with self._io:
+            self._write()
             with self._wake:
-                data, self._buffer = self._buffer, bytearray()
-            if not data:
-                return
+                if not self._unsynced:
+                    return
+                self._unsynced = False
             try:
-                os.lseek(self._file, self._end, os.SEEK_SET)
-                view, written = memoryview(data), 0
-                while written < len(data):
-                    written += os.write(self._file, view[written:])
                 os.fsync(self._file)
             except OSError as error:
                 with self._wake:
-                    self._buffer[:0] = data
-                    if self._failure is None:
-                        logger.warning("run journal %s cannot be written: %s",
-                                       self.directory, error)
-                    self._failure = error
-                try:  # no torn frame for the next write to follow
-                    os.ftruncate(self._file, self._end)
-                except OSError:
-                    pass
+                    self._unsynced = True
+                    self._failed(error)
                 raise
-            self._end += len(data)
+
+    def _write(self) -> None:
+        """Write what was appended, in one write at the end of the good frames (held:
+        ``_io``)."""
+        with self._wake:
+            data, self._buffer = self._buffer, bytearray()
+        if not data:
+            return
+        try:
+            os.lseek(self._file, self._end, os.SEEK_SET)
+            view, written = memoryview(data), 0
+            while written < len(data):
+                written += os.write(self._file, view[written:])
+        except OSError as error:
             with self._wake:
-                self._failure = None
+                self._buffer[:0] = data
+                self._failed(error)
+            try:  # no torn frame for the next write to follow
+                os.ftruncate(self._file, self._end)
+            except OSError:
+                pass
+            raise
+        self._end += len(data)
+        with self._wake:
+            self._failure = None
+            self._unsynced = True
+
+    def _failed(self, error: OSError) -> None:
+        """A write or fsync failed (held: ``_wake``): said once, and appends raise until
+        one succeeds."""
+        if self._failure is None:
+            logger.warning("run journal %s cannot be written: %s", self.directory, error)
+        self._failure = error
 
     def _store_blob(self, name: str, record: bytes) -> None:
         """Write ``record`` to ``blobs/<name>``: whole and durable before it has that name."""

@@ -22,8 +22,10 @@ from typing import Any, Callable, Literal, TypeVar
 
 from .. import config, transports
 from ..local.cluster import LocalCluster
+from .adoption import RunHooks
 from .engine import Engine
 from .progress import TqdmDisplay
+from .remaining import Remaining, resume_items
 from .results import (
     ApplyResult,
     Callback,
@@ -32,7 +34,7 @@ from .results import (
     JobResult,
     MapResult,
 )
-from .resume import NamedRun, Remaining, journal_root, resume_items, run_name
+from .resume import NamedRun, journal_root, run_name
 from .shipping import Serialised, Serialiser, Shipping
 from .sources import ReadAhead, gated, lazy_tasks, map_tasks
 from .tasks import Function, TaskMaker
@@ -56,9 +58,11 @@ class Pool:
     ``ship`` (which of the user's own modules travel to the workers: ``"auto"``, False, or
     a list of modules and paths; see :mod:`distpool.client.shipping`) and
     ``strict_versions`` (refuse to run a task on a worker whose installed modules it relies
-    on are of other versions than here, instead of warning) and ``checkpoint`` (a run name:
+    on are of other versions than here, instead of warning), ``checkpoint`` (a run name:
     the pool journals its results, and the same script run again with that name resumes
-    where it stopped; see :mod:`distpool.client.resume`). Unset, each comes from its
+    where it stopped; see :mod:`distpool.client.resume`), with ``resume_window`` (seconds the
+    workers go on with its work once its client died; see :mod:`distpool.client.adoption`).
+    Unset, each comes from its
     ``DISTPOOL_*`` environment variable, then from the defaults (see README). With no broker
     at all, the pool starts a private local cluster.
     """
@@ -82,6 +86,7 @@ class Pool:
         ship: str | bool | Iterable[str | os.PathLike[str]] | None = None,
         strict_versions: bool | None = None,
         checkpoint: str | Literal[False] | None = None,
+        resume_window: float | None = None,
     ) -> None:
         # Set first, so that __del__ and __repr__ work on a half-built pool.
         self._state = "INIT"
@@ -97,7 +102,8 @@ class Pool:
         settings = config.resolve(broker=broker, result_url=result_url, queue=queue,
                                   eager=eager, pool_ttl=pool_ttl, task_timeout=task_timeout,
                                   secret=secret, insecure=insecure, ship=ship,
-                                  strict_versions=strict_versions)
+                                  strict_versions=strict_versions,
+                                  resume_window=resume_window)
         # Nothing to ship, nor versions to compare, where the workers are this process (eager)
         # or run from its files and environment (a private local cluster); a ship entry that
         # names nothing fails here all the same.
@@ -157,13 +163,23 @@ class Pool:
                 self._processes = (processes or transport.store.worker_slots(settings.queue)
                                    or os.cpu_count() or 1)
                 self._pool_id = uuid.uuid4().hex
-                self._tasks = TaskMaker(self._pool_id, initializer_payload, maxtasksperchild,
-                                        settings.strict_versions)
+                hooks, earlier = None, None
                 if self._run is not None and not settings.eager and self._cluster is None:
                     self._run.hold_in(transports.run_holds(settings))  # (other hosts')
+                    earlier = self._run.take_over(transport.store, transport.signer)
+                    self._pool_id = self._pool_id if earlier is None else earlier[0]
+                    self._run.started(self._pool_id)
+                    hooks = RunHooks(self._run.next_job, self._run.sent)
+                self._tasks = TaskMaker(self._pool_id, initializer_payload, maxtasksperchild,
+                                        settings.strict_versions)
                 self._engine = Engine(
                     transport, settings, self._pool_id, self._processes,
-                    transport_gone=self._cluster.failure if self._cluster else lambda: None)
+                    transport_gone=self._cluster.failure if self._cluster else lambda: None,
+                    run=hooks)
+                if earlier is not None and self._run is not None:
+                    _, messages, jobs = earlier
+                    self._engine.adopt(messages,
+                                       self._run.adopted_jobs(jobs, self._engine.job_done))
             except BaseException:
                 transport.publisher.close()
                 transport.store.close()
@@ -294,11 +310,10 @@ class Pool:
         job_result: JobResult = result
         if self._run is not None and start is None:  # (the Executor's calls journal nothing)
             call = self._run.call("apply", function.label, code.payload)
-            argument_digest, found, value = call.journaled(0, (args, kwds))
-            if found:
-                result.set_outcome(0, True, value)
+            argument_digest = call.take(0, (args, kwds), result, single=True)
+            if argument_digest is None:  # from the journal, or from an earlier client's task
                 return result
-            job_result = Remaining(result, call, [0], [argument_digest], single=True)
+            job_result = Remaining(result, call, job, [0], [argument_digest], single=True)
         task = self._tasks.task(job, 0, "apply", code, arguments, function.label)
         engine.submit(job, job_result, iter([task]) if start is None else gated(task, result,
                                                                                 start),
@@ -330,8 +345,8 @@ class Pool:
                                display)
             positions, digests, items = resume_items(call, result, items)
             chunksize = chunksize or self._default_chunksize(len(items))
-            job_result = Remaining(result, call, positions, digests, chunksize)
-        if result.ready():  # an empty input, or all journaled: nothing to send
+            job_result = Remaining(result, call, job, positions, digests, chunksize)
+        if result.ready() or not items:  # nothing (left) to send
             return result
         engine.submit(job, job_result, map_tasks(self._tasks, self._serialiser, job, kind,
                                                  code, function.label, items, chunksize),
@@ -365,7 +380,7 @@ class Pool:
             call = self._run.call(kind, function.label, code.payload)
             result = result_type(job, engine.job_done, engine.wake_dispatcher, 1, display,
                                  stops_after_failure=chunksize > 1)
-            job_result = Remaining(result, call, [], [], chunksize)
+            job_result = Remaining(result, call, job, [], [], chunksize)
             items = job_result.read_lazily(items)
         engine.submit(job, job_result, lazy_tasks(self._tasks, self._serialiser, job,
                                                   job_result, function.label, code, items,

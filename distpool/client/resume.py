@@ -9,12 +9,14 @@ name after its client died, the same script is matched call by call::
         │                                                   journal <dir>/<name>/
         ├─ f's name and code ─────────────────────────────▶ ("call", k, kind, name, code)
         ├─ items journaled with an equal digest ─▶ their results at once (pool.resumed)
+        ├─ items an earlier client's task runs still ─▶ its results as they come (ditto)
         └─ the others, chunked afresh ─▶ engine ─▶ results ─▶ ("result", k, i, digest, value)
 
 A different function at call k is an error naming both; the same function with other code
 (its serialised form differs) a warning, and the journaled results are used. An item whose
-digest differs is computed again, never given a wrong result. Only results are journaled:
-a failure is computed again on the next run.
+digest differs is computed again, never given a wrong result. Failures are not journaled:
+they are computed again on the next run. On a cluster, the messages the pool sends are
+journaled too, and a rerun takes over those still running (:mod:`.adoption`).
 
 The journal is held by one process at a time (a file lock the system releases when that
 process dies, however it dies). A run closed cleanly (``close()`` and ``join()``, or the end
@@ -34,17 +36,24 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckpointError, RemoteTraceback
-from ..transports.base import RunHolds
+from ..errors import CheckpointError
+from ..transports.base import ResultStore, RunHolds
 from ..wire import serialization
+from ..wire.envelope import ResultRecord, Signer
 from ..wire.payload import Payload
+from .adoption import RECORD_POOL, RECORD_SENT, AdoptedJob, Handover, SentTask
+from .delivery import payload_of
 from .digest import digest
 from .journal import Journal
 from .results import JobResult
+from .tasks import Task
+
+if TYPE_CHECKING:
+    from .remaining import Remaining
 
 #: The directory of the journals, unless ``$DISTPOOL_CHECKPOINT_DIR`` names another.
 DEFAULT_DIRECTORY = ".distpool"
@@ -127,11 +136,14 @@ class NamedRun:
         #: How many results were taken from the journal instead of computed.
         self.resumed = 0
         self._journaled: dict[int, _Journaled] = {}
+        self._handover = Handover()
+        self._sending: dict[int, Remaining] = {}  # job -> what its call sends
         if journal.finished:  # a finished run's name used again: a new run
             journal.restart()
         for raw in journal.previous:
             self._read(raw)
         journal.previous = []  # (read: kept once, in _journaled)
+        self.unanswered()  # (only those are kept of the messages sent)
 
     @classmethod
     def open(cls, name: str, root: str) -> NamedRun:
@@ -147,11 +159,17 @@ class NamedRun:
                 self._journaled[index] = _Journaled(kind, function, code)
             elif record[0] == _RECORD_RESULTS:
                 _, index, positions, digests, data = record
-                results, chunk = self._journaled[index].results, _Results(data)
-                for offset, (position, argument_digest) in enumerate(zip(positions, digests)):
-                    results[position] = (argument_digest, chunk, offset)
+                self._keep(index, positions, digests, _Results(data))
+            elif record[0] in (RECORD_POOL, RECORD_SENT):
+                self._handover.read(record)
         except Exception:  # not a record of ours: its results are computed again
             return
+
+    def _keep(self, index: int, positions: list[int], digests: list[bytes],
+              chunk: _Results) -> None:
+        results = self._journaled[index].results
+        for offset, (position, argument_digest) in enumerate(zip(positions, digests)):
+            results[position] = (argument_digest, chunk, offset)
 
     def call(self, kind: str, function: str, code: Payload) -> Call:
         """The next call of the run: ``kind`` (map, starmap, apply), the callable's name
@@ -176,10 +194,106 @@ class NamedRun:
         return Call(self, index, {} if earlier is None else earlier.results)
 
     def _record(self, index: int, positions: list[int], digests: list[bytes],
-                values: list[Any]) -> None:
-        data = serialization.dumps(values).contiguous()
-        self._journal.append(pickle.dumps(
-            (_RECORD_RESULTS, index, positions, digests, bytes(data))))
+                values: list[Any]) -> bytes:
+        data = bytes(serialization.dumps(values).contiguous())
+        self._journal.append(pickle.dumps((_RECORD_RESULTS, index, positions, digests, data)))
+        return data
+
+    # -- taking over an earlier client's work in flight (see .adoption) ----------------
+
+    @property
+    def earlier_pool(self) -> str | None:
+        """The pool of the run's last client on a cluster, if it had one."""
+        return self._handover.pool_id
+
+    @property
+    def next_job(self) -> int:
+        return self._handover.next_job
+
+    def unanswered(self) -> list[str]:
+        """The messages earlier clients sent whose items the journal lacks."""
+        def answered(task: SentTask) -> bool:
+            results = self._journaled.get(task.call, _Journaled("", "", "")).results
+            return all(results.get(position, (b"",))[0] == argument_digest
+                       for position, argument_digest in zip(task.positions, task.digests))
+
+        return self._handover.unanswered(answered)
+
+    def take_over(self, store: ResultStore, signer: Signer,
+                  ) -> tuple[str, list[list[Task]], dict[int, list[SentTask]]] | None:
+        """The pool of the run's last client on a cluster, if its workers keep it live
+        still, to go on with: the results that client left are journaled, and the messages
+        it sent whose results are still to come are returned, to keep in flight, with
+        their tasks by job (see :mod:`.adoption`)."""
+        pool_id = self._handover.pool_id
+        if pool_id is None:
+            return None
+        unanswered = self.unanswered()
+        # The states first: a message done by then has its record in the lists read next.
+        states = dict(zip(unanswered, store.message_states(pool_id, unanswered)))
+        left = store.resume_pool(pool_id)
+        if left is None:
+            return None
+
+        def load(record: ResultRecord) -> Payload:
+            payload = payload_of(record, store.blobs, pool_id)
+            return payload if isinstance(payload, Payload) else payload()
+
+        def label(call: int) -> str | None:
+            earlier = self._journaled.get(call)
+            return None if earlier is None else earlier.function
+
+        messages, jobs = self._handover.take_over(pool_id, states, left, signer, load,
+                                                  self._adopted, label)
+        return pool_id, messages, jobs
+
+    def adopted_jobs(self, jobs: dict[int, list[SentTask]],
+                     done: Callable[[int], None]) -> dict[int, JobResult]:
+        """The result objects of the jobs :meth:`take_over` returned (``done``: the
+        engine's ``job_done``)."""
+        return {job: AdoptedJob(job, tasks, self.landed, done) for job, tasks in jobs.items()}
+
+    def _adopted(self, index: int, positions: list[int], digests: list[bytes],
+                 values: list[Any]) -> None:
+        """Journal the results of an earlier client's task, and keep them for the call of
+        this run that has yet to take them."""
+        data = self._record(index, positions, digests, values)
+        with self._lock:
+            if index in self._journaled:
+                self._keep(index, positions, digests, _Results(data))
+
+    def started(self, pool_id: str) -> None:
+        """The run's pool is ``pool_id``, on a cluster: its messages are journaled from now
+        on, for a rerun to take over."""
+        if pool_id != self._handover.pool_id:
+            self._handover.pool_id = pool_id
+            self._journal.append(pickle.dumps((RECORD_POOL, pool_id)))
+
+    def sent(self, messages: list[tuple[list[Task], list[dict[str, Any]]]]) -> None:
+        """Journal messages about to be sent: their tasks' places in the run, and the
+        messages as they travel (``Engine``'s ``on_sent``)."""
+        for tasks, wire in messages:
+            carried = [SentTask(task.job, task.index, self._sending[task.job].call_index,
+                                *self._sending[task.job].chunk(task.index)) for task in tasks]
+            try:
+                self._journal.append(pickle.dumps(Handover.sent_record(
+                    tasks[0].envelope.task_id, carried, wire)))
+            except Exception as exc:  # sent all the same; a rerun computes it again
+                logger.warning("run %r: could not journal message %s: %s", self.name,
+                               tasks[0].envelope.task_id, exc)
+
+    def landed(self, task: SentTask, ok: bool, value: Any) -> None:
+        """The outcome of an earlier client's task that this run took over: journaled, and
+        handed to the callers waiting for its items."""
+        if ok:
+            self._adopted(task.call, task.positions, task.digests, list(value))
+        with self._lock:
+            waiting = self._handover.arrived(task)
+            if ok:
+                self.resumed += len(waiting)
+        for offset, waiter in waiting:
+            outcome = (value[offset] if waiter.single else [value[offset]]) if ok else value
+            waiter.target.set_outcome(task.positions[offset], ok, outcome)
 
     def hold_in(self, holds: RunHolds) -> None:
         """Hold the run in the result store too, for the clients of other hosts, and keep
@@ -237,23 +351,43 @@ class Call:
         self._index = index
         self._journaled = journaled
 
-    def journaled(self, position: int, arguments: object) -> tuple[bytes, bool, Any]:
-        """The digest of the item's ``arguments``, and whether the journal holds its result
-        (for those arguments), with that result."""
+    @property
+    def index(self) -> int:
+        return self._index
+
+    def take(self, position: int, arguments: object, target: JobResult,
+             single: bool = False) -> bytes | None:
+        """Complete the item at ``position`` in ``target`` from the journal, or leave it to
+        an earlier client's task that still runs it, for the same ``arguments``: None then.
+        Else the digest of its arguments (empty if they have none), to send it."""
         try:
             found = digest(arguments)
         except TypeError:  # no canonical digest: computed again, never reused
-            return b"", False, None
+            return b""
+        run = self._run
         kept = self._journaled.get(position)
         if kept is None or kept[0] != found:
-            return found, False, None
+            if not run._handover.pending:  # nothing to wait for: the common case, lock-free
+                return found
+            with run._lock:  # (its result may have come meanwhile)
+                kept = self._journaled.get(position)
+                if kept is None or kept[0] != found:
+                    waits = run._handover.wait_for(self._index, position, found, target,
+                                                   single)
+                    return None if waits else found
         try:
             value = kept[1].value(kept[2])
         except Exception:  # a result that cannot be loaded any more: computed again
-            return found, False, None
-        with self._run._lock:
-            self._run.resumed += 1
-        return found, True, value
+            return found
+        with run._lock:
+            run.resumed += 1
+        target.set_outcome(position, True, value if single else [value])
+        return None
+
+    def sends(self, job: int, remaining: Remaining) -> None:
+        """The items of this call that are sent go as job ``job``: ``remaining`` says which
+        items each of its tasks carries, for the journal."""
+        self._run._sending[job] = remaining
 
     def record(self, positions: list[int], digests: list[bytes], values: list[Any]) -> None:
         """Journal the results ``values`` of the items at ``positions`` (one record for a
@@ -270,90 +404,3 @@ class Call:
         except Exception as exc:  # the result still reaches its caller; a rerun recomputes it
             logger.warning("run %r: could not journal a result of call %d: %s",
                            self._run.name, self._index + 1, exc)
-
-
-class Remaining:
-    """The job of a resumed call's items that the journal did not hold: the result of each
-    of its chunks goes, item by item, into the journal and to the caller's result, at the
-    item's place in the call (``positions``). ``single``: an ``apply``, whose one result is
-    not a list."""
-
-    remote_traceback: ClassVar[type[Exception]] = RemoteTraceback
-
-    def __init__(self, target: JobResult, call: Call, positions: list[int],
-                 digests: list[bytes], chunksize: int = 1, single: bool = False) -> None:
-        self._target = target
-        self._call = call
-        self._positions = positions
-        self._digests = digests
-        self._chunksize = chunksize
-        self._single = single
-        self._read = 0  # items of a lazy input read so far (see read_lazily)
-        self._failed_reading = 0
-
-    @property
-    def quiet(self) -> bool:
-        return self._target.quiet
-
-    def set_outcome(self, index: int, success: bool, value: Any) -> None:
-        first = index * self._chunksize
-        places = range(first, min(first + self._chunksize, len(self._positions)))
-        positions = [self._positions[place] for place in places]
-        if success:
-            items = [value] if self._single else list(value)
-            self._call.record(positions, [self._digests[place] for place in places], items)
-        for offset, position in enumerate(positions):
-            if not success:
-                self._target.set_outcome(position, False, value)
-            elif self._single:
-                self._target.set_outcome(position, True, value)
-            else:
-                self._target.set_outcome(position, True, [value[offset]])
-
-        if not places and not success:  # reading the input failed before this chunk's first
-            self._target.set_outcome(self._read, False, value)
-            self._failed_reading = 1
-
-    def input_failed(self, sent: int, exc: BaseException) -> None:
-        for place in range(sent * self._chunksize, len(self._positions)):
-            self._target.set_outcome(self._positions[place], False, exc)
-
-    def input_ended(self, length: int, items: int) -> None:
-        """An imap's input is exhausted: the caller's iterator had one result (or failure)
-        per item read, and one for a failure to read the next."""
-        target: Any = self._target
-        target.input_ended(self._read + self._failed_reading, self._read)
-
-    def read_lazily(self, items: Iterator[Any]) -> Iterator[Any]:
-        """An imap's input, read as the engine asks for it: the items the journal holds
-        complete at once in the caller's iterator, the others are passed on to be sent."""
-        for position, item in enumerate(items):
-            self._read = position + 1
-            argument_digest, found, value = self._call.journaled(position, item)
-            if found:
-                self._target.set_outcome(position, True, [value])
-                continue
-            self._positions.append(position)
-            self._digests.append(argument_digest)
-            yield item
-
-    def abort(self, exc: BaseException) -> None:
-        self._target.abort(exc)
-
-
-def resume_items(call: Call, target: JobResult, items: Sequence[Any],
-                 ) -> tuple[list[int], list[bytes], list[Any]]:
-    """Complete at once, in ``target``, the items of ``call`` whose results the journal
-    holds; the places, digests and arguments of the others, to be sent."""
-    positions: list[int] = []
-    digests: list[bytes] = []
-    remaining: list[Any] = []
-    for position, item in enumerate(items):
-        argument_digest, found, value = call.journaled(position, item)
-        if found:
-            target.set_outcome(position, True, [value])
-        else:
-            positions.append(position)
-            digests.append(argument_digest)
-            remaining.append(item)
-    return positions, digests, remaining

@@ -1,6 +1,7 @@
 """The names of distpool's keys in the result Redis, shared by clients and workers.
 
-* ``distpool:pool:<id>:live``: present while the pool's client is alive (it refreshes the key);
+* ``distpool:pool:<id>:live``: present while the pool's client is alive (it refreshes the key),
+  and for a named run's resume window after its death (see :mod:`distpool.client.adoption`);
   workers skip the tasks of a pool whose key is gone: terminated, or its client died.
 * ``distpool:pool:<id>:info``: what the client reports of the pool (host, pid, processes,
   tasks sent and done), for ``distpool status``; it expires with the liveness key.

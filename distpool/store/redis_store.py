@@ -156,16 +156,33 @@ class RedisStore:
 
     # -- pools ------------------------------------------------------------------------
 
-    def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any]) -> bool:
-        """Mark the pool live for ``ttl`` seconds more, with what its client reports (and keep
-        its blobs as long); return whether it was still marked live."""
-        expiry = int(ttl * 1000)
+    def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any],
+                     keep: float | None = None) -> bool:
+        """Mark the pool live for ``ttl`` seconds more, or ``keep`` if longer, with what its
+        client reports for ``ttl`` (and keep its blobs as long as the mark); return whether it
+        was still marked live."""
+        expiry, kept = int(ttl * 1000), int(max(ttl, keep or 0.0) * 1000)
         was_live, *_ = self._commands.run([
             ("EXISTS", keys.live(pool_id)),
-            ("SET", keys.live(pool_id), b"1", "PX", expiry),
+            ("SET", keys.live(pool_id), b"1", "PX", kept),
             ("SET", keys.info(pool_id), json.dumps(info), "PX", expiry),
-            ("PEXPIRE", keys.blobs(pool_id), expiry)])
+            ("PEXPIRE", keys.blobs(pool_id), kept)])
         return bool(was_live)
+
+    def resume_pool(self, pool_id: str) -> list[bytes] | None:
+        """Take the pool over from a client that died: the records that client left unread
+        or unacknowledged, which stay where they are (the collector reads them again), and
+        this store's count of acknowledged ones set to Redis's, so that its acknowledgements
+        count on from that client's. None if the pool is not live any more."""
+        live, acknowledged, received, results = self._commands.run([
+            ("EXISTS", keys.live(pool_id)), ("GET", keys.acknowledged(pool_id)),
+            ("LRANGE", keys.received(pool_id), 0, -1),
+            ("LRANGE", keys.results(pool_id), 0, -1)])
+        if not live:
+            return None
+        taken = self._taken.setdefault(pool_id, _Taken())
+        taken.acknowledged = int(acknowledged or 0)
+        return [record for record in received + results if record != WAKE_UP]
 
     def pools(self) -> dict[str, dict[str, Any]]:
         """Pool id -> info, for every pool whose client reports itself alive."""

@@ -71,11 +71,17 @@ class ResultStore(Protocol):
     def blobs(self) -> Blobs:
         """The pools' large payloads."""
 
-    def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any]) -> bool:
-        """Mark the pool live for ``ttl`` seconds more, with what its client reports of it
-        (``distpool status``); workers run its tasks only while it is. Return whether it was
-        still marked live: False for a new pool, and for one whose mark was lost meanwhile
-        (a store that restarted, a lapse), when workers may have dropped its tasks."""
+    def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any],
+                     keep: float | None = None) -> bool:
+        """Mark the pool live for ``ttl`` seconds more (``keep``, if longer: a named run's
+        resume window), with what its client reports of it (``distpool status``) for
+        ``ttl``; workers run its tasks only while it is. Return whether it was still marked
+        live: False for a new pool, and for one whose mark was lost meanwhile (a store that
+        restarted, a lapse), when workers may have dropped its tasks."""
+
+    def resume_pool(self, pool_id: str) -> list[bytes] | None:
+        """Take over the pool of a client that died (a named run's): the result records it
+        left, which the collector will read again; None if the pool is not live any more."""
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
         """The pool's result records: block up to ``timeout`` for the first, take what else

@@ -75,8 +75,12 @@ class MemoryStore:
             self._results[pool_id].extend(records)
             self._cond.notify_all()
 
-    def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any]) -> bool:
+    def refresh_pool(self, pool_id: str, ttl: float, info: dict[str, Any],
+                     keep: float | None = None) -> bool:
         return True  # nothing here can lose it
+
+    def resume_pool(self, pool_id: str) -> list[bytes] | None:
+        return None  # nothing here outlives its client
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
         with self._cond:

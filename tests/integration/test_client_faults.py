@@ -3,28 +3,21 @@ its user's callbacks do, never stops a pool."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import redis
 
 import distpool
-from distpool.errors import AuthenticationError, BrokerUnavailableError, CheckpointError
+from distpool.errors import AuthenticationError, BrokerUnavailableError
 from tests.dropping_proxy import ReplyDroppingProxy
 from tests.hostile import HOSTILE_RECORDS
-from tests.support import environment_without_distpool
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = Path(__file__).parent / "scripts"
 
 def square(x):
     return x * x
@@ -111,75 +104,3 @@ def test_a_map_completes_though_the_reply_carrying_its_results_is_lost(shared_cl
             assert pool.map_async(nap, [0.5] * 4, chunksize=1).get(timeout=30) == [0.5] * 4
             assert pool.map(square, range(100), chunksize=10) == [x * x for x in range(100)]
         assert proxy.dropped.is_set()
-
-
-@pytest.mark.parametrize(("kind", "processes", "where"), [
-    ("starmap", 3, "cluster"), ("imap_unordered", 2, "cluster"),
-    ("starmap", 2, "local cluster")])  # (dies with its client: only the journal resumes)
-def test_a_named_run_killed_mid_map_resumes_where_it_stopped(make_cluster, redis_server,
-                                                             tmp_path, kind, processes, where):
-    # Killed with SIGKILL mid-map, the same script run again (with another number of slots)
-    # returns the same results; what had finished ran once, at most what was in flight twice.
-    counter = redis_server.url(7)
-    runs = redis.Redis.from_url(counter)
-    runs.delete("runs")
-    environment = {**environment_without_distpool(), "PYTHONPATH": str(REPO),
-                   "DISTPOOL_CHECKPOINT_DIR": str(tmp_path / "journals")}
-    if where == "cluster":
-        environment.update(make_cluster(nodes=1, concurrency=2).environment())
-    command = [sys.executable, str(SCRIPTS / "named_run.py"), kind, str(processes), counter]
-    client = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while sum(map(int, runs.hvals("runs"))) < 15:
-            assert time.monotonic() < deadline and client.poll() is None
-            time.sleep(0.05)
-    finally:
-        client.kill()
-        client.wait()
-        client.stdout.close()
-    ran_before = {int(x): int(n) for x, n in runs.hgetall("runs").items()}
-    rerun = subprocess.run(command, env=environment, capture_output=True, text=True,
-                           timeout=120)
-    assert rerun.returncode == 0, rerun.stderr
-    results, resumed = rerun.stdout.splitlines()
-    assert json.loads(results) == [x * x for x in range(40)]
-    counts = {int(x): int(n) for x, n in runs.hgetall("runs").items()}
-    assert set(counts) == set(range(40)) and max(counts.values()) <= 2
-    # Twice, at most: the tasks in flight at the kill (as many as the pool's processes), and
-    # those whose results came in its last group commit (0.1 s: two 0.2 s tasks on 2 slots).
-    twice = [x for x, n in counts.items() if n == 2]
-    assert len(twice) <= processes + 2, (twice, ran_before)
-    ran_again = [x for x in range(40) if counts[x] > ran_before.get(x, 0)]
-    assert int(resumed) == 40 - len(ran_again) >= len(ran_before) - processes - 2
-
-
-def test_a_run_is_held_by_one_client_of_any_host_and_let_go_when_it_dies(make_cluster,
-                                                                          tmp_path):
-    # Another journal directory stands for another host: only the result store tells.
-    cluster = make_cluster(nodes=1, concurrency=1)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, distpool; "
-         "pool = distpool.Pool(1, checkpoint='w48'); print('held', flush=True); "
-         "sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**environment_without_distpool(), **cluster.environment(), "PYTHONPATH": str(REPO),
-             "DISTPOOL_CHECKPOINT_DIR": str(tmp_path / "host-a")})
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("DISTPOOL_CHECKPOINT_DIR", str(tmp_path / "host-b"))
-            with pytest.raises(CheckpointError, match=rf"held by \S+:{holder.pid} \(seen "
-                                                      r"through the result store\)"):
-                distpool.Pool(1, checkpoint="w48", **cluster.pool_kwargs())
-            holder.kill()
-            holder.wait()
-            started = time.monotonic()
-            with distpool.Pool(1, checkpoint="w48", **cluster.pool_kwargs()) as pool:
-                assert pool.apply(square, (3,)) == 9
-            assert time.monotonic() - started < 20  # its hold lapsed: 10 s at most
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdin.close()
-        holder.stdout.close()

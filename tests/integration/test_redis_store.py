@@ -56,6 +56,40 @@ def test_records_whose_pop_reply_is_lost_are_taken_again_and_no_others_twice(red
             store.close()
 
 
+def test_a_named_runs_pool_stays_live_for_its_resume_window_and_its_report_does_not(
+        store, redis_server):
+    pool_id = uuid.uuid4().hex
+    store.refresh_pool(pool_id, 2, {"host": "h"}, keep=600)
+    direct = redis.Redis.from_url(redis_server.url(5))
+    assert 590_000 < direct.pttl(f"distpool:pool:{pool_id}:live") <= 600_000
+    assert direct.pttl(f"distpool:pool:{pool_id}:info") <= 2_000
+    assert store.pool_is_live(pool_id)
+
+
+def test_the_next_client_of_a_pool_reads_what_the_dead_one_left_and_acknowledges_on(
+        store, redis_server):
+    pool_id = uuid.uuid4().hex
+    assert store.resume_pool(pool_id) is None  # (not live: nothing to take over)
+    store.refresh_pool(pool_id, 60, {})
+    dead = RedisStore(redis_server.url(5))
+    store.push_results(pool_id, [b"1", b"2"])
+    assert dead.pop_results(pool_id, 1) == [b"1", b"2"]
+    store.push_results(pool_id, [b"3"])
+    assert dead.pop_results(pool_id, 1) == [b"3"]  # acknowledges 1 and 2
+    store.push_results(pool_id, [b"4"])
+    dead.close()  # (as its client's death: 3 taken, not acknowledged; 4 unread)
+    successor = RedisStore(redis_server.url(5))
+    try:
+        assert successor.resume_pool(pool_id) == [b"3", b"4"]
+        assert successor.pop_results(pool_id, 1) == [b"3", b"4"]
+        store.push_results(pool_id, [b"5"])
+        assert successor.pop_results(pool_id, 1) == [b"5"]  # acknowledged 3 and 4, on from 2
+        assert redis.Redis.from_url(redis_server.url(5)).lrange(
+            f"distpool:pool:{pool_id}:received", 0, -1) == [b"5"]
+    finally:
+        successor.close()
+
+
 def test_a_claim_keeps_a_message_from_a_second_holder_until_it_lapses(store):
     message = message_of_a_live_pool(store)
     assert store.claim(message, "host:1:a", ttl=0.5) == ("claimed", None, 0)

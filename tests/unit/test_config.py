@@ -92,3 +92,14 @@ def test_strict_versions_from_the_argument_or_the_environment():
                           environ={"DISTPOOL_STRICT_VERSIONS": "1"}).strict_versions is False
     with pytest.raises(ValueError, match="DISTPOOL_STRICT_VERSIONS"):
         config.resolve(environ={"DISTPOOL_STRICT_VERSIONS": "sometimes"})
+
+
+def test_resume_window_from_the_argument_or_the_environment():
+    assert config.resolve(environ={}).resume_window == config.DEFAULT_RESUME_WINDOW == 3600
+    assert config.resolve(environ={"DISTPOOL_RESUME_WINDOW": "600"}).resume_window == 600
+    assert config.resolve(resume_window=60,
+                          environ={"DISTPOOL_RESUME_WINDOW": "600"}).resume_window == 60
+    with pytest.raises(ValueError, match="DISTPOOL_RESUME_WINDOW must be positive"):
+        config.resolve(environ={"DISTPOOL_RESUME_WINDOW": "0"})
+    with pytest.raises(ValueError, match="resume_window must be positive"):
+        config.resolve(resume_window=-5, environ={})

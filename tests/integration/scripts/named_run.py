@@ -1,7 +1,9 @@
-"""A named run, as a user's script would be: ``python named_run.py KIND PROCESSES COUNTER_URL``.
-Its settings (cluster, checkpoint directory) come from the environment. Each task counts its
-run in a Redis hash, so that a test can tell what ran twice. Prints the results (JSON), then
-how many came from the journal."""
+"""A named run, as a user's script would be:
+``python named_run.py KIND PROCESSES COUNTER_URL [SLOW_SECONDS]``. Its settings (cluster,
+checkpoint directory) come from the environment. Each task counts its run in a Redis hash,
+so that a test can tell what ran twice; with SLOW_SECONDS, the first PROCESSES items take
+that long (the rest 0.2 s). Prints the results (JSON), then how many came from the journal
+or from the tasks an earlier client of the run had sent."""
 import json
 import sys
 import time
@@ -13,19 +15,20 @@ import distpool
 ITEMS = 40
 
 
-def work(x, counter_url):
+def work(x, counter_url, seconds):
     redis.Redis.from_url(counter_url).hincrby("runs", str(x), 1)
-    time.sleep(0.2)
+    time.sleep(seconds)
     return x * x
 
 
-def work_one(pair):
-    return work(*pair)
+def work_one(arguments):
+    return work(*arguments)
 
 
 if __name__ == "__main__":
     kind, processes, counter_url = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    items = [(x, counter_url) for x in range(ITEMS)]
+    slow = float(sys.argv[4]) if len(sys.argv) > 4 else 0.2
+    items = [(x, counter_url, slow if x < processes else 0.2) for x in range(ITEMS)]
     with distpool.Pool(processes, checkpoint="forecast-w48") as pool:
         if kind == "starmap":
             results = pool.starmap(work, items, chunksize=1)

@@ -51,7 +51,7 @@ class Store(MemoryStore):
     def push(self, pool_id, raw):
         self.push_results(pool_id, [raw])
 
-    def refresh_pool(self, pool_id, ttl, info):
+    def refresh_pool(self, pool_id, ttl, info, keep=None):
         now = time.monotonic()
         live = self._refreshed is not None and now - self._refreshed < self.ttl
         self._refreshed = now

@@ -280,8 +280,8 @@ def test_tasks_in_flight_fail_when_the_store_lost_the_pools_liveness_key(manual)
     lost_key = threading.Event()
     refresh = manual.store.refresh_pool
 
-    def refresh_and_tell(pool_id, ttl, info):
-        refresh(pool_id, ttl, info)
+    def refresh_and_tell(pool_id, ttl, info, keep=None):
+        refresh(pool_id, ttl, info, keep)
         return not lost_key.is_set()
 
     manual.store.refresh_pool = refresh_and_tell
