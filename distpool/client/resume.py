@@ -156,7 +156,11 @@ class NamedRun:
             record = pickle.loads(raw)
             if record[0] == _RECORD_CALL:
                 _, index, kind, function, code = record
-                self._journaled[index] = _Journaled(kind, function, code)
+                earlier = self._journaled.get(index)
+                if earlier is None or (earlier.kind, earlier.function) != (kind, function):
+                    self._journaled[index] = _Journaled(kind, function, code)
+                else:  # a rerun's call: what the runs before it journaled still holds
+                    earlier.code = code
             elif record[0] == _RECORD_RESULTS:
                 _, index, positions, digests, data = record
                 self._keep(index, positions, digests, _Results(data))

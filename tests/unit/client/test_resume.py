@@ -77,6 +77,21 @@ def test_a_rerun_takes_each_call_s_results_from_the_journal():
         pool.terminate()
 
 
+def test_each_rerun_keeps_what_every_run_before_it_journaled():
+    # Each run journals its call again; a third run still finds the first run's results
+    # (the chaos soak with the client killed again and again found them dropped).
+    left_unfinished("w48", lambda pool: pool.map(square, range(4)))
+    left_unfinished("w48", lambda pool: pool.map(square, range(8)))
+    assert RUNS == [*range(4), *range(4, 8)]
+    RUNS.clear()
+    pool = distpool.Pool(2, eager=True, checkpoint="w48")
+    try:
+        assert pool.map(square, range(10)) == [x * x for x in range(10)]
+        assert RUNS == [8, 9] and pool.resumed == 8
+    finally:
+        pool.terminate()
+
+
 def test_only_a_changed_item_is_computed_again_and_chunks_are_made_afresh():
     left_unfinished("w48", lambda pool: pool.map(square, range(10), chunksize=5))
     RUNS.clear()
