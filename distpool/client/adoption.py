@@ -64,8 +64,8 @@ class _Waiter(NamedTuple):
     single: bool  # an apply's: its outcome is the value itself, not a one-item list
 
 
-#: A result the run journals: the call, places, digests and values of a chunk's items.
-Record = Callable[[int, list[int], list[bytes], list[Any]], None]
+#: Journals a task's result: its call, its items' places and digests, and what it returned.
+Record = Callable[[int, list[int], list[bytes], Any], object]
 
 
 class Handover:
@@ -129,10 +129,10 @@ class Handover:
             landed.add(found.task_id)
             if found.ok:  # (a failure is computed again, as any journal's)
                 try:
-                    values = serialization.loads(load(found))
+                    value = serialization.loads(load(found))
                 except Exception:  # computed again
                     continue
-                record(task.call, task.positions, task.digests, list(values))
+                record(task.call, task.positions, task.digests, value)
         messages: list[list[Task]] = []
         jobs: dict[int, list[SentTask]] = {}
         for message_id, (tasks, wire) in list(self._sent.items()):

@@ -258,13 +258,20 @@ class NamedRun:
         return {job: AdoptedJob(job, tasks, self.landed, done) for job, tasks in jobs.items()}
 
     def _adopted(self, index: int, positions: list[int], digests: list[bytes],
-                 values: list[Any]) -> None:
-        """Journal the results of an earlier client's task, and keep them for the call of
-        this run that has yet to take them."""
+                 value: Any) -> list[Any]:
+        """Journal the results of an earlier client's task (``value``, its payload), and keep
+        them for the call of this run that has yet to take them; return them, one an item."""
+        values = self._items(index, value)
         data = self._record(index, positions, digests, values)
         with self._lock:
             if index in self._journaled:
                 self._keep(index, positions, digests, _Results(data))
+        return values
+
+    def _items(self, index: int, value: Any) -> list[Any]:
+        """A task's result as a list of its items' (an apply's is the one result itself)."""
+        earlier = self._journaled.get(index)
+        return [value] if earlier is not None and earlier.kind == "apply" else list(value)
 
     def started(self, pool_id: str) -> None:
         """The run's pool is ``pool_id``, on a cluster: its messages are journaled from now
@@ -289,14 +296,13 @@ class NamedRun:
     def landed(self, task: SentTask, ok: bool, value: Any) -> None:
         """The outcome of an earlier client's task that this run took over: journaled, and
         handed to the callers waiting for its items."""
-        if ok:
-            self._adopted(task.call, task.positions, task.digests, list(value))
+        values = self._adopted(task.call, task.positions, task.digests, value) if ok else []
         with self._lock:
             waiting = self._handover.arrived(task)
             if ok:
                 self.resumed += len(waiting)
         for offset, waiter in waiting:
-            outcome = (value[offset] if waiter.single else [value[offset]]) if ok else value
+            outcome = (values[offset] if waiter.single else [values[offset]]) if ok else value
             waiter.target.set_outcome(task.positions[offset], ok, outcome)
 
     def hold_in(self, holds: RunHolds) -> None:

@@ -104,20 +104,24 @@ def test_a_named_run_killed_mid_map_resumes_where_it_stopped(make_cluster, redis
         assert resumed == 40 - len(ran_since)
 
 
+@pytest.mark.parametrize("kind", ["starmap", "apply"])
 def test_a_rerun_takes_over_the_tasks_its_dead_client_left_running(make_cluster,
-                                                                   redis_server, tmp_path):
-    # The first two items take 16 s; the client dies 1 s into them. The workers go on with
-    # them (the run's resume window), and the rerun, once the dead client's hold has lapsed
-    # (10 s), collects their results instead of sending them again: every item ran once.
+                                                                   redis_server, tmp_path,
+                                                                   kind):
+    # The first items (two of the starmap, one apply) take 16 s; the client dies 1 s into
+    # them. The workers go on with them (the run's resume window), and the rerun, once the
+    # dead client's hold has lapsed (10 s), collects their results instead of sending them
+    # again: every item ran once.
     run = NamedRun(redis_server, tmp_path, make_cluster(nodes=1, concurrency=2))
-    command = run.command("starmap", 2, "16")
-    run.kill_once(command, lambda counts: counts.get(0) and counts.get(1))
+    command = run.command(kind, 2, "16")
+    slow = 2 if kind == "starmap" else 1
+    run.kill_once(command, lambda counts: all(counts.get(x) for x in range(slow)))
     time.sleep(1.0)
     started = time.monotonic()
     results, resumed = run.rerun(command)
     assert results == [x * x for x in range(40)]
     assert run.counts() == {x: 1 for x in range(40)}
-    assert resumed == 2  # the two long ones, from the tasks the dead client sent
+    assert resumed == slow  # the long ones, from the tasks the dead client sent
     assert time.monotonic() - started < 16 + 10  # (not run again: that would be 16 s more)
 
 

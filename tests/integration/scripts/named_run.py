@@ -2,8 +2,8 @@
 ``python named_run.py KIND PROCESSES COUNTER_URL [SLOW_SECONDS]``. Its settings (cluster,
 checkpoint directory) come from the environment. Each task counts its run in a Redis hash,
 so that a test can tell what ran twice; with SLOW_SECONDS, the first PROCESSES items take
-that long (the rest 0.2 s). Prints the results (JSON), then how many came from the journal
-or from the tasks an earlier client of the run had sent."""
+that long (the first only, for KIND apply; the rest 0.2 s). Prints the results (JSON), then
+how many came from the journal or from the tasks an earlier client of the run had sent."""
 import json
 import sys
 import time
@@ -28,10 +28,13 @@ def work_one(arguments):
 if __name__ == "__main__":
     kind, processes, counter_url = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     slow = float(sys.argv[4]) if len(sys.argv) > 4 else 0.2
-    items = [(x, counter_url, slow if x < processes else 0.2) for x in range(ITEMS)]
+    slow_items = 1 if kind == "apply" else processes  # (applies run one after another)
+    items = [(x, counter_url, slow if x < slow_items else 0.2) for x in range(ITEMS)]
     with distpool.Pool(processes, checkpoint="forecast-w48") as pool:
         if kind == "starmap":
             results = pool.starmap(work, items, chunksize=1)
+        elif kind == "apply":
+            results = [pool.apply(work, item) for item in items]
         else:
             results = sorted(pool.imap_unordered(work_one, items))
         print(json.dumps(results), flush=True)
