@@ -12,7 +12,6 @@ offers it: the same order, without a thread hop, which a sequential ``apply`` wo
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import threading
@@ -20,15 +19,9 @@ from typing import Any, Callable
 
 from .. import platform
 from ..errors import add_note
-from ..store.keys import result_blob
-from ..transports.base import Blobs
 from ..wire import serialization
-from ..wire.envelope import ResultRecord
 from ..wire.payload import Payload
 from .results import JobResult
-
-#: A result that came back as a blob: fetched when it is delivered.
-BlobResult = Callable[[], Payload]
 
 logger = logging.getLogger("distpool")
 
@@ -85,15 +78,6 @@ class Delivery:
                 logger.exception("pool %s: a result callback raised", self._pool_id)
             with self._lock:
                 self._pending -= 1
-
-
-def payload_of(record: ResultRecord, blobs: Blobs, pool_id: str) -> Payload | BlobResult:
-    """The payload of a result record: carried in it, or a blob of the pool's, fetched (and
-    deleted) when it is called."""
-    ref = record.payload
-    if isinstance(ref, Payload):
-        return ref
-    return functools.partial(blobs.take, pool_id, result_blob(record.task_id, ref.digest), ref)
 
 
 def deliver(result: JobResult, index: int, ok: bool, value: Any,

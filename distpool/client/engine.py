@@ -26,27 +26,24 @@ import os
 import socket
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from .. import platform
 from ..config import Settings
 from ..errors import (
-    AuthenticationError,
     BrokerUnavailableError,
     DistpoolError,
-    EnvelopeError,
     PoolTerminatedError,
-    VersionSkewWarning,
 )
 from ..transports import Transport
-from ..wire.envelope import ResultRecord, TaskEnvelope
+from ..wire.envelope import TaskEnvelope
 from ..wire.messages import TaskMessage
 from ..wire.payload import Payload
 from .adoption import RunHooks
-from .delivery import BlobResult, Delivery, deliver, payload_of
+from .delivery import Delivery, deliver
 from .flight import Flight
+from .records import BlobResult, RecordReader
 from .results import JobResult
 from .sources import Job, ReadAhead, Source, Sources
 from .staging import Stager
@@ -97,7 +94,7 @@ class Engine:
         self._resend: collections.deque[list[TaskEnvelope]] = collections.deque()
         self._jobs: dict[int, JobResult] = {}
         self._job_ids = itertools.count(0 if run is None else run.first_job)
-        self._warned: set[str] = set()
+        self._records = RecordReader(pool_id, self._signer, self._store.blobs)
         self._closing = False
         self._terminated = False
         self._released = False
@@ -314,7 +311,9 @@ class Engine:
             unreachable_since = None
             for raw in records:
                 try:
-                    self._handle_record(raw)
+                    outcome = self._records.read(raw)
+                    if outcome is not None:
+                        self._complete(*outcome)
                 except Exception:  # a bug, or input no check foresaw: lose it, not the pool
                     logger.exception("pool %s: dropped a result record", self.pool_id)
             if records:
@@ -366,34 +365,6 @@ class Engine:
     def _report(self) -> dict[str, Any]:
         return {**self._identity, "sent": self._sent, "done": self._done,
                 "in_flight": len(self._flight)}
-
-    def _handle_record(self, raw: bytes) -> None:
-        """Account for one record; its payload is loaded when it is delivered."""
-        try:
-            record = ResultRecord.from_bytes(raw, self._signer, self.pool_id)
-        except EnvelopeError as exc:
-            # Never loaded. If it names a task in flight, that task fails rather than waits.
-            logger.error("pool %s: refused a result record: %s", self.pool_id, exc)
-            if exc.task_id is not None:
-                self._complete(exc.task_id, False, exc)
-            return
-        if record.warnings:
-            self._warn(record.warnings)
-        if record.rejected is not None:
-            self._complete(record.task_id, False, AuthenticationError(
-                f"a worker refused task {record.task_id}: {record.rejected}",
-                self.pool_id, record.task_id))
-            return
-        self._complete(record.task_id, record.ok, None, record.elapsed,
-                       payload_of(record, self._store.blobs, self.pool_id))
-
-    def _warn(self, texts: Iterable[str]) -> None:
-        """Tell the user what a worker had to say (an installed module of another version
-        there: :class:`~distpool.errors.VersionSkewWarning`), each thing once per pool."""
-        for text in texts:
-            if text not in self._warned:
-                self._warned.add(text)
-                warnings.warn(text, VersionSkewWarning, stacklevel=1)
 
     def _complete(self, task_id: str, ok: bool, error: BaseException | None,
                   elapsed: float | None = None,

@@ -46,9 +46,9 @@ from ..wire import serialization
 from ..wire.envelope import ResultRecord, Signer
 from ..wire.payload import Payload
 from .adoption import RECORD_POOL, RECORD_SENT, AdoptedJob, Handover, SentTask
-from .delivery import payload_of
 from .digest import digest
 from .journal import Journal
+from .records import payload_of
 from .results import JobResult
 from .tasks import Task
 

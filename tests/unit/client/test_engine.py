@@ -93,7 +93,7 @@ def test_an_error_while_handling_a_record_drops_the_record_not_the_collector(sto
             raise RuntimeError("a bug in a decoder")
         return from_bytes(raw, signer, pool_id)
 
-    monkeypatch.setattr(engine.ResultRecord, "from_bytes", buggy)
+    monkeypatch.setattr(ResultRecord, "from_bytes", buggy)
     with distpool.Pool(2, eager=True) as pool:
         store.push(pool._pool_id, b"unforeseen\n")
         assert pool.apply_async(square, (3,)).get(timeout=5) == 9
