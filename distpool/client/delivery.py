@@ -76,6 +76,8 @@ class Delivery:
                     action()
             except BaseException:  # even SystemExit from a callback: later results still come
                 logger.exception("pool %s: a result callback raised", self._pool_id)
+            # Not kept while waiting for the next: the result it delivered is the caller's.
+            del action
             with self._lock:
                 self._pending -= 1
 

@@ -13,14 +13,14 @@ burst of submissions followed at once by that shutdown still runs some of its ta
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import functools
-import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .pool import Calls, Pool
-from .results import FutureResult
+from .results import ApplyResult
 from .sources import chunked
 from .tasks import Function
 
@@ -28,6 +28,26 @@ T = TypeVar("T")
 
 #: Longest ``shutdown(cancel_futures=True)`` waits for the free slots to take their tasks.
 START_WAIT = 5.0
+
+
+class FutureResult(ApplyResult[T]):
+    """The result of an Executor's task, which only resolves its future (through its
+    callbacks): a failure's cause is ProcessPoolExecutor's."""
+
+    remote_traceback = concurrent.futures.process._RemoteTraceback
+
+    def _finish(self) -> None:
+        # As in ProcessPoolExecutor (bpo-14406), nothing keeps a result once the future has
+        # it: not this object, and resolving the future comes last, after the bookkeeping
+        # (which may wait for a lock) rather than before it, while the caller may have it.
+        hand_over = self._callback if self._success else self._error_callback
+        value, self._value = self._value, None
+        self._callback = self._error_callback = None
+        self.progress._close()
+        self._event.set()
+        self._on_done(self._job)
+        if hand_over is not None:
+            hand_over(value)
 
 
 class Executor(concurrent.futures.Executor):
@@ -98,7 +118,7 @@ class Executor(concurrent.futures.Executor):
         chunks = chunked(zip(*iterables), chunksize)
         results: Iterator[list[T]] = super().map(
             Function(functools.partial(_run_chunk, fn)), chunks, timeout=timeout)
-        return itertools.chain.from_iterable(results)
+        return _items_of_chunks(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         pending: list[concurrent.futures.Future[Any]] = []
@@ -130,3 +150,12 @@ class Executor(concurrent.futures.Executor):
 def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
     return [fn(*args) for args in chunk]
 
+
+def _items_of_chunks(chunks: Iterator[list[T]]) -> Iterator[T]:
+    """The items of each chunk in turn, each taken out of its chunk as it is handed over:
+    the iterator keeps no reference to a result the caller has (as ProcessPoolExecutor's,
+    bpo-14406), where ``itertools.chain`` would keep the chunk's until its end."""
+    for chunk in chunks:
+        chunk.reverse()
+        while chunk:
+            yield chunk.pop()

@@ -21,7 +21,6 @@ exactly once, and never for a result that was already complete.
 from __future__ import annotations
 
 import collections
-import concurrent.futures.process
 import threading
 from collections.abc import Iterator
 from typing import Any, Callable, ClassVar, Generic, Optional, Protocol, TypeVar
@@ -162,12 +161,6 @@ class ApplyResult(Generic[T]):
 
 
 AsyncResult = ApplyResult
-
-
-class FutureResult(ApplyResult[T]):
-    """The result of an Executor's task: a failure's cause is ProcessPoolExecutor's."""
-
-    remote_traceback = concurrent.futures.process._RemoteTraceback
 
 
 class MapResult(ApplyResult[list[T]]):

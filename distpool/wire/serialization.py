@@ -20,9 +20,10 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import struct
 import sys
 import types
-from typing import Any
+from typing import Any, Callable
 
 import dill
 
@@ -179,7 +180,9 @@ class _GlobalsCapturingPickler(dill.Pickler):  # type: ignore[misc]
         super().__init__(file, PROTOCOL, byref=False, recurse=False,
                          buffer_callback=buffers.keep)
         self._modules = modules
-        self.dispatch = _ArraysOutOfBand(dill.Pickler.dispatch)
+        self.dispatch = _DispatchTable(dill.Pickler.dispatch)
+        #: pickle's buffer_callback, which :func:`_save_pickle_buffer` calls in its stead.
+        self.keep_buffer: Callable[[pickle.PickleBuffer], bool] = buffers.keep
         # dill writes functions' globals as a reference to ``self._main``'s namespace.
         self._main = main
         self._main_globals = main.__dict__
@@ -220,18 +223,63 @@ class _GlobalsCapturingPickler(dill.Pickler):  # type: ignore[misc]
         return batch
 
 
-class _ArraysOutOfBand:
-    """dill's dispatch table without its NumPy array entry, which pickles arrays in band
-    (through ``__reduce__``): without it, pickle calls ``__reduce_ex__(5)``, and the array's
-    memory goes out of band, as it does through C pickle."""
+class _DispatchTable:
+    """dill's dispatch table, changed where dill's pure-Python pickle writes other than C
+    pickle, so that dill sends what C pickle sends:
+
+    * NumPy arrays: dill's entry pickles them in band (through ``__reduce__``); without it,
+      pickle calls ``__reduce_ex__(5)``, and the array's memory goes out of band, as it does
+      through C pickle.
+    * ``PickleBuffer``: :func:`_save_pickle_buffer` replaces pure-Python pickle's entry.
+    * ``bytearray``: memoized (:func:`_save_bytearray`).
+    """
 
     def __init__(self, table: Any) -> None:
         self._table = table
 
     def get(self, cls: type, default: Any = None) -> Any:
+        if cls is pickle.PickleBuffer:
+            return _save_pickle_buffer
+        if cls is bytearray:
+            return _save_bytearray
         if cls.__name__ == "ndarray" and cls.__module__ == "numpy":
             return default
         return self._table.get(cls, default)
+
+
+def _save_pickle_buffer(pickler: _GlobalsCapturingPickler, buffer: pickle.PickleBuffer) -> None:
+    """Write a ``PickleBuffer`` as C pickle does: out of band if the callback takes it, else
+    its bytes in band, memoized under the buffer.
+
+    Pure-Python pickle before 3.13 memoizes the in-band *copy* of the bytes instead. Every
+    empty buffer's copy is the one ``b""`` object, so a second empty array failed pickle's
+    memo assertion, and a later ``b""`` was loaded as the first one (a ``bytearray``, if that
+    buffer was writable). 3.13 fixed the assertion but not the latter.
+    """
+    with buffer.raw() as view:  # BufferError when not contiguous, as in pickle
+        readonly = view.readonly
+        if not pickler.keep_buffer(buffer):
+            pickler.write(pickle.NEXT_BUFFER + pickle.READONLY_BUFFER if readonly
+                          else pickle.NEXT_BUFFER)
+            return
+        data = view.tobytes()
+    size = len(data)
+    if not readonly:
+        header = pickle.BYTEARRAY8 + struct.pack("<Q", size)
+    elif size <= 0xFF:
+        header = pickle.SHORT_BINBYTES + struct.pack("<B", size)
+    else:
+        header = pickle.BINBYTES8 + struct.pack("<Q", size)
+    pickler.write(header + data)
+    pickler.memoize(buffer)
+
+
+def _save_bytearray(pickler: _GlobalsCapturingPickler, array: bytearray) -> None:
+    """pickle's entry, then memoized as C pickle does: Python 3.9's pure-Python pickle does
+    not memoize a bytearray, so one shared in two places came back as two."""
+    dill.Pickler.dispatch[bytearray](pickler, array)
+    if id(array) not in pickler.memo:
+        pickler.memoize(array)
 
 
 class _NamespaceUnpickler(dill.Unpickler):  # type: ignore[misc]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import gc
 import os
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -24,6 +26,14 @@ def add(x, y):
 
 def fail(x):
     raise ValueError(f"bad {x}")
+
+
+class Dummy:
+    """A result that can be weakly referenced (an int or a list cannot)."""
+
+
+def make_dummy_object(_: object) -> Dummy:
+    return Dummy()
 
 
 def touch_after(path, seconds):
@@ -138,3 +148,15 @@ def test_exception_cause_is_the_process_pool_remote_traceback(make_executor: Any
 def test_max_workers_is_the_executors_width(make_executor: Any) -> None:
     assert make_executor(3)._max_workers == 3
     assert make_executor(None)._max_workers == make_executor.default_width
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_keeps_no_reference_to_a_result_it_has_handed_over(make_executor: Any,
+                                                                chunksize: int) -> None:
+    # CPython's ExecutorTest.test_free_reference (bpo-14406): a large result is freed once
+    # the caller drops it, not when the next one arrives (nor, in chunks, the chunk's last).
+    for obj in make_executor().map(make_dummy_object, range(10), chunksize=chunksize):
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None

@@ -6,6 +6,7 @@ Functions "of __main__" are made by executing source in a stand-in module instal
 
 from __future__ import annotations
 
+import pickle
 import sys
 import textwrap
 import types
@@ -175,3 +176,28 @@ def test_payload_parts_cover_its_bytes_in_order():
         parts = list(payload.parts(size))
         assert b"".join(bytes(part) for part in parts) == payload.to_bytes()
         assert all(len(part) == size for part in parts[:-1])
+
+
+def test_in_band_buffers_travel_by_dill_as_c_pickle_copies_them(script_main):
+    # Pure-Python pickle before 3.13 memoized each in-band buffer's bytes, and every empty
+    # buffer's are the one b"" object: two failed its memo's assertion, and a b"" after a
+    # writable one came back as a bytearray (issue 26). C pickle memoizes the buffer itself.
+    shared = pickle.PickleBuffer(bytearray(b"ab"))
+    value = [pickle.PickleBuffer(b""), pickle.PickleBuffer(bytearray()), b"",
+             pickle.PickleBuffer(b""), bytearray(), shared, shared]
+    expected = pickle.loads(pickle.dumps(value, serialization.PROTOCOL))
+    assert expected == [b"", bytearray(), b"", b"", bytearray(), bytearray(b"ab"),
+                        bytearray(b"ab")]
+    payload = serialization.dumps((script_main.square, value))
+    assert payload.to_bytes()[:1] == b"D"  # dill, for the __main__ lambda
+    _, copy = serialization.loads(payload, namespace=serialization.new_namespace())
+    assert [(type(item), item) for item in copy] == [(type(item), item) for item in expected]
+    assert copy[-1] is copy[-2]
+
+
+def test_a_bytearray_in_two_places_comes_back_as_one_through_dill(script_main):
+    # C pickle memoizes a bytearray; Python 3.9's pure-Python pickle did not.
+    shared = bytearray(b"cd")
+    payload = serialization.dumps((script_main.square, [shared, shared]))
+    _, copy = serialization.loads(payload, namespace=serialization.new_namespace())
+    assert copy == [shared, shared] and copy[0] is copy[1]
