@@ -50,7 +50,7 @@ def chaos_task(task: tuple[int, str]) -> int:
     return index
 
 
-def _disturb(nodes: list[Node], stop: threading.Event, counts: Counter[str],
+def disturb(nodes: list[Node], stop: threading.Event, counts: Counter[str],
              replace_node_at: float, start_node: Any) -> None:
     rng = random.Random()
     while not stop.wait(rng.uniform(1.0, 3.0)):
@@ -97,7 +97,7 @@ def run(tasks: int, nodes: int, slots: int, stall: float = 90.0,
             pool.map(chaos_task, [(-1, url)] * (nodes * slots))  # every slot warm
             started = time.monotonic()
             disturber = threading.Thread(
-                target=_disturb, daemon=True,
+                target=disturb, daemon=True,
                 args=(running, stop, counts, started + node_kill_after,
                       lambda: Node(url, queue, slots, secret, WORKER_LOST_TIMEOUT)))
             disturber.start()
