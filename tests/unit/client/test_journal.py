@@ -158,6 +158,31 @@ def test_a_process_killed_just_after_its_appends_loses_none_of_them(tmp_path):
         assert again.previous == [b"record %d" % n for n in range(100)]
 
 
+def test_a_process_killed_while_it_writes_a_large_record_loses_that_record_only(tmp_path):
+    # The client dies while a large result's blob is being written: the blob is not one
+    # (whole and durable only under its name), and what was appended before it holds.
+    writer = python("import sys\nfrom distpool.client.journal import Journal\n"
+                    "journal = Journal.open(sys.argv[1])\njournal.append(b'before')\n"
+                    "print('writing', flush=True)\njournal.append(bytes(1 << 30))",
+                    tmp_path / "run")
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        blobs = tmp_path / "run" / journal.BLOBS
+        deadline = time.monotonic() + 30
+        while not any(blobs.iterdir()):  # the blob's temporary file, being written
+            assert time.monotonic() < deadline and writer.poll() is None
+            time.sleep(0.001)
+    finally:
+        writer.kill()
+        writer.communicate()
+    with Journal.open(str(tmp_path / "run")) as again:
+        assert again.previous == [b"before"]
+        again.append(b"after")
+    assert not any((tmp_path / "run" / journal.BLOBS).iterdir())  # the torn blob is gone
+    with Journal.open(str(tmp_path / "run")) as last:
+        assert last.previous == [b"before", b"after"]
+
+
 def test_a_live_process_holds_the_run_and_its_death_lets_it_go(tmp_path):
     directory = tmp_path / "run"
     holder = python(HOLD, directory, stdin=subprocess.PIPE)
