@@ -82,7 +82,7 @@ def test_each_rerun_keeps_what_every_run_before_it_journaled():
     # (the chaos soak with the client killed again and again found them dropped).
     left_unfinished("w48", lambda pool: pool.map(square, range(4)))
     left_unfinished("w48", lambda pool: pool.map(square, range(8)))
-    assert RUNS == [*range(4), *range(4, 8)]
+    assert sorted(RUNS) == list(range(8))  # (the second run computed only 4 to 7)
     RUNS.clear()
     pool = distpool.Pool(2, eager=True, checkpoint="w48")
     try:
