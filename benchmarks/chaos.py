@@ -78,6 +78,16 @@ def disturb(nodes: list[Node], stop: threading.Event, counts: Counter[str],
             pass
 
 
+def end_soak(stop: threading.Event, nodes: list[Node], server: RedisServer,
+             directory: str) -> None:
+    """Stop a soak's disturbance, its nodes, its Redis, and remove its files."""
+    stop.set()
+    for node in nodes:
+        node.kill()
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def run(tasks: int, nodes: int, slots: int, stall: float = 90.0,
         node_kill_after: float = 10.0) -> dict[str, Any]:
     """Run the chaos once on a private Redis; return the figures. A whole node is killed
@@ -116,11 +126,7 @@ def run(tasks: int, nodes: int, slots: int, stall: float = 90.0,
                 pool.terminate()
         runs = {int(k): int(v) for k, v in plain.hgetall("chaos:runs").items()}
     finally:
-        stop.set()
-        for node in running:
-            node.kill()
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        end_soak(stop, running, server, directory)
     return {
         "tasks": tasks, "nodes": nodes, "slots_per_node": slots,
         "slot_kills": counts["slot kills"], "slot_freezes": counts["slot freezes"],

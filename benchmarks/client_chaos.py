@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks.chaos import WORKER_LOST_TIMEOUT, disturb
+from benchmarks.chaos import WORKER_LOST_TIMEOUT, disturb, end_soak
 from benchmarks.processes import REPO, Node, RedisServer
 
 RESULTS = Path(__file__).parent / "results"
@@ -89,11 +88,7 @@ def run(tasks: int, nodes: int, slots: int, kill_every: tuple[float, float],
         disturber.join()
         runs = {int(k): int(v) for k, v in server.client.hgetall("chaos:runs").items()}
     finally:
-        stop.set()
-        for node in running:
-            node.kill()
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        end_soak(stop, running, server, directory)
     return {
         "tasks": tasks, "nodes": nodes, "slots_per_node": slots,
         "client_kills": counts["client kills"], "slot_kills": counts["slot kills"],

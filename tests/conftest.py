@@ -1,12 +1,13 @@
-"""Fixtures shared by the integration and compatibility suites."""
+"""Fixtures shared by the suites."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from distpool import platform
+from distpool import Pool, platform
 from distpool.store.redis_store import RedisStore
 from tests.support import WINDOWS_MODE, Cluster, RedisServer
 
@@ -72,3 +73,18 @@ def make_cluster_on_own_redis() -> Iterator[type]:
     for cluster, server in started:
         cluster.stop()
         server.stop()
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What pools send through ``apply_async``, one callable a call (the joblib backend's
+    batches)."""
+    calls: list[Any] = []
+    apply_async = Pool.apply_async
+
+    def counting(self: Pool, func: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(func)
+        return apply_async(self, func, *args, **kwargs)
+
+    monkeypatch.setattr(Pool, "apply_async", counting)
+    return calls

@@ -23,7 +23,6 @@ pytest.importorskip("sklearn")
 from joblib import Parallel, delayed, parallel_config  # noqa: E402
 
 import distpool.joblib  # noqa: E402
-from distpool.client.pool import Pool  # noqa: E402
 from tests.support import Cluster  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -83,20 +82,6 @@ def no_loky_left() -> Iterable[None]:
     from joblib.externals.loky import get_reusable_executor
 
     get_reusable_executor().shutdown(wait=True)
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """What the backend's pools send: one callable per apply_async."""
-    calls: list[Any] = []
-    apply_async = Pool.apply_async
-
-    def counting(self: Pool, func: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(func)
-        return apply_async(self, func, *args, **kwargs)
-
-    monkeypatch.setattr(Pool, "apply_async", counting)
-    return calls
 
 
 def test_grid_search_on_the_cluster_gives_what_the_default_backend_gives(

@@ -21,7 +21,6 @@ from joblib.parallel import BACKENDS, get_active_backend  # noqa: E402
 
 import distpool  # noqa: E402
 import distpool.joblib  # noqa: E402
-from distpool.client.pool import Pool  # noqa: E402
 from distpool.joblib import DistpoolBackend  # noqa: E402
 
 
@@ -50,20 +49,6 @@ def no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("DISTPOOL_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """What the backend's pools send: one callable per apply_async."""
-    calls: list[Any] = []
-    apply_async = Pool.apply_async
-
-    def counting(self: Pool, func: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(func)
-        return apply_async(self, func, *args, **kwargs)
-
-    monkeypatch.setattr(Pool, "apply_async", counting)
-    return calls
 
 
 @pytest.fixture
