@@ -6,11 +6,14 @@
 The simulated-Windows mode (``tests/windows_mode`` first on a worker's ``PYTHONPATH``) runs a
 worker node as it runs on Windows, where distpool can tell: slots started as fresh
 interpreters (spawn), Celery's blocking loop (synloop) instead of its event loop, distpool's
-Windows decisions. Two workloads of trivial tasks measure the overhead per task:
+Windows decisions. Two workloads of trivial tasks measure the overhead per task, and a
+third how soon the workers stop:
 
 * apply: sequential ``pool.apply(noop)``, the median time of one call (latency);
 * map: ``pool.map(square, range(200), chunksize=1)``, its time per item (throughput), the
-  median of 5 maps.
+  median of 5 maps;
+* stop: from SIGTERM to its exit, for an idle node (a service's stop, Ctrl-Break on
+  Windows); for multiprocessing, ``close()`` and ``join()`` of the idle pool.
 
 Each runs on (i) multiprocessing.Pool(2), (ii) distpool.Pool(2) on a node of 2 slots in the
 normal (Linux) mode, (iii) the same on a node in the simulated-Windows mode (the client is in
@@ -91,12 +94,20 @@ def warm(pool: Any) -> None:
 
 
 @contextmanager
-def warm_pool(kind: str, server: RedisServer) -> Iterator[Any]:
-    """A warm pool of ``kind``; a distpool one on a node started for it, stopped after."""
+def warm_pool(kind: str, server: RedisServer, stops: list[float]) -> Iterator[Any]:
+    """A warm pool of ``kind``; a distpool one on a node started for it, stopped after; how
+    long the stop took goes to ``stops`` (ms)."""
     if kind == "multiprocessing":
-        with multiprocessing.Pool(SLOTS) as pool:
+        pool = multiprocessing.Pool(SLOTS)
+        try:
             warm(pool)
             yield pool
+            started = time.perf_counter()
+            pool.close()
+            pool.join()
+            stops.append((time.perf_counter() - started) * 1000)
+        finally:
+            pool.terminate()
         return
     queue, secret = f"windows-mode-{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
     environment = {} if kind == "linux" else {
@@ -110,6 +121,9 @@ def warm_pool(kind: str, server: RedisServer) -> Iterator[Any]:
             if (len(spawned) >= SLOTS) != (kind == "windows"):  # the mode is what it says
                 raise RuntimeError(f"{kind}: {len(spawned)} spawned slots\n{node.log()}")
             yield pool
+        started = time.perf_counter()
+        node.stop()
+        stops.append((time.perf_counter() - started) * 1000)
     finally:
         node.stop()
 
@@ -119,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     repeat, calls = (1, 50) if args.quick else (args.repeat, 500)
     workloads = {"apply": f"sequential apply(noop), median of {calls} calls",
                  "map": f"map(square, range({MAP_ITEMS}), chunksize=1), per item, "
-                        f"median of {MAPS}"}
+                        f"median of {MAPS}",
+                 "stop": "an idle node's stop, SIGTERM to exit (multiprocessing: close, join)"}
     runs: dict[str, dict[str, list[float]]] = {
         name: {kind: [] for kind in KINDS} for name in workloads}
     directory = tempfile.mkdtemp(prefix="distpool-windows-mode-")
@@ -127,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(repeat):
             for kind in KINDS:
-                with warm_pool(kind, server) as pool:
+                with warm_pool(kind, server, runs["stop"][kind]) as pool:
                     runs["apply"][kind].append(apply_median(pool, calls))
                     runs["map"][kind].append(map_per_item(pool))
                 print(f"{kind}: apply {runs['apply'][kind][-1]:.3f} ms, "
-                      f"map {runs['map'][kind][-1]:.3f} ms per item", file=sys.stderr)
+                      f"map {runs['map'][kind][-1]:.3f} ms per item, "
+                      f"stop {runs['stop'][kind][-1]:.0f} ms", file=sys.stderr)
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)

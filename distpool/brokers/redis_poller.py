@@ -18,10 +18,25 @@ there (or is let go of once the loop takes over), and waking does nothing.
 from __future__ import annotations
 
 import socket
+import weakref
+from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.eventio import READ
+
+#: This process's pollers, for :func:`wake_all`.
+_pollers: weakref.WeakSet[WakeablePoller] = weakref.WeakSet()
+
+
+def stop_all() -> None:
+    """The worker is stopping: every poller of this process ends its blocking ``get``, now
+    and from now on, as on the end of the consumer's drain timeout, so that the blocking loop
+    looks at its state and stops at once instead of after that timeout (2 s, twice: a
+    service's stop waited that long). Safe from any thread and from a signal handler."""
+    for poller in list(_pollers):
+        poller.stopping = True
+        poller.wake()
 
 
 class WakeablePoller(kombu_redis.MultiChannelPoller):
@@ -34,6 +49,8 @@ class WakeablePoller(kombu_redis.MultiChannelPoller):
         self._own_poller = self.poller
         # (read end, write end), registered with _own_poller: made by the first get.
         self._wake_pair: tuple[socket.socket, socket.socket] | None = None
+        self.stopping = False  # see stop_all
+        _pollers.add(self)
 
     def wake(self) -> None:
         """End the ``get`` that is blocked now, else the next one, at once (it raises
@@ -53,7 +70,12 @@ class WakeablePoller(kombu_redis.MultiChannelPoller):
             writer.setblocking(False)
             self.poller.register(reader.fileno(), READ)
             self._wake_pair = reader, writer
-        super().get(callback, timeout)  # type: ignore[no-untyped-call]
+        try:
+            super().get(callback, timeout)  # type: ignore[no-untyped-call]
+        except Empty:
+            if self.stopping:  # drain_events would poll again until its timeout
+                raise socket.timeout() from None
+            raise
 
     def handle_event(self, fileno: int, event: int) -> Any:
         pair = self._wake_pair

@@ -19,6 +19,7 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from .. import platform
+from ..brokers import redis_poller
 from ..brokers.celery_app import (
     TASK_NAME,
     flags_redeliveries,
@@ -130,6 +131,13 @@ def stop_on_every_stop_signal(sender: Any, **_: Any) -> None:
             install_worker_term_handler(sender.controller, sig=stop_signal.name)
 
 
+def wake_consumers(**_: Any) -> None:
+    """A warm shutdown began (in the main thread's signal handler): the blocking loop a worker
+    runs without an event loop (Celery's synloop, Windows') sees it once its poll returns,
+    which a signal does not make it do (Python polls again): wake it now."""
+    redis_poller.stop_all()
+
+
 #: ``celery worker`` options that ask for events (Flower, ``celery events``), which want the
 #: worker's heartbeats too.
 EVENT_OPTIONS = ("-E", "--task-events", "--events", "--heartbeat-interval")
@@ -146,6 +154,8 @@ def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
         app = create_app(settings, process_holder())
     signals.worker_ready.connect(stop_on_every_stop_signal, weak=False,
                                  dispatch_uid="distpool-stop-signals")
+    signals.worker_shutting_down.connect(wake_consumers, weak=False,
+                                         dispatch_uid="distpool-wake-consumers")
     wants_events = any(arg == option or arg.startswith(option + "=")
                        for arg in extra_args for option in EVENT_OPTIONS)
     argv = [

@@ -39,6 +39,7 @@ from celery.utils.imports import load_extension_class_names
 from celery.worker import state as worker_state
 
 from ... import platform
+from ...brokers import redis_poller
 from ...brokers.celery_app import TASK_NAME
 from ...config import Settings
 from .. import bundles, execute
@@ -212,6 +213,9 @@ def _stop_with_node(stopping: NodeStop) -> None:
     else:
         logger.info("the node is stopping; shutting down when the running task ends")
     signal.raise_signal(signal.SIGTERM)
+    # Raised in this thread, the signal's handler runs in the main thread once that thread
+    # runs Python again: its blocking poll (synloop's) must end first.
+    redis_poller.stop_all()
 
 
 class SlotPool(ThreadTaskPool):  # type: ignore[misc]
