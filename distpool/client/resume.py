@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -137,7 +138,9 @@ class NamedRun:
         self.resumed = 0
         self._journaled: dict[int, _Journaled] = {}
         self._handover = Handover()
-        self._sending: dict[int, Remaining] = {}  # job -> what its call sends
+        # job -> what its call sends, while the engine has the job
+        self._sending: weakref.WeakValueDictionary[int, Remaining] = (
+            weakref.WeakValueDictionary())
         if journal.finished:  # a finished run's name used again: a new run
             journal.restart()
         for raw in journal.previous:
@@ -284,9 +287,10 @@ class NamedRun:
         """Journal messages about to be sent: their tasks' places in the run, and the
         messages as they travel (``Engine``'s ``on_sent``)."""
         for tasks, wire in messages:
-            carried = [SentTask(task.job, task.index, self._sending[task.job].call_index,
-                                *self._sending[task.job].chunk(task.index)) for task in tasks]
             try:
+                carried = [SentTask(task.job, task.index, self._sending[task.job].call_index,
+                                    *self._sending[task.job].chunk(task.index))
+                           for task in tasks]
                 self._journal.append(pickle.dumps(Handover.sent_record(
                     tasks[0].envelope.task_id, carried, wire)))
             except Exception as exc:  # sent all the same; a rerun computes it again
