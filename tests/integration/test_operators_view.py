@@ -34,13 +34,14 @@ def test_celery_inspect_and_the_worker_log_show_the_users_function(make_cluster)
     cluster = make_cluster(concurrency=1)
     app = new_app(resolve(**cluster.pool_kwargs(), environ={}))
     with distpool.Pool(1, **cluster.pool_kwargs()) as pool:
-        running = pool.apply_async(simulate_outage, (3,))
-        deadline = time.monotonic() + 10
+        # Long enough to be seen however slowly inspect starts (a loaded machine took over
+        # 3 s): the pool's end (terminate) stops it once it has been.
+        pool.apply_async(simulate_outage, (60,))
+        deadline = time.monotonic() + 30
         active: list[dict[str, Any]] = []
         while not active and time.monotonic() < deadline:
             replies = app.control.inspect(timeout=1).active() or {}
             active = [task for tasks in replies.values() for task in tasks]
-        running.get(10)
     [task] = active
     assert task["name"] == LABEL
     assert task["type"] == "distpool.execute"
