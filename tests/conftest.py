@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from distpool import Pool, platform
+from distpool import platform
 from distpool.store.redis_store import RedisStore
 from tests.support import WINDOWS_MODE, Cluster, RedisServer
 
@@ -79,10 +79,12 @@ def make_cluster_on_own_redis() -> Iterator[type]:
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """What pools send through ``apply_async``, one callable a call (the joblib backend's
     batches)."""
+    from distpool import Pool  # (here: loading this file must not load the client)
+
     calls: list[Any] = []
     apply_async = Pool.apply_async
 
-    def counting(self: Pool, func: Any, *args: Any, **kwargs: Any) -> Any:
+    def counting(self: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append(func)
         return apply_async(self, func, *args, **kwargs)
 
