@@ -209,11 +209,6 @@ class NamedRun:
     # -- taking over an earlier client's work in flight (see .adoption) ----------------
 
     @property
-    def earlier_pool(self) -> str | None:
-        """The pool of the run's last client on a cluster, if it had one."""
-        return self._handover.pool_id
-
-    @property
     def next_job(self) -> int:
         return self._handover.next_job
 
