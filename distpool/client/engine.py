@@ -152,10 +152,10 @@ class Engine:
             self._cond.notify_all()
 
     def job_done(self, job: int) -> None:
-        """Called by a result object once it needs no more deliveries."""
+        """Called by a result object once it needs no more deliveries. (The dispatcher does
+        not wait on this: waking it here would cost every sequential apply a thread switch.)"""
         with self._cond:
             self._jobs.pop(job, None)
-            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
@@ -379,7 +379,10 @@ class Engine:
             self._done += 1
             if message_done:
                 self._watch.finished(task.message_id)
-                self._cond.notify_all()  # a slot is free
+                # A slot is free: the dispatcher may have tasks for it, or be done. Woken
+                # for nothing, it would cost every sequential apply a thread switch.
+                if self._closing or self._sources.ready():
+                    self._cond.notify_all()
             result = self._jobs.get(task.job)
         if message_done:
             self._stager.release([task.message_id])
