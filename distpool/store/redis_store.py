@@ -70,10 +70,22 @@ return 1
 """
 
 
-# The collector's take: move up to ARGV[1] records from the pool's results KEYS[1] to the end
-# of its received list KEYS[2], and return the whole received list: what the collector has
-# taken and not yet acknowledged, including what a reply lost on the way left there.
+# The collector's take. First it acknowledges the previous take: it drops the first ARGV[4]
+# records of the received list KEYS[2] if the count of records acknowledged so far, KEYS[3],
+# is still ARGV[3] (a retry of a take whose acknowledgement went through finds the count moved
+# on, and drops nothing). Then it moves up to ARGV[1] records from the pool's results KEYS[1]
+# to the end of the received list, and returns the whole received list: what the collector
+# has taken and not yet acknowledged, including what a reply lost on the way left there.
+# Records only ever join the received list at its end, so the acknowledgement drops the same
+# records whether the blocking move before the take brought one or not; done here, it costs
+# no command and no reply of its own.
 _TAKE = """
+local acknowledged = tonumber(ARGV[3])
+local last = tonumber(ARGV[4])
+if last > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') == acknowledged then
+    redis.call('LTRIM', KEYS[2], last, -1)
+    redis.call('SET', KEYS[3], acknowledged + last, 'EX', ARGV[2])
+end
 local moved = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 if #moved > 0 then
     redis.call('LTRIM', KEYS[1], #moved, -1)
@@ -81,17 +93,6 @@ if #moved > 0 then
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return redis.call('LRANGE', KEYS[2], 0, -1)
-"""
-
-# Acknowledge the collector's last take: drop the first ARGV[2] records of the received list
-# KEYS[1] if the count of records acknowledged so far, KEYS[2], is still ARGV[1]. A retry of
-# an acknowledgement that went through finds the count moved on, and drops nothing.
-_ACKNOWLEDGE = """
-if tonumber(redis.call('GET', KEYS[2]) or '0') == tonumber(ARGV[1]) then
-    redis.call('LTRIM', KEYS[1], tonumber(ARGV[2]), -1)
-    redis.call('SET', KEYS[2], tonumber(ARGV[1]) + tonumber(ARGV[2]), 'EX', ARGV[3])
-end
-return 0
 """
 
 
@@ -222,8 +223,9 @@ class RedisStore:
         self._commands.run(commands)
 
     def pop_results(self, pool_id: str, timeout: float) -> list[bytes]:
-        """Block for the next record, then take whatever else waits behind it, in one round
-        trip: Redis runs the pipelined take as soon as the BLMOVE is served. For one thread
+        """Block for the next record, then take whatever else waits behind it (acknowledging
+        what the previous call returned), in one round trip: Redis runs the pipelined take as
+        soon as the BLMOVE is served, and every reply comes at once. For one thread
         at a time (a pool's collector), which has handled what the previous call returned:
         its connection is blocked meanwhile.
 
@@ -234,12 +236,10 @@ class RedisStore:
         results, received = keys.results(pool_id), keys.received(pool_id)
         taken = self._taken.setdefault(pool_id, _Taken())
         commands: list[tuple[Any, ...]] = []
-        if taken.last:
-            commands.append(("EVAL", _ACKNOWLEDGE, 2, received, keys.acknowledged(pool_id),
-                             taken.acknowledged, taken.last, RESULTS_TTL))
         if not taken.unseen:
             commands.append(("BLMOVE", results, received, "LEFT", "RIGHT", timeout))
-        commands.append(("EVAL", _TAKE, 2, results, received, FETCH_BATCH, RESULTS_TTL))
+        commands.append(("EVAL", _TAKE, 3, results, received, keys.acknowledged(pool_id),
+                         FETCH_BATCH, RESULTS_TTL, taken.acknowledged, taken.last))
         taken.unseen = True  # until the replies are in
         replies = self._popping.run(
             commands,
