@@ -26,6 +26,7 @@ Used for ``redis://`` brokers (see :mod:`.profiles`).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -95,11 +96,18 @@ class QoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
-        record = dumps([message._raw, delivery["exchange"],  # type: ignore[no-untyped-call]
-                        delivery["routing_key"]])
+        held = self.channel.take_held_item()
+        # kombu's record, ``[message, exchange, routing key]`` in JSON. The message is the
+        # item as taken, when there is one: JSON already (it was parsed from it), and
+        # encoding its parsed form again would cost more than the rest of the delivery.
+        exchange, routing_key = delivery["exchange"], delivery["routing_key"]
+        if held is None:
+            record = dumps([message._raw, exchange, routing_key])  # type: ignore[no-untyped-call]
+        else:  # (two names: plain JSON strings)
+            record = b"[%s, %s, %s]" % (held, json.dumps(exchange).encode(),
+                                        json.dumps(routing_key).encode())
         commands = [("ZADD", self.unacked_index_key, time.time(), delivery_tag),
                     ("HSET", self.unacked_key, delivery_tag, record)]
-        held = self.channel.take_held_item()
         if held is not None:  # out of the held list in the record's own transaction
             commands.append(("LREM", held_messages.held_list(self.channel.holder), -1, held))
         self._send(commands, confirm=False)
@@ -259,6 +267,10 @@ class Channel(kombu_redis.Channel):
     _lease_renewed_at = float("-inf")
 
     @cached_property
+    def _packed_moves(self) -> dict[tuple[str, float], Any]:
+        return {}
+
+    @cached_property
     def holder(self) -> str:
         return self.distpool_holder or uuid.uuid4().hex
 
@@ -278,9 +290,19 @@ class Channel(kombu_redis.Channel):
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self._moving_from = queues[0]
-        self.client.connection.send_command(
-            "BLMOVE", queues[0], held_messages.held_list(self.holder), "RIGHT", "LEFT",
-            self.brpop_timeout if timeout is None else timeout)
+        self.client.connection.send_packed_command(self._packed_move(
+            queues[0], self.brpop_timeout if timeout is None else timeout))
+
+    def _packed_move(self, queue: str, timeout: float) -> Any:
+        """The blocking move from ``queue`` as it goes on the wire: the same on every wait,
+        so packed once (redis-py packs each command anew, as much CPU as the move's
+        round trip)."""
+        key = (queue, timeout)
+        if key not in self._packed_moves:
+            self._packed_moves[key] = self.client.connection.pack_command(
+                "BLMOVE", queue, held_messages.held_list(self.holder), "RIGHT", "LEFT",
+                timeout)
+        return self._packed_moves[key]
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
