@@ -12,7 +12,9 @@ sleep between polls (see its ``Transport``), which would only delay the next mes
 
 With an event loop, the loop polls the channels' sockets itself, calls the poller's ``get``
 never, and takes the acknowledgement's next step in its own turn: the socket pair is not made
-there (or is let go of once the loop takes over), and waking does nothing.
+there (or is let go of once the loop takes over), and waking does nothing. The loop is given
+to the transport as :class:`LoopAddingReadersOnce`, which spares every turn of it kombu's
+adding of the same readers again.
 """
 
 from __future__ import annotations
@@ -109,3 +111,27 @@ class WakeablePoller(kombu_redis.MultiChannelPoller):
                 pass
             for end in pair:
                 end.close()
+
+
+class LoopAddingReadersOnce:
+    """A worker's event loop (kombu's hub) as the transport is given it, but for one thing.
+
+    kombu adds each of its sockets' readers again on every turn of the loop: a system call
+    each (which fails, the socket being registered already) and, on a slot, a hand-over of the
+    GIL to the task thread and back, on the way of every task. Registering a socket with the
+    poller is done when kombu (re)connects it (``MultiChannelPoller._register``); what the
+    per-turn add keeps is the hub's entry for the reader, whose callback looks the socket's
+    channel up at each call. So an add that finds the same callback recorded for that socket
+    changes nothing, and is skipped; after a disconnection kombu removes the entry, and the
+    next add goes through."""
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    def add_reader(self, fd: int, callback: Any, *args: Any) -> Any:
+        if self._loop.readers.get(fd) == (callback, args):
+            return None
+        return self._loop.add_reader(fd, callback, *args)

@@ -48,7 +48,7 @@ from ..retry import RetryPolicy
 from . import held_messages
 from .redis_connections import shared_pool, url_of
 from .redis_identity import client_identity
-from .redis_poller import WakeablePoller
+from .redis_poller import LoopAddingReadersOnce, WakeablePoller
 
 logger = logging.getLogger("distpool")
 
@@ -418,3 +418,7 @@ class Transport(kombu_redis.Transport):
         # next message.
         self.cycle = WakeablePoller()  # type: ignore[assignment]
         self.polling_interval = None
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(  # type: ignore[no-untyped-call]
+            connection, LoopAddingReadersOnce(loop))

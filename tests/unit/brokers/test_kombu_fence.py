@@ -11,6 +11,7 @@ import inspect
 import re
 
 import pytest
+from kombu.asynchronous.hub import Hub
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
@@ -38,6 +39,7 @@ METHODS = [
     (kombu_redis.MultiChannelPoller, "handle_event", ["self", "fileno", "event"]),
     (kombu_redis.MultiChannelPoller, "on_poll_init", ["self", "poller"]),
     (kombu_redis.MultiChannelPoller, "close", ["self"]),
+    (kombu_redis.Transport, "register_with_event_loop", ["self", "connection", "loop"]),
 ]
 #: (class, attribute): what redis_transport and redis_poller read or set on kombu's objects,
 #: set by the class itself or by the ``__init__`` of one of its bases.
@@ -53,6 +55,7 @@ ATTRIBUTES = [
     (kombu_redis.MultiChannelPoller, "poller"),
     (kombu_redis.Transport, "cycle"),
     (kombu_redis.Transport, "polling_interval"),
+    (Hub, "readers"),
 ]
 
 
@@ -85,3 +88,13 @@ def test_the_transport_still_overrides_what_it_is_fenced_for():
         assert name in source, name
     for _, name in ATTRIBUTES:
         assert name in source, name
+
+
+def test_kombu_registers_a_socket_when_it_connects_it_and_adds_its_reader_each_turn():
+    # What LoopAddingReadersOnce relies on: the per-turn add only refreshes the hub's entry.
+    register = inspect.getsource(kombu_redis.MultiChannelPoller._register)
+    assert "self.poller.register(sock" in register
+    loop_setup = inspect.getsource(kombu_redis.Transport.register_with_event_loop)
+    assert "add_reader = loop.add_reader" in loop_setup
+    assert "add_reader(fd, on_readable, fd) for fd in cycle.fds" in loop_setup
+    assert "loop.remove(fd)" in loop_setup  # a disconnection drops the entry

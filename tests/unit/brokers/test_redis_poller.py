@@ -12,9 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 from kombu import Connection
+from kombu.asynchronous.hub import Hub
 from kombu.utils.eventio import READ, poll
 
-from distpool.brokers.redis_poller import WakeablePoller
+from distpool.brokers.redis_poller import LoopAddingReadersOnce, WakeablePoller
 from distpool.brokers.redis_transport import TRANSPORT
 
 #: The poll's timeout, which a woken poll must come nowhere near.
@@ -111,3 +112,29 @@ def test_the_transport_polls_with_it_and_never_sleeps_between_polls():
     assert isinstance(transport.cycle, WakeablePoller)
     assert transport.polling_interval is None
     assert transport.brpop_timeout == 3  # the option still paces the blocking move
+
+
+def test_the_loop_adds_a_reader_once_and_again_once_it_was_removed():
+    hub = Hub()
+    added: list[int] = []
+    add = hub.add
+    hub.add = lambda fd, *rest, **options: (added.append(fd), add(fd, *rest, **options))[1]
+    loop = LoopAddingReadersOnce(hub)
+    reader, writer = socket.socketpair()
+    fd = reader.fileno()
+
+    def on_readable(fd: int) -> None: ...
+
+    try:
+        for _ in range(3):  # as kombu's transport does on every turn of the loop
+            loop.add_reader(fd, on_readable, fd)
+        assert added == [fd]
+        loop.add_reader(fd, print, fd)  # another callback: recorded
+        assert added == [fd, fd] and hub.readers[fd] == (print, (fd,))
+        loop.remove(fd)  # (a disconnection: kombu removes the socket's entry)
+        loop.add_reader(fd, on_readable, fd)
+        assert added == [fd, fd, fd] and loop.on_tick is hub.on_tick
+    finally:
+        hub.close()
+        reader.close()
+        writer.close()
