@@ -46,6 +46,24 @@ def test_a_process_tree_ends_whole_and_at_once():
         root.stdout.close()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="zombies are POSIX's")
+def test_a_killed_process_that_its_parent_has_not_reaped_counts_as_ended():
+    # As a killed node's slots: zombies, not this process's children, left to be reaped by
+    # their parent (here one that never does) or init. The wait must not last its timeout.
+    root = subprocess.Popen([sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True,
+                            **platform.new_process_group())
+    try:
+        child = int(root.stdout.readline())
+        started = time.monotonic()
+        platform.end_process_tree(child, timeout=10.0)
+        assert time.monotonic() - started < 3.0
+        assert not platform.process_exists(child)  # a zombie
+    finally:
+        root.kill()
+        root.wait()
+        root.stdout.close()
+
+
 def test_a_tree_that_is_gone_already_is_no_error():
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
