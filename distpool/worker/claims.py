@@ -114,20 +114,21 @@ class Claims:
             seen_left = found.left_ms
             time.sleep(POLL_INTERVAL)
 
-    def acquire_soon(self, message_id: str) -> Callable[[], bool]:
+    def acquire_soon(self, message_id: str) -> Callable[[], bool | None]:
         """Claim a message delivered for the first time (by a broker that flags second
         deliveries), without waiting for Redis: the returned callable says, after the run,
-        whether the claim was ours. Nobody can have claimed such a message unless the broker
-        gave it to two consumers (a frozen one's held list put back, see held_messages), so
-        the run does not wait on the claim's round trip; a run that finds it was not ours
-        drops its results."""
+        whether the claim was ours, or None if that is unknown (its connection failed; the
+        renewals claim it again meanwhile). Nobody can have claimed such a message unless the
+        broker gave it to two consumers (a frozen one's held list put back, see
+        held_messages), so the run does not wait on the claim's round trip; a run that finds
+        it was not ours drops its results."""
         outcome = self._store.claim_soon(message_id, self.holder, self.ttl)
 
-        def ours() -> bool:
+        def ours() -> bool | None:
             try:
                 return outcome().outcome == "claimed"
-            except Exception:  # unknown: the renewals claim it again meanwhile
-                return True
+            except Exception:
+                return None
 
         return ours
 

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -88,6 +88,7 @@ class TaskRunner:
                 problem = bundles.conflict(item.bundle_refs())
                 if problem is not None:
                     raise problem
+        ours: Callable[[], bool | None]
         if redelivered or not self._flags_redeliveries:
             # Someone may run it, or have run it: ask before running.
             claim = self._claims.acquire(message_id)
@@ -106,27 +107,45 @@ class TaskRunner:
                     outcome = self._run_one(item) if isinstance(item, TaskEnvelope) else item
                     if outcome is not None:
                         records.setdefault(outcome[0], []).append(outcome[1])
-            if not ours():
-                logger.warning("message %s was also run by another process, or its pool "
-                               "ended meanwhile; its results are dropped here", message_id)
-                return
             # After the whole batch: if this process dies first, the message is re-queued
             # and no result of it has been delivered twice.
             self._finishing = message_id
+            if ours is not _certainly and records:
+                # A claim sent without waiting is checked by the push itself, in Redis, rather
+                # than by its reply first: a round trip less on every short task's way.
+                if self._push(records, message_id, while_held_by=self._claims.holder):
+                    return
+                # Not held now (taken over, or its pool ended): pushed all the same only if
+                # the claim may never have reached Redis (its connection failed).
+                claimed = ours() is None
+            else:
+                claimed = ours() is not False
+            if not claimed:
+                logger.warning("message %s was also run by another process, or its pool "
+                               "ended meanwhile; its results are dropped here", message_id)
+                return
             self._push(records, message_id)
         finally:
             self._claimed = None
 
-    def _push(self, records: dict[str, list[ResultRecord]], message_id: str) -> None:
-        """Push the records, and mark the message's claim done with the last of them."""
+    def _push(self, records: dict[str, list[ResultRecord]], message_id: str,
+              while_held_by: str | None = None) -> bool:
+        """Push the records, and mark the message's claim done with the last of them; with
+        ``while_held_by``, only while that holder holds the claim (False if it did not:
+        nothing more was pushed)."""
         pools = list(records.items())
         for position, (pool_id, pool_records) in enumerate(pools, 1):
-            self._store.push_results(
-                pool_id, [self._placed(pool_id, record).to_bytes(self._signer, pool_id)
-                          for record in pool_records],
-                finished=message_id if position == len(pools) else None)
+            wire = [self._placed(pool_id, record).to_bytes(self._signer, pool_id)
+                    for record in pool_records]
+            last = position == len(pools)
+            if while_held_by is None:
+                self._store.push_results(pool_id, wire, finished=message_id if last else None)
+            elif not self._store.push_results_while_held(pool_id, wire, message_id,
+                                                         while_held_by, finished=last):
+                return False
         if not pools:
             self._store.finish(message_id)
+        return True
 
     def _placed(self, pool_id: str, record: ResultRecord) -> ResultRecord:
         """The record as it travels: a large payload written as a blob first (a result

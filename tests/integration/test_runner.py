@@ -4,9 +4,13 @@ message's claim stops the process only when another process really has the messa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+import redis
 
+from distpool.redis_client.protocol import RedisConnectionError
 from distpool.store.keys import pool_of
 from distpool.wire import serialization
 from distpool.wire.envelope import ResultRecord, Signer, TaskEnvelope
@@ -64,3 +68,57 @@ def test_a_message_another_process_ran_to_the_end_stops_its_frozen_holder(store,
     runner.run([envelope.to_wire(KEY)], message, redelivered=False,
                raise_soft_limit_after=None)
     assert stops == [runner_module.EXIT_POOL_GONE]
+
+
+#: The store the task below ends its pool in (set by the test that runs it).
+ending: list[Any] = []
+
+
+def end_my_pool(pool_id: str) -> str:
+    """A task whose pool ends while it runs (as terminate() does)."""
+    ending[0].close_pool(pool_id)
+    return pool_id
+
+
+def run_first_delivery(runner: TaskRunner, message: str, function: Any, *args: Any) -> None:
+    envelope = TaskEnvelope(pool_of(message), message, "apply", serialization.dumps(function),
+                            serialization.dumps((args, {})))
+    runner.run([envelope.to_wire(KEY)], message, redelivered=False,
+               raise_soft_limit_after=None)
+
+
+def test_a_first_delivery_that_another_process_holds_pushes_nothing(store):
+    # The broker gave the message to two consumers: this one ran it too, and drops its results.
+    message = message_of_a_live_pool(store)
+    store.claim(message, "host:9:other", ttl=30)
+    run_first_delivery(TaskRunner(store, KEY, claim_ttl=30, flags_redeliveries=True),
+                       message, len, "abc")
+    assert store.pop_results(pool_of(message), 0.1) == []
+    assert store.claim(message, "host:2:b", ttl=5)[:2] == ("held", "host:9:other")
+
+
+def test_a_run_whose_pool_ended_meanwhile_brings_none_of_its_keys_back(store, redis_server):
+    message = message_of_a_live_pool(store)
+    pool_id = pool_of(message)
+    ending[:] = [store]
+    run_first_delivery(TaskRunner(store, KEY, claim_ttl=30, flags_redeliveries=True),
+                       message, end_my_pool, pool_id)
+    assert redis.Redis.from_url(redis_server.url(5)).keys(f"distpool:*{pool_id}*") == []
+
+
+def test_results_are_pushed_when_whether_the_claim_reached_redis_is_unknown(store, monkeypatch):
+    # Its connection failed: the claim may never have been made, and the run was this one's.
+    message = message_of_a_live_pool(store)
+
+    def lost(*_: Any) -> Callable[[], Any]:
+        def reply() -> Any:
+            raise RedisConnectionError("connection lost")
+        return reply
+
+    monkeypatch.setattr(store, "claim_soon", lost)
+    run_first_delivery(TaskRunner(store, KEY, claim_ttl=30, flags_redeliveries=True),
+                       message, len, "abc")
+    [raw] = store.pop_results(pool_of(message), 5)
+    record = ResultRecord.from_bytes(raw, KEY, pool_of(message))
+    assert record.ok and serialization.loads(record.payload) == 3
+    assert store.claim(message, "host:2:b", ttl=5).outcome == "done"
