@@ -34,8 +34,9 @@ def client_app(settings: Settings) -> Celery:
 
 def revoke(settings: Settings, message_ids: Sequence[str]) -> None:
     """Stop the messages' tasks wherever they run: a broadcast that every worker hears (its
-    slots end the process running one; see :mod:`distpool.worker.slots.child`). Celery's
-    first import, on a Redis broker.
+    slots end the process running one; see :mod:`distpool.worker.slots.child`). On an AMQP
+    broker; on Redis the client publishes the same broadcast itself (see
+    :func:`.redis_publisher.revoke_document`).
 
     The signal is named as one that exists on every platform: a worker looks it up by name,
     and Windows has no SIGKILL. What ends the task is the worker's pool, not the signal (the

@@ -16,7 +16,13 @@ and this one names none: a pass over every byte on each side, and a third of the
 What it does not do, a distpool client never asks of it: priorities (every message has
 priority 0, the queue's list itself), ETAs and expiries (``as_task_v2``'s), Celery's
 ``before_task_publish`` / ``after_task_publish`` signals, and task-sent events (off). AMQP
-brokers (:mod:`.celery_publisher`), and revoking, go through Celery.
+brokers go through Celery (:mod:`.celery_publisher`).
+
+It revokes likewise: Celery's ``control.revoke`` on a Redis broker is one ``PUBLISH`` of a
+kombu message on the remote-control exchange's channel, which every worker's pidbox
+subscribes to. Through Celery, ``terminate()`` imported Celery and kombu first, in the middle
+of a Ctrl-C: 1.9 s of CPU in a fresh environment (no bytecode cached yet), over 10 s on a
+loaded machine.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +40,7 @@ from ..redis_client import version
 from ..redis_client.connection import Connection
 from ..retry import RetryPolicy
 from ..wire.messages import TaskMessage
-from .celery_app import TASK_NAME, revoke, urls
+from .celery_app import TASK_NAME, urls
 
 #: Tries after a publish's first fails, and the waits between them (0.4, 0.8, 1 s): a
 #: publish that cannot reach the broker gives up after about two seconds. The AMQP publisher
@@ -42,6 +49,10 @@ PUBLISH_RETRY = RetryPolicy(retries=3, base=0.2, cap=1.0, jitter=False)
 
 #: Celery's ``embed`` part of a protocol-2 body: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+#: The exchange of Celery's remote control (its mailbox ``celery``), and how long a broadcast
+#: on it is valid (Celery's ``broadcast`` default timeout; workers drop it after that).
+CONTROL_EXCHANGE = "celery.pidbox"
+BROADCAST_EXPIRY = 1.0
 
 
 def origin() -> str:
@@ -79,6 +90,32 @@ def message_document(message: TaskMessage, queue: str, origin: str,
     }
 
 
+def revoke_document(message_ids: Sequence[str], delivery_tag: str,
+                    now: float) -> dict[str, Any]:
+    """What Celery's ``control.revoke(message_ids, terminate=True, signal="SIGTERM")``
+    publishes on a Redis broker, keys in kombu's order, the body as it is (as
+    :func:`message_document`'s). The signal is named as one that exists on every platform: a
+    worker looks it up by name, and Windows has no SIGKILL; what ends the task is the worker's
+    pool (see :func:`.celery_app.revoke`)."""
+    body = json.dumps({"method": "revoke",
+                       "arguments": {"task_id": list(message_ids), "terminate": True,
+                                     "signal": "SIGTERM"},
+                       "destination": None, "pattern": None, "matcher": None})
+    return {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        # clock: a Lamport clock workers move theirs past; a fresh Celery app sends 1.
+        "headers": {"clock": 1, "expires": now + BROADCAST_EXPIRY},
+        "properties": {
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": CONTROL_EXCHANGE, "routing_key": ""},
+            "priority": 0,
+            "delivery_tag": delivery_tag,
+        },
+    }
+
+
 class RedisPublisher:
     """Pushes task messages onto the queue of ``settings``'s Redis broker (the list of that
     name: distpool sets no ``global_keyprefix``), on a connection of its own (TLS and its
@@ -87,7 +124,6 @@ class RedisPublisher:
 
     def __init__(self, settings: Settings, reply_timeout: float | None = None) -> None:
         broker_url, _ = urls(settings)
-        self._settings = settings
         self._connection = Connection(broker_url, timeout=reply_timeout, retry=PUBLISH_RETRY)
         self._queue = settings.queue
         self._origin = origin()
@@ -107,7 +143,13 @@ class RedisPublisher:
         self._connection.run([("LPUSH", self._queue, document) for document in documents])
 
     def revoke(self, message_ids: Sequence[str]) -> None:
-        revoke(self._settings, message_ids)
+        """Stop the messages' tasks wherever they run: a broadcast every worker hears."""
+        if not message_ids:
+            return
+        document = revoke_document(message_ids, str(uuid.uuid4()), time.time())
+        # kombu's channel for a fanout exchange: its keyprefix_fanout, "/{db}.", and the name.
+        channel = f"/{self._connection.endpoint.db}.{CONTROL_EXCHANGE}"
+        self._connection.run([("PUBLISH", channel, json.dumps(document))])
 
     def close(self) -> None:
         self._connection.close()

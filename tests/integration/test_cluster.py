@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import distpool
+from distpool.brokers.redis_publisher import RedisPublisher
+from distpool.config import resolve
 from distpool.errors import (
     BrokerUnavailableError,
     IncompatibleEnvelopeError,
@@ -21,6 +23,7 @@ from distpool.errors import (
     TaskTimeoutError,
     WorkerLostError,
 )
+from distpool.platform import process_exists
 from distpool.wire import envelope
 from tests.support import environment_without_distpool
 
@@ -137,6 +140,34 @@ def test_terminate_stops_running_tasks_and_workers_serve_other_pools_at_once(mak
         assert other.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
     assert time.monotonic() - started < 10  # not waiting out the 60 s sleeps
     assert cluster.redis.client.keys(f"distpool:pool:{pool_id}:*") == []
+
+
+def pid_then_sleep(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def test_a_slot_running_a_revoked_task_ends_while_its_pool_lives(make_cluster, tmp_path):
+    # The revoke alone (the client's own broadcast, as terminate() sends it): the pool stays
+    # live, so the slot's watchdog has no reason to end the task.
+    cluster = make_cluster(nodes=1, concurrency=1)
+    marker = tmp_path / "pid"
+    pool = distpool.Pool(1, **cluster.pool_kwargs())
+    publisher = RedisPublisher(resolve(**cluster.pool_kwargs(), environ={}))
+    try:
+        pool.apply_async(pid_then_sleep, (str(marker),))
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        slot = int(marker.read_text())
+        publisher.revoke([f"{pool._pool_id}:0:0"])
+        deadline = time.monotonic() + 20
+        while process_exists(slot) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_exists(slot)
+    finally:
+        publisher.close()
+        pool.terminate()
 
 
 def test_a_task_whose_worker_process_dies_runs_again(make_cluster, tmp_path):
