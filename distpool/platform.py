@@ -20,8 +20,9 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 #: Whether distpool takes Windows' decisions. True on Windows; the simulated-Windows test
 #: mode sets it on Linux too.
@@ -140,6 +141,9 @@ if sys.platform == "win32":
     def _group_alive(pid: int) -> bool:
         return False
 
+    def closed_in_forked_children(file: IO[bytes]) -> None:
+        """Nothing: Windows does not fork."""
+
     def new_process_group() -> dict[str, Any]:
         """``Popen`` options starting the child in a process group of its own, so that a
         console's Ctrl-C reaches only the process that started it."""
@@ -208,6 +212,19 @@ else:
             except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
                 continue
         return False
+
+    def closed_in_forked_children(file: IO[bytes]) -> None:
+        """Close ``file`` in every child this process forks from now on (a multiprocessing
+        worker, say): a child that kept a copy of a pipe's write end would keep its reader
+        from ever seeing the end of it."""
+        held = weakref.ref(file)
+
+        def close() -> None:
+            copy = held()
+            if copy is not None:
+                copy.close()
+
+        os.register_at_fork(after_in_child=close)
 
     def new_process_group() -> dict[str, Any]:
         """``Popen`` options starting the child in a session of its own, so that a

@@ -90,6 +90,9 @@ class LocalCluster:
             # reaches the client, which then stops the cluster in order, rather than every
             # worker at once.
             **platform.new_process_group())
+        assert self._supervisor.stdin is not None
+        # Its end is the supervisor's signal to stop: a forked child must not hold it open.
+        platform.closed_in_forked_children(self._supervisor.stdin)
         line = _first_line(self._supervisor, START_TIMEOUT)
         if not line.startswith(READY):
             self.stop()

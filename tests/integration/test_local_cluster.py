@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -145,6 +146,22 @@ def test_two_local_clusters_side_by_side():
         with distpool.Pool(1, broker=first.broker_url, secret=first.secret) as a, \
                 distpool.Pool(1, broker=second.broker_url, secret=second.secret) as b:
             assert a.map(square, range(5)) == b.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_process_forked_while_the_cluster_runs_does_not_hold_up_its_stop():
+    # A multiprocessing worker forked meanwhile inherits the pipe whose end tells the
+    # supervisor to stop. Held open there, the stop waited out its timeout and killed it.
+    cluster = LocalCluster(workers=1).start()
+    supervisor = cluster._supervisor
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
+    try:
+        cluster.stop()
+        assert supervisor.returncode == 0  # it stopped on its own, not killed
+    finally:
+        child.kill()
+        child.join()
 
 
 def test_pools_share_a_local_cluster_and_hand_started_workers_attach():
