@@ -121,9 +121,10 @@ class LoopAddingReadersOnce:
     GIL to the task thread and back, on the way of every task. Registering a socket with the
     poller is done when kombu (re)connects it (``MultiChannelPoller._register``); what the
     per-turn add keeps is the hub's entry for the reader, whose callback looks the socket's
-    channel up at each call. So an add that finds the same callback recorded for that socket
-    changes nothing, and is skipped; after a disconnection kombu removes the entry, and the
-    next add goes through."""
+    channel up by its number at each call. So an add that finds the same callback recorded
+    for that number changes nothing, and is skipped: even an entry left from an earlier socket
+    of that number (kombu before 5.7 does not always remove it) serves the new one, which
+    kombu registered with the poller when it connected it."""
 
     def __init__(self, loop: Any) -> None:
         self._loop = loop
