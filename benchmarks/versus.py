@@ -15,6 +15,7 @@ medians and ratios, and writes ``benchmarks/results/versus.json``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing
 import os
@@ -56,11 +57,8 @@ def export(revision: str, into: Path) -> Path:
     """The package of ``revision`` (its ``distpool`` folder only), as files under ``into``."""
     archive = subprocess.run(["git", "-C", str(REPOSITORY), "archive", revision, "distpool"],
                              capture_output=True, check=True).stdout
-    with tempfile.TemporaryFile() as file:
-        file.write(archive)
-        file.seek(0)
-        with tarfile.open(fileobj=file) as tar:
-            tar.extractall(into)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into)
     return into
 
 

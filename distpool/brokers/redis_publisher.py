@@ -94,9 +94,7 @@ def revoke_document(message_ids: Sequence[str], delivery_tag: str,
                     now: float) -> dict[str, Any]:
     """What Celery's ``control.revoke(message_ids, terminate=True, signal="SIGTERM")``
     publishes on a Redis broker, keys in kombu's order, the body as it is (as
-    :func:`message_document`'s). The signal is named as one that exists on every platform: a
-    worker looks it up by name, and Windows has no SIGKILL; what ends the task is the worker's
-    pool (see :func:`.celery_app.revoke`)."""
+    :func:`message_document`'s). (Why SIGTERM: see :func:`.celery_app.revoke`.)"""
     body = json.dumps({"method": "revoke",
                        "arguments": {"task_id": list(message_ids), "terminate": True,
                                      "signal": "SIGTERM"},
