@@ -193,9 +193,15 @@ def test_repr_names_state_and_hides_credentials():
         pool.terminate()
 
 
-def _run_everything_queued(manual, settle=0.2):
-    deadline = time.monotonic() + settle
-    while time.monotonic() < deadline:
+def _run_everything_queued(manual, settle=0.2, until=lambda: True, timeout=10.0):
+    """Run queued messages, as workers would, until ``until()`` holds (the state the test
+    asserts next: waited for, not raced, on a loaded machine), and ``settle`` seconds more, in
+    which anything sent beyond it would be sent too."""
+    deadline = time.monotonic() + timeout
+    settled = None
+    while settled is None or time.monotonic() < settled:
+        if settled is None and (until() or time.monotonic() >= deadline):
+            settled = time.monotonic() + settle
         if manual.queued:
             manual.run_one()
         else:
@@ -205,17 +211,17 @@ def _run_everything_queued(manual, settle=0.2):
 def test_imap_sends_at_most_buffersize_chunks_ahead_of_its_consumer(manual):
     with distpool.Pool(2) as pool:
         it = pool.imap(square, itertools.count(), buffersize=3)
-        _run_everything_queued(manual)
+        _run_everything_queued(manual, until=lambda: len(manual.published) >= 3)
         assert len(manual.published) == 3  # nothing consumed yet: three chunks ahead
         assert [next(it), next(it)] == [0, 1]
-        _run_everything_queued(manual)
+        _run_everything_queued(manual, until=lambda: len(manual.published) >= 5)
         assert len(manual.published) == 5
 
 
 def test_close_lifts_the_imap_buffer_so_join_finishes_without_a_consumer(manual):
     pool = distpool.Pool(2)
     it = pool.imap(square, range(10), buffersize=2)
-    _run_everything_queued(manual)
+    _run_everything_queued(manual, until=lambda: len(manual.published) >= 2)
     assert len(manual.published) == 2
     pool.close()
     joined = threading.Thread(target=pool.join)
@@ -234,14 +240,15 @@ def fail_on_3(x: int) -> int:
 def test_the_rest_of_an_imap_ended_by_a_failed_chunk_runs_without_a_consumer(manual):
     with distpool.Pool(2) as pool:
         it = pool.imap(fail_on_3, range(20), chunksize=2, buffersize=2)
-        _run_everything_queued(manual)
+        _run_everything_queued(manual, until=lambda: it.progress.completed >= 4)
         assert next(it) == 0 and next(it) == 1
         with pytest.raises(KeyError):
             next(it)
         with pytest.raises(StopIteration):
             it.next(timeout=1)
         # As in multiprocessing, every chunk still runs; nobody waits for their results.
-        _run_everything_queued(manual)
+        _run_everything_queued(
+            manual, until=lambda: len(manual.published) >= 10 and it.progress.completed >= 20)
         assert len(manual.published) == 10 and it.progress.completed == 20
 
 
