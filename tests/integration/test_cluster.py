@@ -25,7 +25,7 @@ from distpool.errors import (
 )
 from distpool.platform import process_exists
 from distpool.wire import envelope
-from tests.support import environment_without_distpool
+from tests.support import environment_without_distpool, wait_until
 
 SCRIPTS = Path(__file__).parent / "scripts"
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -156,15 +156,10 @@ def test_a_slot_running_a_revoked_task_ends_while_its_pool_lives(make_cluster, t
     publisher = RedisPublisher(resolve(**cluster.pool_kwargs(), environ={}))
     try:
         pool.apply_async(pid_then_sleep, (str(marker),))
-        deadline = time.monotonic() + 30
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: marker.exists() and marker.read_text(), 30, "the task to start")
         slot = int(marker.read_text())
         publisher.revoke([f"{pool._pool_id}:0:0"])
-        deadline = time.monotonic() + 20
-        while process_exists(slot) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not process_exists(slot)
+        wait_until(lambda: not process_exists(slot), 20, "the revoked task's slot to end")
     finally:
         publisher.close()
         pool.terminate()

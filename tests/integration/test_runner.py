@@ -38,6 +38,14 @@ def until_stopped(timeout: float) -> None:
         time.sleep(0.005)
 
 
+def run_first_delivery(runner: TaskRunner, message: str, function: Any, *args: Any) -> None:
+    """Run ``function(*args)`` as the one task of ``message``, delivered for the first time."""
+    envelope = TaskEnvelope(pool_of(message), message, "apply", serialization.dumps(function),
+                            serialization.dumps((args, {})))
+    runner.run([envelope.to_wire(KEY)], message, redelivered=False,
+               raise_soft_limit_after=None)
+
+
 def test_renewals_racing_the_end_of_each_run_never_stop_the_process(store, monkeypatch):
     # Renewals every millisecond or two, over hundreds of sub-millisecond runs: some reach
     # Redis after a run has pushed its results and find its claim "done". That is the run's
@@ -45,11 +53,8 @@ def test_renewals_racing_the_end_of_each_run_never_stop_the_process(store, monke
     monkeypatch.setattr(runner_module, "WATCHDOG_INTERVAL", 0.001)
     runner = TaskRunner(store, KEY, claim_ttl=0.006, flags_redeliveries=True)
     pool_id = pool_of(message_of_a_live_pool(store))
-    function, arguments = serialization.dumps(len), serialization.dumps((("abc",), {}))
     for job in range(400):
-        envelope = TaskEnvelope(pool_id, f"{pool_id}:{job}:0", "apply", function, arguments)
-        runner.run([envelope.to_wire(KEY)], envelope.task_id, redelivered=False,
-                   raise_soft_limit_after=None)
+        run_first_delivery(runner, f"{pool_id}:{job}:0", len, "abc")
     records = [ResultRecord.from_bytes(raw, KEY, pool_id)
                for raw in store.pop_results(pool_id, 5)]
     assert stops == []
@@ -60,13 +65,10 @@ def test_a_message_another_process_ran_to_the_end_stops_its_frozen_holder(store,
     monkeypatch.setattr(runner_module, "WATCHDOG_INTERVAL", 0.01)
     message = message_of_a_live_pool(store)
     runner = TaskRunner(store, KEY, claim_ttl=30, flags_redeliveries=True)
-    envelope = TaskEnvelope(pool_of(message), message, "apply", serialization.dumps(until_stopped),
-                            serialization.dumps(((5.0,), {})))
     # While it runs, the message's claim says another process finished it (this one had
     # been frozen past its claim's life).
     store.finish(message)
-    runner.run([envelope.to_wire(KEY)], message, redelivered=False,
-               raise_soft_limit_after=None)
+    run_first_delivery(runner, message, until_stopped, 5.0)
     assert stops == [runner_module.EXIT_POOL_GONE]
 
 
@@ -78,13 +80,6 @@ def end_my_pool(pool_id: str) -> str:
     """A task whose pool ends while it runs (as terminate() does)."""
     ending[0].close_pool(pool_id)
     return pool_id
-
-
-def run_first_delivery(runner: TaskRunner, message: str, function: Any, *args: Any) -> None:
-    envelope = TaskEnvelope(pool_of(message), message, "apply", serialization.dumps(function),
-                            serialization.dumps((args, {})))
-    runner.run([envelope.to_wire(KEY)], message, redelivered=False,
-               raise_soft_limit_after=None)
 
 
 def test_a_first_delivery_that_another_process_holds_pushes_nothing(store):
