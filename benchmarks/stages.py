@@ -13,14 +13,15 @@ apply is cut into stages at the commands that mark them:
   (its ``BLMOVE`` returns, Celery hands the message over, and the transport records the
   delivery);
 * claim: to the worker's claim of the message (the claim script);
-* run and push the result: to the worker's ``RPUSH`` of the result record (the task ran in
-  between);
+* run and push the result: to the worker's push of the result record (the task ran in
+  between): its ``RPUSH``, or the script that pushes only while the worker holds the claim;
 * collector wake-up and delivery: from the ``RPUSH`` to ``apply()`` returning.
 
 Each stage's median time, and the median count of commands the client and the worker sent
 in it (a transaction's, or commands sent together, share one round trip; those a script runs
 inside Redis are not counted), are printed and written to
-``benchmarks/results/stages.json``, with the commands of the last apply.
+``benchmarks/results/stages.json``, with the commands of the last apply. ``MONITOR`` slows
+Redis down: the median apply is also measured, on the same pool, just before it starts.
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ def stages_of(commands: list[Command], called: float, returned: float,
     publish = first(called, True, ("LPUSH",))
     taken = None if publish is None else first(publish.at, False, but=("BLMOVE",))
     claim = None if taken is None else first(taken.at, False, ("EVAL", "EVALSHA"))
-    push = None if claim is None else first(claim.at, False, ("RPUSH",))
+    # The push is an RPUSH, or the script that pushes while the message is still held.
+    push = None if claim is None else next(
+        (c for c in commands if c.at >= claim.at and c is not claim and not c.client
+         and c.name in ("RPUSH", "EVAL", "EVALSHA")), None)
     if publish is None or taken is None or claim is None or push is None:
         return None
     marks = [called, publish.at, taken.at, claim.at, push.at, returned]
@@ -123,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         with distpool.Pool(1, broker=server.url, queue=queue, secret=secret) as pool:
             for _ in range(20):
                 pool.apply(noop)  # warm: the slot's first tasks, the pool's set-up
+            unmonitored = []  # MONITOR slows Redis down: what an apply takes without it
+            for _ in range(calls):
+                called = time.perf_counter()
+                pool.apply(noop)
+                unmonitored.append(time.perf_counter() - called)
             ours = client_ports()
             monitor = Monitor(server.url)
             ours_with_monitor = client_ports()
@@ -152,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             "client_commands": statistics.median(c[index][0] for _, c in measured),
             "worker_commands": statistics.median(c[index][1] for _, c in measured)})
     total = statistics.median(returned - called for called, returned in windows) * 1e3
+    unmonitored_ms = statistics.median(unmonitored) * 1e3
     heading = taken(args.quick, 1)
     print(f"Taken {heading}; {calls} sequential apply(noop), {len(measured)} cut into "
-          f"stages; median apply {total:.3f} ms\n")
+          f"stages; median apply {total:.3f} ms while monitored, {unmonitored_ms:.3f} ms "
+          "before\n")
     print("| stage | median | client's commands | worker's commands |")
     print("|---|---|---|---|")
     for row in rows:
@@ -167,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'client' if command.client else 'worker'}  {command.text[:110]}")
     args.output.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"taken": heading, "calls": calls, "median_apply_ms": total,
+                              "median_apply_unmonitored_ms": unmonitored_ms,
                               "stages": rows,
                               "last_apply": [[c.at - windows[-1][0], c.client, c.text[:200]]
                                              for c in example]}
