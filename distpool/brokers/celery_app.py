@@ -120,7 +120,7 @@ def transport_options(settings: Settings, holder: str | None = None,
         # interval, which the consumer's waits also pace.
         "polling_interval": min(IDLE_WAIT, hold_renewal_interval(settings)),
         "distpool_holder": holder,
-        # For the connection that records deliveries and acknowledgements (redis_transport).
+        # For the connection that records deliveries and acknowledgements (redis_qos).
         "distpool_url": urls(settings)[0],
     }
 

@@ -1,6 +1,6 @@
 """The private names of kombu that distpool's Redis transport relies on
-(``distpool/brokers/redis_transport.py`` and its poller, ``redis_poller.py``) exist, with the
-parameters it passes or overrides.
+(``distpool/brokers/redis_transport.py``, its record of deliveries, ``redis_qos.py``, and its
+poller, ``redis_poller.py``) exist, with the parameters it passes or overrides.
 
 kombu is pinned to the versions tested (setup.cfg); a kombu that renames or reshapes one of
 these fails here, in the unit tests, instead of in every worker's event loop."""
@@ -15,9 +15,9 @@ from kombu.asynchronous.hub import Hub
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from distpool.brokers import redis_poller, redis_transport
+from distpool.brokers import redis_poller, redis_qos, redis_transport
 
-#: (class, method, its parameters): what redis_transport and redis_poller override or call.
+#: (class, method, its parameters): what the transport's modules override or call.
 METHODS = [
     (kombu_redis.Channel, "_brpop_start", ["self", "timeout"]),
     (kombu_redis.Channel, "_brpop_read", ["self", "options"]),
@@ -41,7 +41,7 @@ METHODS = [
     (kombu_redis.MultiChannelPoller, "close", ["self"]),
     (kombu_redis.Transport, "register_with_event_loop", ["self", "connection", "loop"]),
 ]
-#: (class, attribute): what redis_transport and redis_poller read or set on kombu's objects,
+#: (class, attribute): what the transport's modules read or set on kombu's objects,
 #: set by the class itself or by the ``__init__`` of one of its bases.
 ATTRIBUTES = [
     (kombu_redis.Channel, "_queue_cycle"),
@@ -83,7 +83,8 @@ def test_the_cycle_of_queues_does_what_the_transport_asks_of_it():
 
 def test_the_transport_still_overrides_what_it_is_fenced_for():
     # If the transport stops using a name, the fence above should lose it too.
-    source = inspect.getsource(redis_transport) + inspect.getsource(redis_poller)
+    source = "".join(inspect.getsource(module)
+                     for module in (redis_transport, redis_qos, redis_poller))
     for _, name, _ in METHODS:
         assert name in source, name
     for _, name in ATTRIBUTES:
