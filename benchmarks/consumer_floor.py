@@ -1,0 +1,129 @@
+"""What Celery's consumer costs one ``apply``: a slot beside the floor of one without it.
+
+    python -m benchmarks.consumer_floor            # 3 rounds (--repeat N for more)
+    python -m benchmarks.consumer_floor --quick    # 1 short round: checks it still runs
+
+A slot (:mod:`distpool.worker.slots`) takes each message through Celery's consumer: kombu's
+delivery and its record of it, Celery's strategy and request, the hand-off to the slot's task
+thread, Celery's tracer, and the acknowledgement back through the consumer's event loop.
+Everything that is distpool's own is in :class:`~distpool.worker.runner.TaskRunner`: the
+claim, the envelope's check, the run, and the signed results pushed while the claim is held.
+
+The bare consumer (:mod:`benchmarks.bare_consumer`) moves each message off the queue into a
+held list, as a slot's transport does, hands it to that same runner and then drops it from
+the list: nothing of Celery's or kombu's. It runs the task in its own thread ("bare") or
+hands it to a second thread and waits for it, as a slot's consumer hands its tasks to the task
+thread ("bare, handed off"). It is a measuring device, not a worker: it keeps none of what
+Celery gives a slot (remote control and ``inspect``, events for Flower, time limits,
+put-backs on a death). The gap between the slot and it is what a consumer of distpool's own
+could win, and what it would have to rebuild.
+
+Each round measures sequential ``apply(noop)`` on multiprocessing.Pool(1), on one
+``distpool worker`` node of one slot, and on each bare consumer, each of the last three with
+a Redis of its own; prints the medians and their ratios to multiprocessing, and writes
+``benchmarks/results/consumer_floor.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import distpool
+from benchmarks.processes import Node, RedisServer
+from benchmarks.run import arguments, taken
+from benchmarks.workloads import noop
+
+KINDS = ("multiprocessing", "slot", "bare", "bare, handed off")
+BARE_CONSUMER = Path(__file__).with_name("bare_consumer.py")
+
+
+@contextmanager
+def distpool_pool(kind: str) -> Iterator[Any]:
+    """A ``distpool.Pool(1)`` served by a worker of ``kind``, on a Redis of its own."""
+    directory = tempfile.mkdtemp(prefix="distpool-floor-")
+    server = RedisServer(directory)
+    queue_name, secret = f"floor-{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
+    stop: Callable[[], None]
+    if kind == "slot":
+        node = Node(server.url, queue_name, 1, secret)
+        stop = node.stop
+    else:
+        # Run by its path, from elsewhere: a process that has imported the benchmarks package
+        # cannot take the bundle of it that the tasks ship (as a slot could not).
+        process = subprocess.Popen(
+            [sys.executable, str(BARE_CONSUMER), server.url, queue_name, secret,
+             "handed-off" if kind == "bare, handed off" else "inline"],
+            cwd=directory, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+
+        def stop() -> None:
+            process.kill()
+            process.wait()
+    try:
+        with distpool.Pool(1, broker=server.url, queue=queue_name, secret=secret) as pool:
+            yield pool
+    finally:
+        stop()
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def sequential_apply_ms(pool: Any, seconds: float) -> float:
+    """Milliseconds per ``apply(noop)``, over about ``seconds`` of calls after a warm-up."""
+    for _ in range(200):
+        pool.apply(noop)  # warm: the worker's first tasks, the pool's set-up
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        pool.apply(noop)
+        calls += 1
+    return (time.perf_counter() - started) / calls * 1000
+
+
+def measure(kind: str, seconds: float) -> float:
+    if kind == "multiprocessing":
+        with multiprocessing.Pool(1) as pool:
+            return sequential_apply_ms(pool, seconds)
+    with distpool_pool(kind) as pool:
+        return sequential_apply_ms(pool, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments("benchmarks.consumer_floor", __doc__).parse_args(argv)
+    rounds, seconds = (1, 0.5) if args.quick else (args.repeat, 6.0)
+    figures: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for round_index in range(rounds):
+        # A rotating order: the machine's speed drifts within a round too.
+        shift = round_index % len(KINDS)
+        for kind in KINDS[shift:] + KINDS[:shift]:
+            figures[kind].append(measure(kind, seconds))
+        print(f"  {round_index + 1}/{rounds}: "
+              + ", ".join(f"{kind} {values[-1]:.3f} ms" for kind, values in figures.items()),
+              file=sys.stderr)
+    medians = {kind: statistics.median(values) for kind, values in figures.items()}
+    heading = taken(args.quick, rounds)
+    print(f"\nTaken {heading}; sequential apply(noop), Pool(1) on one worker process\n")
+    print("| worker | ms per apply | / multiprocessing |")
+    print("|---|---|---|")
+    for kind, median in medians.items():
+        print(f"| {kind} | {median:.3f} | {median / medians['multiprocessing']:.2f} |")
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "consumer_floor.json").write_text(json.dumps(
+        {"taken": heading, "median_ms": medians, "rounds_ms": figures}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
