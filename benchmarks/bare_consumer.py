@@ -17,7 +17,7 @@ import sys
 import threading
 
 from distpool.redis_client.connection import Connection
-from distpool.wire.envelope import Signer
+from distpool.wire.signing import Signer
 from distpool.worker.runner import ProcessLocalRunner
 
 #: How long a blocking move waits before it is sent again, seconds.

@@ -29,8 +29,9 @@ from typing import Any, ClassVar, NamedTuple
 
 from ..errors import EnvelopeError, RemoteTraceback
 from ..wire import serialization
-from ..wire.envelope import MESSAGE_DONE, ResultRecord, Signer, TaskEnvelope
+from ..wire.envelope import MESSAGE_DONE, ResultRecord, TaskEnvelope
 from ..wire.payload import Payload
+from ..wire.signing import Signer
 from .results import JobResult
 from .tasks import Task
 

@@ -11,8 +11,9 @@ from typing import NamedTuple
 from ..errors import AuthenticationError, EnvelopeError, VersionSkewWarning
 from ..store.keys import result_blob
 from ..transports.base import Blobs
-from ..wire.envelope import ResultRecord, Signer
+from ..wire.envelope import ResultRecord
 from ..wire.payload import Payload
+from ..wire.signing import Signer
 
 logger = logging.getLogger("distpool")
 

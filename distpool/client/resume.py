@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CheckpointError
 from ..transports.base import ResultStore, RunHolds
 from ..wire import serialization
-from ..wire.envelope import ResultRecord, Signer
+from ..wire.envelope import ResultRecord
 from ..wire.payload import Payload
+from ..wire.signing import Signer
 from .adoption import RECORD_POOL, RECORD_SENT, AdoptedJob, Handover, SentTask
 from .digest import digest
 from .journal import Journal

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from ..config import Settings, mask_url
 from ..errors import BrokerUnavailableError, UnsupportedRedisError
-from ..wire.envelope import Signer
+from ..wire.signing import Signer
 from .base import Publisher, ResultStore, RunHolds
 
 #: How late the broker's or the result store's reply may be before the client's call fails

@@ -16,9 +16,10 @@ from typing import Any
 
 from ..errors import EnvelopeError
 from ..store.keys import pool_of
-from ..wire.envelope import MESSAGE_DONE, Signer, TaskEnvelope
+from ..wire.envelope import MESSAGE_DONE, TaskEnvelope
 from ..wire.messages import TaskMessage
 from ..wire.payload import BlobRef, Payload
+from ..wire.signing import Signer
 from ..worker import execute
 
 

@@ -23,8 +23,7 @@ result store is loaded before it is authenticated:
   :class:`~distpool.errors.AuthenticationError` instead of waiting. It carries no payload, so
   a forged one can fail a task but never run anything.
 
-Signatures are compared with :func:`hmac.compare_digest`. Without a key (``insecure``),
-nothing is signed or checked.
+Signatures are made and checked by :class:`~distpool.wire.signing.Signer`.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hmac
 import json
 import reprlib
 import time
@@ -44,6 +42,7 @@ from ..errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeErr
 from .bundles import BundleRef, check_module_name
 from .payload import BlobRef, Payload
 from .serialization import DILL_VERSION, PYTHON_VERSION
+from .signing import Signer
 
 #: A payload, or where it is when it travels out of band.
 Data = Union[Payload, BlobRef]
@@ -72,33 +71,6 @@ _HEX = frozenset("0123456789abcdef")
 # For error messages about unauthenticated values: bounded in depth and length.
 _describe = reprlib.Repr()
 _describe.maxstring = _describe.maxother = 80
-
-
-class Signer:
-    """HMAC-SHA256 under the cluster's key; with no key, signs and checks nothing."""
-
-    def __init__(self, key: bytes | None) -> None:
-        self._key = key
-
-    def sign(self, *fields: bytes | memoryview) -> str | None:
-        if self._key is None:
-            return None
-        # Length-prefixed, so that no two different field lists read the same; joined, to be
-        # hashed in one call (the fields are small: large payloads are signed as references).
-        data = b"".join([part for field in fields
-                         for part in (len(field).to_bytes(8, "big"), field)])
-        return hmac.digest(self._key, data, "sha256").hex()
-
-    def check(self, signature: Any, *fields: bytes | memoryview) -> None:
-        """Raise :class:`AuthenticationError` unless ``signature`` is right for ``fields``."""
-        if self._key is None:
-            return
-        if not isinstance(signature, str):
-            raise AuthenticationError("the message is not signed")
-        expected = self.sign(*fields)
-        assert expected is not None
-        if not hmac.compare_digest(signature.encode("ascii", "replace"), expected.encode()):
-            raise AuthenticationError("the message's signature does not match this key")
 
 
 class PendingBundle(NamedTuple):

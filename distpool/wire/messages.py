@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from .envelope import Signer, TaskEnvelope
+from .envelope import TaskEnvelope
 from .payload import BlobRef, describe_size
+from .signing import Signer
 
 #: A task past its soft time limit (the pool's task_timeout) gets this long to stop before
 #: its process is killed.

@@ -31,7 +31,7 @@ from ..brokers.celery_app import (
 from ..config import Settings
 from ..errors import ModuleConflictError
 from ..store.keys import pool_of
-from ..wire.envelope import Signer
+from ..wire.signing import Signer
 from . import execute
 from .claims import process_holder
 from .runner import MAX_ATTEMPTS, ProcessLocalRunner

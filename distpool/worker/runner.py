@@ -35,8 +35,9 @@ from ..errors import (
 )
 from ..store.keys import pool_of, result_blob
 from ..store.redis_store import RedisStore
-from ..wire.envelope import ResultRecord, Signer, TaskEnvelope
+from ..wire.envelope import ResultRecord, TaskEnvelope
 from ..wire.payload import RESULT_INLINE_LIMIT, BlobRef, Payload
+from ..wire.signing import Signer
 from . import bundles, execute
 from .claims import Claims, Renewal
 from .failures import gave_up, ran_out_of_time

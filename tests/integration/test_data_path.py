@@ -21,7 +21,8 @@ import distpool
 from distpool.errors import AuthenticationError, EnvelopeError, PayloadTooLargeError
 from distpool.store import keys
 from distpool.wire import serialization
-from distpool.wire.envelope import ResultRecord, Signer, TaskEnvelope
+from distpool.wire.envelope import ResultRecord, TaskEnvelope
+from distpool.wire.signing import Signer
 from distpool.worker.runner import TaskRunner
 
 pytestmark = pytest.mark.integration

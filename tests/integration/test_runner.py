@@ -13,7 +13,8 @@ import redis
 from distpool.redis_client.protocol import RedisConnectionError
 from distpool.store.keys import pool_of
 from distpool.wire import serialization
-from distpool.wire.envelope import ResultRecord, Signer, TaskEnvelope
+from distpool.wire.envelope import ResultRecord, TaskEnvelope
+from distpool.wire.signing import Signer
 from distpool.worker import runner as runner_module
 from distpool.worker.runner import TaskRunner
 from tests.support import message_of_a_live_pool

@@ -10,7 +10,8 @@ import pytest
 from distpool import transports
 from distpool.transports import Transport
 from distpool.transports.eager import EagerPublisher, MemoryStore
-from distpool.wire.envelope import Signer, TaskEnvelope
+from distpool.wire.envelope import TaskEnvelope
+from distpool.wire.signing import Signer
 
 
 class ManualStore(MemoryStore):

@@ -7,8 +7,9 @@ from typing import Any
 
 from distpool.client.adoption import AdoptedJob, Handover, SentTask
 from distpool.wire import serialization
-from distpool.wire.envelope import MESSAGE_DONE, ResultRecord, Signer, TaskEnvelope
+from distpool.wire.envelope import MESSAGE_DONE, ResultRecord, TaskEnvelope
 from distpool.wire.payload import Payload
+from distpool.wire.signing import Signer
 
 KEY = Signer(b"the cluster's key")
 POOL = "f" * 32

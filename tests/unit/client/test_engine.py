@@ -22,7 +22,8 @@ from distpool.errors import AuthenticationError
 from distpool.transports import Transport
 from distpool.transports.eager import EagerPublisher, MemoryStore
 from distpool.wire import serialization
-from distpool.wire.envelope import ResultRecord, Signer
+from distpool.wire.envelope import ResultRecord
+from distpool.wire.signing import Signer
 from tests.hostile import HOSTILE_RECORDS
 
 

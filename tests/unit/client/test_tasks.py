@@ -10,8 +10,8 @@ import sys
 
 from distpool.client.shipping import Serialised
 from distpool.client.tasks import TaskMaker, label_of
-from distpool.wire.envelope import Signer
 from distpool.wire.payload import Payload
+from distpool.wire.signing import Signer
 
 
 class Simulator:

@@ -10,14 +10,9 @@ import pytest
 
 from distpool.errors import AuthenticationError, EnvelopeError, IncompatibleEnvelopeError
 from distpool.wire.bundles import BundleRef
-from distpool.wire.envelope import (
-    ENVELOPE_LIFETIME,
-    PendingBundle,
-    ResultRecord,
-    Signer,
-    TaskEnvelope,
-)
+from distpool.wire.envelope import ENVELOPE_LIFETIME, PendingBundle, ResultRecord, TaskEnvelope
 from distpool.wire.payload import BlobRef, Payload
+from distpool.wire.signing import Signer
 
 KEY = Signer(b"the cluster's key")
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from distpool.errors import EnvelopeError
 from distpool.wire import serialization
-from distpool.wire.envelope import ResultRecord, Signer, TaskEnvelope
+from distpool.wire.envelope import ResultRecord, TaskEnvelope
+from distpool.wire.signing import Signer
 from tests.hostile import HOSTILE_RECORDS, nested
 
 KEY = Signer(b"fuzzing key")
