@@ -230,7 +230,9 @@ def test_rabbitmq_as_broker_with_redis_results(redis_server):
     cluster = Cluster(redis_server, nodes=1, concurrency=2,
                       broker="amqp://guest:guest@127.0.0.1:5672//")
     try:
-        with distpool.Pool(2, task_timeout=1, **cluster.pool_kwargs()) as pool:
+        # Seconds, not one: each fresh pool process imports this module, and pytest with it,
+        # under the limit, which took over a second on a loaded machine without bytecode.
+        with distpool.Pool(2, task_timeout=3, **cluster.pool_kwargs()) as pool:
             assert pool.map(square, range(10)) == [x * x for x in range(10)]
             assert list(pool.imap_unordered(square, range(5))) != []
             # RabbitMQ re-queues a dead slot's message itself; the attempts are still counted.
