@@ -49,6 +49,8 @@ from benchmarks.workloads import noop
 
 KINDS = ("multiprocessing", "slot", "bare", "bare, handed off")
 BARE_CONSUMER = Path(__file__).with_name("bare_consumer.py")
+#: How long a worker may take to run its first task, seconds.
+WORKER_START_TIMEOUT = 60.0
 
 
 @contextmanager
@@ -83,6 +85,9 @@ def distpool_pool(kind: str) -> Iterator[Any]:
 
 def sequential_apply_ms(pool: Any, seconds: float) -> float:
     """Milliseconds per ``apply(noop)``, over about ``seconds`` of calls after a warm-up."""
+    # The first call waits for the worker to come up, and fails if it never does, rather
+    # than leave the benchmark (and CI) waiting for it.
+    pool.apply_async(noop).get(timeout=WORKER_START_TIMEOUT)
     for _ in range(200):
         pool.apply(noop)  # warm: the worker's first tasks, the pool's set-up
     calls, started = 0, time.perf_counter()
