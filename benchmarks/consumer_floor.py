@@ -143,6 +143,13 @@ def measure(kind: str, seconds: float) -> Measured:
         return sequential_apply(served, seconds)
 
 
+def medians_of(rounds: list[Measured]) -> dict[str, float | None]:
+    """Each figure's median over the rounds; None for one a kind has not (multiprocessing's
+    Redis)."""
+    return {field: None if None in column else statistics.median(column)
+            for field, column in zip(Measured._fields, zip(*rounds))}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = arguments("benchmarks.consumer_floor", __doc__).parse_args(argv)
     rounds, seconds = (1, 0.5) if args.quick else (args.repeat, 6.0)
@@ -155,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {round_index + 1}/{rounds}: " + ", ".join(
             f"{kind} {values[-1].ms:.3f} ms" for kind, values in rounds_measured.items()),
             file=sys.stderr)
-    medians = {kind: {field: (None if None in (column := [getattr(m, field) for m in values])
-                              else statistics.median(column))
-                      for field in Measured._fields}
-               for kind, values in rounds_measured.items()}
+    medians = {kind: medians_of(values) for kind, values in rounds_measured.items()}
     heading = taken(args.quick, rounds)
     print(f"\nTaken {heading}; sequential apply(noop), Pool(1) on one worker process; "
           "CPU in us per apply\n")
