@@ -17,7 +17,10 @@ A held list outlives its consumer, so somebody must give its messages back:
 
 Putting an item back is one Lua call that removes it from the held list and pushes it only
 if it was still there, so two sweepers, or a sweeper and a consumer that wakes up late, never
-make two copies of it.
+make two copies of it. What goes back is flagged as a second delivery, as kombu flags what
+it restores: a slot's own consumer (:mod:`.redis_consumer`) keeps the message it runs in its
+held list, so a held message may have begun to run, and the worker that receives it must
+ask its claim before running it (see :mod:`distpool.worker.claims`).
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ HOLDERS = "distpool:holders"
 #: Most holders whose held messages one sweep puts back.
 SWEEP_LIMIT = 100
 
-# Pushed back at the head (the right end, where consumers pop) only if it was still held.
+# Pushed back at the head (the right end, where consumers pop) only if it was still held:
+# ARGV[1] as held, ARGV[2] flagged as a second delivery.
 _PUT_BACK = """
 if redis.call('LREM', KEYS[1], -1, ARGV[1]) > 0 then
-    redis.call('RPUSH', KEYS[2], ARGV[1])
+    redis.call('RPUSH', KEYS[2], ARGV[2])
     return 1
 end
 return 0
@@ -71,12 +75,13 @@ def restore(client: Any, holder: str, queue_of: QueueOf) -> int:
     key = held_list(holder)
     restored = 0
     for item in client.lrange(key, 0, -1):
-        queue = _queue_of(item, queue_of)
-        if queue is None:
+        found = _queue_of(item, queue_of)
+        if found is None:
             logger.error("dropped a held item that is not a message: %r", item[:200])
             client.lrem(key, -1, item)
         else:
-            restored += client.eval(_PUT_BACK, 2, key, queue, item)
+            queue, flagged = found
+            restored += client.eval(_PUT_BACK, 2, key, queue, item, flagged)
     client.eval(_FORGET_IF_EMPTY, 2, key, HOLDERS, holder)
     if restored:
         logger.warning("put %d message(s) held by %s back on the queue", restored, holder)
@@ -91,9 +96,18 @@ def restore_lapsed(client: Any, queue_of: QueueOf, now: float | None = None) -> 
     return sum(restore(client, holder.decode(), queue_of) for holder in lapsed)
 
 
-def _queue_of(item: bytes, queue_of: QueueOf) -> str | None:
+def _queue_of(item: bytes, queue_of: QueueOf) -> tuple[str, bytes] | None:
+    """The queue the held ``item`` goes back to, and the item as it goes back (flagged as a
+    second delivery); None if it is not a message."""
     try:
         payload = json.loads(item)
-        return queue_of(payload) if isinstance(payload, dict) else None
+        queue = queue_of(payload) if isinstance(payload, dict) else None
+        if queue is None:
+            return None
+        # Where kombu's restore flags it (queue_of has read the delivery info already).
+        payload["properties"]["delivery_info"]["redelivered"] = True
+        if isinstance(payload.get("headers"), dict):
+            payload["headers"]["redelivered"] = True
+        return queue, json.dumps(payload).encode()
     except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
         return None
