@@ -81,6 +81,32 @@ def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1)
     app.distpool_enforces_time_limits = True
     unenforced_pools: set[str] = set()
 
+    def run_message(messages: Sequence[Any], message_id: str, timelimit: Any,
+                    delivery_info: Any) -> bool:
+        """Run one message's tasks and push their results: the body of distpool's task,
+        given what it reads of its request (Celery's ``timelimit`` header and the delivery
+        info). False if the message must go back on the queue unrun instead: its tasks need
+        a version of the user's module other than this process's, and a fresh process
+        will take this one's place (as after maxtasksperchild)."""
+        hard_limit, soft_limit = timelimit or (None, None)
+        if (hard_limit or soft_limit) and not app.distpool_enforces_time_limits:
+            _warn_unenforced(unenforced_pools, pool_of(message_id))
+        try:
+            runner.get().run(messages, message_id,
+                             redelivered=bool((delivery_info or {}).get("redelivered")),
+                             raise_soft_limit_after=(soft_limit if app.distpool_raises_soft_limit
+                                                     else None))
+        except ModuleConflictError as conflict:
+            if not (conflict.replaceable and app.distpool_replaces_processes):
+                runner.get().report_failure(messages, message_id, conflict)
+                return True
+            logger.warning("message %s goes back to the queue: %s", message_id, conflict)
+            execute.retire()
+            return False
+        return True
+
+    app.distpool_run_message = run_message  # for a slot's own consumer (slots.intake)
+
     # shared=False: a shared task (Celery's default) is also registered in every app created
     # after it, so a second pool's app would keep the first app's task and warn.
     @app.task(name=TASK_NAME, bind=True, ignore_result=True,  # type: ignore[untyped-decorator]
@@ -90,21 +116,8 @@ def create_app(settings: Settings, holder: str | None = None, sweepers: int = 1)
         if app.distpool_retiring:  # a slot past --max-tasks-per-child, shutting down
             raise Reject("this slot is being replaced", requeue=True)
         request = task.request
-        hard_limit, soft_limit = request.timelimit or (None, None)
-        if (hard_limit or soft_limit) and not app.distpool_enforces_time_limits:
-            _warn_unenforced(unenforced_pools, pool_of(request.id))
-        try:
-            runner.get().run(messages, request.id,
-                             redelivered=bool((request.delivery_info or {}).get("redelivered")),
-                             raise_soft_limit_after=(soft_limit if app.distpool_raises_soft_limit
-                                                     else None))
-        except ModuleConflictError as conflict:
-            if not (conflict.replaceable and app.distpool_replaces_processes):
-                runner.get().report_failure(messages, request.id, conflict)
-                return
-            logger.warning("message %s goes back to the queue: %s", request.id, conflict)
-            execute.retire()  # as maxtasksperchild: a fresh process takes this one's place
-            raise Reject(str(conflict), requeue=True) from None
+        if not run_message(messages, request.id, request.timelimit, request.delivery_info):
+            raise Reject("a fresh process takes this one's place", requeue=True)
 
     app.steps["consumer"].add(registration_step(settings))
     if renews_holds(broker_url):
@@ -143,6 +156,12 @@ def wake_consumers(**_: Any) -> None:
 EVENT_OPTIONS = ("-E", "--task-events", "--events", "--heartbeat-interval")
 
 
+def asks_for_events(extra_args: Sequence[str]) -> bool:
+    """Whether the ``celery worker`` options ``extra_args`` ask for events."""
+    return any(arg == option or arg.startswith(option + "=")
+               for arg in extra_args for option in EVENT_OPTIONS)
+
+
 def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
                extra_args: Sequence[str] = (), app: Celery | None = None,
                banner: bool = True) -> int:
@@ -156,8 +175,7 @@ def run_worker(settings: Settings, concurrency: int, name: str, loglevel: str,
                                  dispatch_uid="distpool-stop-signals")
     signals.worker_shutting_down.connect(wake_consumers, weak=False,
                                          dispatch_uid="distpool-wake-consumers")
-    wants_events = any(arg == option or arg.startswith(option + "=")
-                       for arg in extra_args for option in EVENT_OPTIONS)
+    wants_events = asks_for_events(extra_args)
     argv = [
         "worker",
         f"--queues={settings.queue}",
