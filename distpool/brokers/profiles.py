@@ -12,6 +12,8 @@ a dead slot's messages    put back by its parent      re-queued by the broker
 second deliveries         always flagged              the flag can be lost
 queues declared           no (a list needs none)      yes
 doubles as result store   yes                         no: ``result_url`` needed
+a slot takes messages     itself (a consumer of its   through Celery's
+                          own, unless ``-E``)         consumer
 ========================  ==========================  ========================
 
 ``redis+socket://`` and ``sentinel://`` brokers are refused: distpool's transport has not been
@@ -44,14 +46,18 @@ class BrokerProfile:
     declares_queues: bool
     #: With no ``result_url``, the broker holds results too.
     stores_results: bool
+    #: A slot takes its messages itself (:mod:`distpool.worker.slots.intake`), not through
+    #: Celery's consumer (which it still runs, for remote control).
+    slots_take_messages: bool
 
 
 REDIS = BrokerProfile("Redis", "distpool.brokers.redis_transport:Transport",
                       holds_messages=True, requeues_dead_slots=True, flags_redeliveries=True,
-                      declares_queues=False, stores_results=True)
+                      declares_queues=False, stores_results=True, slots_take_messages=True)
 # RabbitMQ can lose the redelivered flag when it recovers a message across its own restart.
 AMQP = BrokerProfile("AMQP", None, holds_messages=False, requeues_dead_slots=False,
-                     flags_redeliveries=False, declares_queues=True, stores_results=False)
+                     flags_redeliveries=False, declares_queues=True, stores_results=False,
+                     slots_take_messages=False)
 
 _PROFILES = {"redis": REDIS, "rediss": REDIS, "amqp": AMQP, "amqps": AMQP, "pyamqp": AMQP}
 
