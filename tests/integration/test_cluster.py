@@ -181,8 +181,11 @@ def test_nothing_of_a_finished_pool_is_left_in_redis(shared_cluster):
         pool.join()
     client = shared_cluster.redis.client
     assert client.keys(f"distpool:pool:{pool_id}:*") == []
+    # Lasting records of what consumers hold are a hash (kombu's delivery records) or held
+    # lists: those of a node another test killed stay until a sweep puts them back.
     for key in client.keys("distpool:*"):
-        assert client.ttl(key) != -1 or client.type(key) in (b"zset", b"hash"), key
+        assert (client.ttl(key) != -1 or client.type(key) in (b"zset", b"hash")
+                or key.startswith(b"distpool:held:")), key
 
 
 def test_a_worker_on_another_version_fails_the_task_clearly(shared_cluster, monkeypatch):

@@ -4,8 +4,9 @@
 spawned (a fresh interpreter, on Windows and macOS: its arguments are pickled, the settings
 included). It cuts what a forked slot inherits of its parent, starts the watch that shuts
 the slot down warmly when the node stops or its parent dies, and runs the worker's Celery app
-(:mod:`distpool.worker.app`) configured for a slot: its pool (:class:`SlotPool`) and the
-state file through which it tells the parent what it runs (:mod:`.state`).
+(:mod:`distpool.worker.app`) configured for a slot: its pool (:class:`SlotPool`), the
+state file through which it tells the parent what it runs (:mod:`.state`), and on a Redis
+broker without events, its own consumer (:mod:`.intake`).
 
 Retiring. A slot ends itself once a pool's ``maxtasksperchild`` has run out in its process
 (:func:`distpool.worker.execute.spent`), or after the node's ``--max-tasks-per-child``
@@ -15,8 +16,9 @@ licence handles). The order loses and repeats nothing: the message's results are
 its claim marked done in the task; Celery's warm shutdown is asked for before the message is
 acknowledged, so that the consumer stops before it asks for another; one it has taken all
 the same goes back to the queue unrun (the task rejects it), as do those taken and not yet
-recorded (the parent restores the slot's held list). The slot exits with status 0, which the
-parent does not count as a failure.
+recorded (the parent restores the slot's held list). A slot's own consumer (:mod:`.intake`)
+simply takes no other. The slot exits with status 0, which the parent does not count as a
+failure.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ from celery.worker import state as worker_state
 
 from ... import platform
 from ...brokers import redis_poller
-from ...brokers.celery_app import TASK_NAME
+from ...brokers.celery_app import TASK_NAME, urls
+from ...brokers.profiles import profile_for
 from ...config import Settings
 from .. import bundles, execute
-from ..app import create_app, run_worker
+from ..app import asks_for_events, create_app, run_worker
 from ..claims import process_holder
 from ..runner import EXIT_POOL_GONE
+from .intake import intake_step
 from .state import SlotState
 
 logger = logging.getLogger("distpool")
@@ -148,7 +152,13 @@ def run_slot(settings: Settings, name: str, loglevel: str, extra_args: Sequence[
     app.conf.broker_transport_options = {**app.conf.broker_transport_options,
                                          "distpool_holder": holder,
                                          "distpool_sweep_turn": index}
-    configure_slot(app, SlotState(state_path, holder))
+    state = SlotState(state_path, holder)
+    configure_slot(app, state)
+    broker_url = urls(settings)[0]
+    if profile_for(broker_url).slots_take_messages and not asks_for_events(extra_args):
+        # Celery's consumer serves remote control and consumes no queue (see .intake).
+        app.steps["consumer"].add(intake_step(settings, broker_url, state, holder))
+        extra_args = [*extra_args, f"--exclude-queues={settings.queue}"]
     status = run_worker(settings, concurrency=1, name=name, loglevel=loglevel,
                         extra_args=extra_args, app=app, banner=False)
     if app.distpool_retiring:

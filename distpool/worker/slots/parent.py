@@ -3,10 +3,11 @@
 ``distpool worker --concurrency N`` (:func:`distpool.worker.node.run`) runs N Celery workers
 of one slot each under one parent, :func:`run_slots`: slot ``i`` of node ``<node>@<host>``
 is the Celery node ``<node>-<i>@<host>``. A slot's task runs in a thread of the worker
-process that took its message (Celery's ``threads`` pool, one thread). That saves the
-hand-off to a pool process and back, which in Celery's prefork pool idles each process
-between two tasks; the worker's event loop stays free to answer remote control and send
-heartbeats while the task runs; and it works on Windows, where prefork is not supported.
+process that took its message: on a Redis broker the thread that takes it
+(:mod:`.intake`), else Celery's ``threads`` pool, of one thread. That saves the hand-off to
+a pool process and back, which in Celery's prefork pool idles each process between two
+tasks; the worker's event loop stays free to answer remote control and send heartbeats
+while the task runs; and it works on Windows, where prefork is not supported.
 
 What prefork's main process does for its pool processes, the parent does for the slots. It
 reads what each slot runs from the slot's state file (:mod:`distpool.worker.slots.state`), and:
