@@ -20,9 +20,9 @@ itself, one at a time, and runs each in turn:
 Celery's consumer did the same through kombu's delivery records, its strategy, the hand-off
 to the pool's thread, its tracer and the acknowledgement back through its event loop: about
 two thirds of a slot's CPU per message, measured (``benchmarks/consumer_floor.py``). The
-Celery consumer's timers keep the held list's lease (:func:`~distpool.brokers.held_messages.
-renew_lease`) and sweep the lapsed holds of dead consumers (the transport's QoS), while the
-task runs.
+takes renew the held list's lease; while a message runs, the Celery consumer's timer does
+(:func:`~distpool.brokers.held_messages.renew_lease`), and it sweeps the lapsed holds of dead
+consumers (the transport's QoS) as kombu's loop would.
 
 Stopping. A warm shutdown (the node stops, the slot retires) ends the take under way at
 once, puts back what the held list holds, and waits for the running message, as Celery
@@ -72,8 +72,11 @@ class Intake:
     """A slot's own consumer: takes its messages and runs them, in a thread of its own."""
 
     def __init__(self, app: Celery, queue: HeldQueue, state: SlotState, hostname: str,
-                 max_tasks: int | None) -> None:
+                 max_tasks: int | None, wait: int) -> None:
+        """``wait``: how long a take waits for a message (seconds), well within the held
+        list's lease, which each take renews."""
         self._app = app
+        self._wait = wait
         self._task = app.tasks[TASK_NAME]
         self._queue = queue
         self._state = state
@@ -81,6 +84,8 @@ class Intake:
         self._tasks_left = max_tasks  # --max-tasks-per-child
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._consume, name="distpool-intake")
+        #: Whether a message runs now: its takes renew the held list's lease meanwhile.
+        self.running = False
 
     def start(self) -> None:
         self._thread.start()
@@ -98,7 +103,7 @@ class Intake:
         try:
             while not self._stopping.is_set():
                 try:
-                    item = self._queue.take(IDLE_WAIT)
+                    item = self._queue.take(self._wait)
                 except Exception as exc:
                     if self._stopping.is_set():
                         break
@@ -165,6 +170,7 @@ class Intake:
         _log_info(RECEIVED_LOGGER, trace.LOG_RECEIVED, request, args=request.argsrepr,
                   kwargs=request.kwargsrepr, eta=None)
         worker_state.task_reserved(request)
+        self.running = True
         started = time.monotonic()
         request.on_accepted(os.getpid(), started)  # inspect active; terminate
         messages = list(request.args)
@@ -190,6 +196,7 @@ class Intake:
         finally:
             worker_state.task_ready(request)
             self._state.idle()
+            self.running = False
 
     def _retire(self) -> bool:
         """Whether this slot is done: a pool's maxtasksperchild, or the node's
@@ -235,11 +242,11 @@ def intake_step(settings: Settings, url: str, state: SlotState, holder: str) -> 
                                         (channel,)),
                 c.timer.call_repeatedly(channel.unacked_restore_interval, self._sweep,
                                         (channel,))]
-            self._renew_lease(channel)
             if self._intake is None:
-                self._intake = Intake(c.app, HeldQueue(url, settings.queue, holder,
-                                                      settings.worker_lost_timeout), state,
-                                      c.hostname, c.pool.options.get("maxtasksperchild"))
+                queue = HeldQueue(url, settings.queue, holder, settings.worker_lost_timeout)
+                self._intake = Intake(c.app, queue, state, c.hostname,
+                                      c.pool.options.get("maxtasksperchild"),
+                                      wait=min(IDLE_WAIT, hold_renewal_interval(settings)))
                 self._intake.start()
                 # At the warm shutdown's first moment, not once Celery has stopped the rest.
                 signals.worker_shutting_down.connect(self._take_no_more, weak=False)
@@ -260,6 +267,8 @@ def intake_step(settings: Settings, url: str, state: SlotState, holder: str) -> 
                 self._intake.stop()
 
         def _renew_lease(self, channel: Any) -> None:
+            if self._intake is None or not self._intake.running:
+                return  # its takes renew it
             try:
                 with channel.conn_or_acquire() as client:
                     held_messages.renew_lease(client, holder, settings.worker_lost_timeout)
