@@ -237,6 +237,10 @@ def intake_step(settings: Settings, url: str, state: SlotState, holder: str) -> 
             # Again after each reconnection of Celery's: the timers go with the connection,
             # the intake (on a connection of its own) lives on.
             channel = c.task_consumer.channel
+            # The connection kombu opened for the channel's blocking waits, and pinged: idle
+            # for good, Celery's consumer consuming no queue. Closed, it keeps a slot within
+            # its budget of connections (docs/deploying.md).
+            channel.async_pool.disconnect()
             self._timers = [
                 c.timer.call_repeatedly(hold_renewal_interval(settings), self._renew_lease,
                                         (channel,)),

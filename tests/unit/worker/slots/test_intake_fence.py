@@ -15,6 +15,7 @@ from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from kombu.message import Message
+from kombu.transport import redis as kombu_redis
 
 
 def test_a_request_is_made_from_a_decoded_body():
@@ -59,3 +60,5 @@ def test_a_consumer_step_is_told_of_the_shutdown_apart_from_a_stop():
 
 def test_celery_worker_can_leave_a_queue_unconsumed():
     assert "exclude_queues" in [parameter.name for parameter in worker_command.params]
+    # ... and its channel's connection for blocking waits can be closed.
+    assert isinstance(inspect.getattr_static(kombu_redis.Channel, "async_pool"), property)
