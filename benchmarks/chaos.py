@@ -18,10 +18,8 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -78,22 +76,19 @@ def disturb(nodes: list[Node], stop: threading.Event, counts: Counter[str],
             pass
 
 
-def end_soak(stop: threading.Event, nodes: list[Node], server: RedisServer,
-             directory: str) -> None:
-    """Stop a soak's disturbance, its nodes, its Redis, and remove its files."""
+def end_soak(stop: threading.Event, nodes: list[Node], server: RedisServer) -> None:
+    """Stop a soak's disturbance, its nodes and its Redis (which removes its files)."""
     stop.set()
     for node in nodes:
         node.kill()
     server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def run(tasks: int, nodes: int, slots: int, stall: float = 90.0,
         node_kill_after: float = 10.0) -> dict[str, Any]:
     """Run the chaos once on a private Redis; return the figures. A whole node is killed
     (and another started) ``node_kill_after`` seconds in."""
-    directory = tempfile.mkdtemp(prefix="distpool-chaos-")
-    server = RedisServer(directory)
+    server = RedisServer()
     url, queue, secret = server.url, "chaos", "c" * 32
     plain = server.client
     running: list[Node] = []
@@ -126,7 +121,7 @@ def run(tasks: int, nodes: int, slots: int, stall: float = 90.0,
                 pool.terminate()
         runs = {int(k): int(v) for k, v in plain.hgetall("chaos:runs").items()}
     finally:
-        end_soak(stop, running, server, directory)
+        end_soak(stop, running, server)
     return {
         "tasks": tasks, "nodes": nodes, "slots_per_node": slots,
         "slot_kills": counts["slot kills"], "slot_freezes": counts["slot freezes"],

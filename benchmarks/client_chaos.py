@@ -23,7 +23,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -48,12 +47,11 @@ CLIENT = ("import collections, json, sys, distpool, benchmarks.chaos as chaos; "
 
 def run(tasks: int, nodes: int, slots: int, kill_every: tuple[float, float],
         node_kill_after: float = 60.0, timeout: float = 1800.0) -> dict[str, Any]:
-    directory = tempfile.mkdtemp(prefix="distpool-client-chaos-")
-    server = RedisServer(directory)
+    server = RedisServer()
     url, queue, secret = server.url, "client-chaos", "c" * 32
     environment = {**os.environ, "PYTHONPATH": str(REPO), "DISTPOOL_BROKER_URL": url,
                    "DISTPOOL_QUEUE": queue, "DISTPOOL_SECRET": secret,
-                   "DISTPOOL_CHECKPOINT_DIR": os.path.join(directory, "journals")}
+                   "DISTPOOL_CHECKPOINT_DIR": os.path.join(server.directory, "journals")}
     running: list[Node] = []
     stop = threading.Event()
     counts: Counter[str] = Counter()
@@ -88,7 +86,7 @@ def run(tasks: int, nodes: int, slots: int, kill_every: tuple[float, float],
         disturber.join()
         runs = {int(k): int(v) for k, v in server.client.hgetall("chaos:runs").items()}
     finally:
-        end_soak(stop, running, server, directory)
+        end_soak(stop, running, server)
     return {
         "tasks": tasks, "nodes": nodes, "slots_per_node": slots,
         "client_kills": counts["client kills"], "slot_kills": counts["slot kills"],

@@ -5,6 +5,7 @@ a whole node (its parent and its slots) can be killed or stopped at once."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,17 +24,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 class RedisServer:
     """A private redis-server on a free loopback port, keeping nothing on disk (its working
-    directory is ``directory``, which the caller removes)."""
+    directory is ``directory``, which the caller removes; else a temporary one of its own,
+    ``self.directory``, removed when it stops)."""
 
-    def __init__(self, directory: str, maxclients: int = 10_000) -> None:
+    def __init__(self, directory: str | None = None, maxclients: int = 10_000) -> None:
         executable = find_redis_server()
         if executable is None:
             raise RuntimeError("no redis-server")
+        self._owns_directory = directory is None
+        self.directory = directory or tempfile.mkdtemp(prefix="distpool-benchmark-")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
             [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", directory, "--maxclients", str(maxclients)],
+             "--appendonly", "no", "--dir", self.directory, "--maxclients", str(maxclients)],
             stdout=subprocess.DEVNULL, start_new_session=True)
         self.client = redis.Redis.from_url(self.url)
         wait_for(self.client.ping)
@@ -42,6 +46,8 @@ class RedisServer:
         self.client.close()
         self.process.kill()
         self.process.wait()
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class Node:

@@ -23,11 +23,9 @@ import json
 import multiprocessing
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from typing import Any
@@ -98,14 +96,13 @@ def resumed_run(environment: dict[str, str], counter: redis.Redis, url: str,
 def main(argv: list[str] | None = None) -> int:
     args = arguments("benchmarks.resume", __doc__).parse_args(argv)
     repeat, map_items, run_items = (1, 10_000, 20) if args.quick else (args.repeat, 100_000, 100)
-    directory = tempfile.mkdtemp(prefix="distpool-resume-")
-    server = RedisServer(directory)
+    server = RedisServer()
     queue, secret = f"resume-{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
     node = Node(server.url, queue, SLOTS, secret)
     settings = {"broker": server.url, "queue": queue, "secret": secret}
     environment = {**os.environ, "PYTHONPATH": str(REPO), "DISTPOOL_BROKER_URL": server.url,
                    "DISTPOOL_QUEUE": queue, "DISTPOOL_SECRET": secret,
-                   "DISTPOOL_CHECKPOINT_DIR": os.path.join(directory, "journals")}
+                   "DISTPOOL_CHECKPOINT_DIR": os.path.join(server.directory, "journals")}
     os.environ["DISTPOOL_CHECKPOINT_DIR"] = environment["DISTPOOL_CHECKPOINT_DIR"]
     counter = redis.Redis.from_url(server.url.replace("/0", "/7"))
     figures: dict[str, list[float]] = {key: [] for key in (
@@ -131,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         node.stop()
         server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
     medians = {key: statistics.median(values) for key, values in figures.items()}
     heading = taken(args.quick, repeat)
     print(f"\nTaken {heading}; {SLOTS} slots\n")

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -109,13 +108,12 @@ def run_client(project: Path, url: str, queue: str, secret: str, ship: bool) -> 
 def measure(project: Path, ship: bool) -> tuple[dict[str, Any], list[int]]:
     """One run of the client on fresh nodes (with their own bundle caches): its figures, and
     how often each node extracted a bundle."""
-    directory = tempfile.mkdtemp(prefix="distpool-shipping-")
-    server = RedisServer(directory)
+    server = RedisServer()
     queue, secret = f"shipping-{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
     nodes = []
     try:
         for index in range(NODES):
-            cache = Path(directory) / f"cache-{index}"
+            cache = Path(server.directory) / f"cache-{index}"
             environment = {"DISTPOOL_CACHE_DIR": str(cache)}
             if not ship:  # the package, where the nodes import it from
                 environment["PYTHONPATH"] = os.pathsep.join((str(REPO), str(project)))
@@ -127,7 +125,6 @@ def measure(project: Path, ship: bool) -> tuple[dict[str, Any], list[int]]:
         for node in nodes:
             node.stop()
         server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -118,8 +116,7 @@ def stages_of(commands: list[Command], called: float, returned: float,
 def main(argv: list[str] | None = None) -> int:
     args = arguments("benchmarks.stages", __doc__).parse_args(argv)
     calls = 30 if args.quick else 300
-    directory = tempfile.mkdtemp(prefix="distpool-stages-")
-    server = RedisServer(directory)
+    server = RedisServer()
     queue, secret = f"stages-{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
     node = Node(server.url, queue, 1, secret)
     windows: list[tuple[float, float]] = []
@@ -144,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         node.stop()
         server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
     ignored = ours_with_monitor - ours  # the monitor's own connections
     # Commands a script runs inside Redis are logged too, from "lua": not the connections'.
     commands = [Command(at, address in ours, text.split(" ", 1)[0].strip('"').upper(), text)

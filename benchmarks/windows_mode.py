@@ -29,10 +29,8 @@ import json
 import multiprocessing
 import os
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                  "stop": "an idle node's stop, SIGTERM to exit (multiprocessing: close, join)"}
     runs: dict[str, dict[str, list[float]]] = {
         name: {kind: [] for kind in KINDS} for name in workloads}
-    directory = tempfile.mkdtemp(prefix="distpool-windows-mode-")
-    server = RedisServer(directory)
+    server = RedisServer()
     try:
         for _ in range(repeat):
             for kind in KINDS:
@@ -150,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"stop {runs['stop'][kind][-1]:.0f} ms", file=sys.stderr)
     finally:
         server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
     rows = []
     for name, description in workloads.items():
