@@ -1,22 +1,24 @@
-"""What Celery's consumer costs one ``apply``: a slot beside the floor of one without it.
+"""What a slot's consumer costs one ``apply``: a slot beside the floor of a bare consumer.
 
     python -m benchmarks.consumer_floor            # 3 rounds (--repeat N for more)
     python -m benchmarks.consumer_floor --quick    # 1 short round: checks it still runs
 
-A slot (:mod:`distpool.worker.slots`) takes each message through Celery's consumer: kombu's
-delivery and its record of it, Celery's strategy and request, the hand-off to the slot's task
-thread, Celery's tracer, and the acknowledgement back through the consumer's event loop.
-Everything that is distpool's own is in :class:`~distpool.worker.runner.TaskRunner`: the
-claim, the envelope's check, the run, and the signed results pushed while the claim is held.
+A slot (:mod:`distpool.worker.slots`) on Redis takes each message with a consumer of its own
+(:mod:`distpool.worker.slots.intake`), which registers a Celery request for it, tells the
+slot's parent what it runs, and keeps its held list's lease; with ``-E`` it takes them
+through Celery's consumer instead (kombu's delivery and its record, Celery's strategy and
+request, the hand-off to the task thread, the tracer, the acknowledgement back through the
+event loop). Everything that runs the message is in
+:class:`~distpool.worker.runner.TaskRunner`: the claim, the envelope's check, the run, and
+the signed results pushed while the claim is held.
 
 The bare consumer (:mod:`benchmarks.bare_consumer`) moves each message off the queue into a
 held list, as a slot's transport does, hands it to that same runner and then drops it from
 the list: nothing of Celery's or kombu's. It runs the task in its own thread ("bare") or
-hands it to a second thread and waits for it, as a slot's consumer hands its tasks to the task
-thread ("bare, handed off"). It is a measuring device, not a worker: it keeps none of what
-Celery gives a slot (remote control and ``inspect``, events for Flower, time limits,
-put-backs on a death). The gap between the slot and it is what a consumer of distpool's own
-could win, and what it would have to rebuild.
+hands it to a second thread and waits for it, as Celery's consumer hands its tasks to the
+task thread ("bare, handed off"). It is a measuring device, not a worker: it keeps none of
+what a slot has (remote control and ``inspect``, time limits, put-backs on a death). The gap
+between the slot and it is what the slot's consumer costs beyond the floor.
 
 Each round measures sequential ``apply(noop)`` on multiprocessing.Pool(1), on one
 ``distpool worker`` node of one slot, and on each bare consumer, each of the last three with
@@ -30,11 +32,9 @@ import json
 import multiprocessing
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -76,8 +76,7 @@ class Served(NamedTuple):
 @contextmanager
 def distpool_pool(kind: str) -> Iterator[Served]:
     """A ``distpool.Pool(1)`` served by a worker of ``kind``, on a Redis of its own."""
-    directory = tempfile.mkdtemp(prefix="distpool-floor-")
-    server = RedisServer(directory)
+    server = RedisServer()
     queue_name, secret = f"floor-{uuid.uuid4().hex[:8]}", secrets.token_hex(16)
     stop: Callable[[], None]
     if kind == "slot":
@@ -89,7 +88,7 @@ def distpool_pool(kind: str) -> Iterator[Served]:
         process = subprocess.Popen(
             [sys.executable, str(BARE_CONSUMER), server.url, queue_name, secret,
              "handed-off" if kind == "bare, handed off" else "inline"],
-            cwd=directory, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+            cwd=server.directory, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
         worker_pid = process.pid
 
         def stop() -> None:
@@ -101,7 +100,6 @@ def distpool_pool(kind: str) -> Iterator[Served]:
     finally:
         stop()
         server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:

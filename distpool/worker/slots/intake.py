@@ -18,8 +18,8 @@ itself, one at a time, and runs each in turn:
 4. **Done**: out of the held list, sent with the next take.
 
 Celery's consumer did the same through kombu's delivery records, its strategy, the hand-off
-to the pool's thread, its tracer and the acknowledgement back through its event loop: about
-two thirds of a slot's CPU per message, measured (``benchmarks/consumer_floor.py``). The
+to the pool's thread, its tracer and the acknowledgement back through its event loop: most
+of a slot's CPU per message (``benchmarks/consumer_floor.py`` measures it). The
 takes renew the held list's lease; while a message runs, the Celery consumer's timer does
 (:func:`~distpool.brokers.held_messages.renew_lease`), and it sweeps the lapsed holds of dead
 consumers (the transport's QoS) as kombu's loop would.
