@@ -22,6 +22,8 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..redis_client.connection import Connection
@@ -57,7 +59,7 @@ class HeldQueue:
         for one (None if none came). Sends the removal of the one before, if it is done.
         Raises what the connection raises; the held list then goes back before the next
         take."""
-        try:
+        with self._suspect_on_failure():
             if self._suspect:
                 self._put_back_held()  # which forgets the holder: its lease is renewed now
             commands: list[tuple[Any, ...]] = []
@@ -70,9 +72,6 @@ class HeldQueue:
                 self._lease_renewed_at = now
             commands.append(("BLMOVE", self.queue, self._held, "RIGHT", "LEFT", timeout))
             replies = self._connection.run(commands, reply_timeout=timeout + REPLY_MARGIN)
-        except BaseException:
-            self._suspect = True
-            raise
         self._done = None
         item: bytes | None = replies[-1]
         return item
@@ -85,11 +84,14 @@ class HeldQueue:
 
     def drop(self, item: bytes) -> None:
         """Out of the held list at once: ``item`` is not a message."""
-        self._connection.run([("LREM", self._held, -1, item)])
+        with self._suspect_on_failure():
+            self._connection.run([("LREM", self._held, -1, item)])
 
     def put_back(self, item: bytes) -> None:
-        """``item`` back at the head of the queue, unrun, flagged as a second delivery."""
-        self._put_back_held()
+        """``item``, the message held, back at the head of the queue, unrun, flagged as a
+        second delivery."""
+        with self._suspect_on_failure():
+            self._put_back_held()
 
     def interrupt(self) -> None:
         """End a take blocked in another thread, for good: it raises, and so does every
@@ -113,6 +115,17 @@ class HeldQueue:
         finally:
             connection.close()
             self._connection.close()
+
+    @contextmanager
+    def _suspect_on_failure(self) -> Iterator[None]:
+        """What the held list holds is not known after a failed command: the next take puts
+        it back first (a done message among it is skipped where it lands: its claim is
+        marked done; what is not a message is dropped)."""
+        try:
+            yield
+        except BaseException:
+            self._suspect = True
+            raise
 
     def _put_back_held(self, connection: Connection | None = None) -> None:
         held_messages.restore(_Commands(connection or self._connection), self.holder,

@@ -84,7 +84,8 @@ class Intake:
         self._tasks_left = max_tasks  # --max-tasks-per-child
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._consume, name="distpool-intake")
-        #: Whether a message runs now: its takes renew the held list's lease meanwhile.
+        #: Whether a message runs now: the held list's lease is then renewed by the Celery
+        #: consumer's timer, as its takes renew it otherwise.
         self.running = False
 
     def start(self) -> None:
@@ -104,7 +105,9 @@ class Intake:
             while not self._stopping.is_set():
                 try:
                     item = self._queue.take(self._wait)
-                except Exception as exc:
+                    if item is not None and not self._handle(item):
+                        break
+                except Exception as exc:  # Redis is away: what is held goes back first
                     if self._stopping.is_set():
                         break
                     failures += 1
@@ -113,8 +116,6 @@ class Intake:
                     self._stopping.wait(TAKE_RETRY.delay(failures))
                     continue
                 failures = 0
-                if item is not None and not self._handle(item):
-                    break
         finally:
             self._queue.close()
 
