@@ -38,18 +38,18 @@ from typing import Any
 from celery import Celery, signals
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.utils.imports import load_extension_class_names
-from celery.worker import state as worker_state
 
 from ... import platform
 from ...brokers import redis_poller
 from ...brokers.celery_app import TASK_NAME, urls
 from ...brokers.profiles import profile_for
 from ...config import Settings
-from .. import bundles, execute
+from .. import bundles
 from ..app import asks_for_events, create_app, run_worker
 from ..claims import process_holder
 from ..runner import EXIT_POOL_GONE
 from .intake import intake_step
+from .retirement import Retirement
 from .state import SlotState
 
 logger = logging.getLogger("distpool")
@@ -241,20 +241,14 @@ class SlotPool(ThreadTaskPool):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # --max-tasks-per-child: prefork recycles a pool process, a slot its own process.
-        self._tasks_left: int | None = self.options.get("maxtasksperchild")
+        self._retirement = Retirement(self.app, self.options.get("maxtasksperchild"))
 
     def on_apply(self, target: Any, args: Any = None, kwargs: Any = None,
                  callback: Any = None, accept_callback: Any = None, **options: Any) -> Any:
         def finished(result: Any) -> None:
-            if self._tasks_left is not None:
-                self._tasks_left -= 1
-            # A pool's maxtasksperchild, or the node's --max-tasks-per-child, ran out.
-            if execute.spent() or (self._tasks_left is not None and self._tasks_left <= 0):
-                # Celery's warm shutdown; the parent starts a fresh slot in its place.
-                # Before the acknowledgement, which lets the consumer take another
-                # message: one it takes all the same goes back (see the task).
-                self.app.distpool_retiring = True
-                worker_state.should_stop = 0
+            # Before the acknowledgement, which lets the consumer take another message: one
+            # it takes all the same goes back (see the task).
+            self._retirement.message_done()
             if callback is not None:
                 callback(result)  # acknowledges the message
 

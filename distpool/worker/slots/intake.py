@@ -55,8 +55,8 @@ from ...brokers.celery_app import IDLE_WAIT, TASK_NAME, hold_renewal_interval
 from ...brokers.redis_consumer import HeldQueue, parse
 from ...config import Settings
 from ...retry import RetryPolicy
-from .. import execute
 from ..failures import translate
+from .retirement import Retirement
 from .state import SlotState
 
 logger = logging.getLogger("distpool")
@@ -72,7 +72,7 @@ class Intake:
     """A slot's own consumer: takes its messages and runs them, in a thread of its own."""
 
     def __init__(self, app: Celery, queue: HeldQueue, state: SlotState, hostname: str,
-                 max_tasks: int | None, wait: int) -> None:
+                 retirement: Retirement, wait: int) -> None:
         """``wait``: how long a take waits for a message (seconds), well within the held
         list's lease, which each take renews."""
         self._app = app
@@ -81,7 +81,7 @@ class Intake:
         self._queue = queue
         self._state = state
         self._hostname = hostname
-        self._tasks_left = max_tasks  # --max-tasks-per-child
+        self._retirement = retirement
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._consume, name="distpool-intake")
         #: Whether a message runs now: the held list's lease is then renewed by the Celery
@@ -122,14 +122,10 @@ class Intake:
     def _handle(self, item: bytes) -> bool:
         """Run the message ``item``; False once this slot takes no more."""
         message = parse(item)
-        if message is None or message["headers"].get("task") != TASK_NAME:
-            logger.error("dropped an item of queue %s that is not a distpool message: %r",
-                         self._queue.queue, item[:200])
-            self._queue.drop(item)
-            return True
-        request = self._request(message)
+        request = (self._request(message) if message is not None
+                   and message["headers"].get("task") == TASK_NAME else None)
         if request is None:
-            logger.error("dropped a message of queue %s whose body is not distpool's: %r",
+            logger.error("dropped an item of queue %s that is not a distpool message: %r",
                          self._queue.queue, item[:200])
             self._queue.drop(item)
             return True
@@ -142,7 +138,7 @@ class Intake:
             self._queue.put_back(item)
         else:
             self._queue.done(item)
-        return not self._retire()
+        return not self._retirement.message_done()  # then it takes no other
 
     def _request(self, message: dict[str, Any]) -> Any:
         """A Celery request for ``message``, as Celery's consumer would make it, or None if
@@ -176,7 +172,7 @@ class Intake:
         request.on_accepted(os.getpid(), started)  # inspect active; terminate
         messages = list(request.args)
         try:
-            hard_limit = (request.time_limits or (None, None))[0]
+            hard_limit = request.time_limits[0]
             self._state.running(request.id, str(request.message.delivery_tag or request.id),
                                 time.time() + hard_limit if hard_limit else None)
             ran = self._app.distpool_run_message(
@@ -198,19 +194,6 @@ class Intake:
             worker_state.task_ready(request)
             self._state.idle()
             self.running = False
-
-    def _retire(self) -> bool:
-        """Whether this slot is done: a pool's maxtasksperchild, or the node's
-        --max-tasks-per-child, ran out (see :mod:`.child`, Retiring). Then it asks Celery
-        for a warm shutdown, having taken its last message."""
-        if self._tasks_left is not None:
-            self._tasks_left -= 1
-        if not (execute.spent() or (self._tasks_left is not None and self._tasks_left <= 0)):
-            return False
-        self._app.distpool_retiring = True
-        worker_state.should_stop = 0
-        return True
-
 
 def _log_info(to: logging.Logger, template: str, request: Any, **context: Any) -> None:
     """Log as Celery does: ``template`` filled with ``context``, the request's id and name
@@ -249,8 +232,8 @@ def intake_step(settings: Settings, url: str, state: SlotState, holder: str) -> 
                                         (channel,))]
             if self._intake is None:
                 queue = HeldQueue(url, settings.queue, holder, settings.worker_lost_timeout)
-                self._intake = Intake(c.app, queue, state, c.hostname,
-                                      c.pool.options.get("maxtasksperchild"),
+                retirement = Retirement(c.app, c.pool.options.get("maxtasksperchild"))
+                self._intake = Intake(c.app, queue, state, c.hostname, retirement,
                                       wait=min(IDLE_WAIT, hold_renewal_interval(settings)))
                 self._intake.start()
                 # At the warm shutdown's first moment, not once Celery has stopped the rest.
